@@ -1,0 +1,174 @@
+"""TrainConfig: the one contract between a study, a trial, `search export` and `search train`.
+
+A TrainConfig is a flat YAML mapping. Every key has a default except ``dataset``; unknown keys and bad
+values are rejected with one line that names the key and what would be valid. Defaults follow the origin
+report's improved model: simple_cnn_v2, Adam, lr 1e-3, batch 128.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.errors import SearchError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+METRICS = ("val_acc", "val_auc")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    data_dir: str | None = None
+    architecture: str = "simple_cnn_v2"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0
+    dropout: float = 0.5  # the classifier's dropout; see each model's docstring for how it is applied
+    augmentation: str = "none"
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    metric: str = "val_acc"  # the validation metric that picks the kept epoch
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPES: dict[str, type] = {f.name: f.type for f in fields(TrainConfig)}  # type: ignore[misc]
+KEYS = tuple(f.name for f in fields(TrainConfig))
+
+
+def _check_type(key: str, value: Any) -> Any:
+    kind = _TYPES[key]
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SearchError(f"{key} must be an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, str):
+            # PyYAML reads `1e-3` (no dot) as a string; users write it that way, so accept it.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SearchError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise SearchError(f"{key} must be a finite number, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise SearchError(f"{key} must be true or false, got {value!r}")
+    elif kind == "str":
+        if not isinstance(value, str) or not value:
+            raise SearchError(f"{key} must be a non-empty string, got {value!r}")
+    elif kind == "str | None":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SearchError(f"{key} must be a path string, got {value!r}")
+    return value
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
+    if value not in valid:
+        raise SearchError(f"{key} '{value}' is not known; valid: {', '.join(valid)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every value; raise SearchError naming the first bad key and what would be valid."""
+    # Imported here: models and data import this module's neighbours, and the registries are the truth.
+    from models import list_models
+    from search.augment import parse_policy
+    from search.data import list_datasets
+
+    for key in KEYS:
+        object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))
+    _choice("dataset", cfg.dataset, list_datasets())
+    _choice("architecture", cfg.architecture, list_models())
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _choice("schedule", cfg.schedule, SCHEDULES)
+    _choice("metric", cfg.metric, METRICS)
+    if cfg.epochs < 1:
+        raise SearchError(f"epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 2:
+        raise SearchError(f"batch_size must be at least 2 (BatchNorm needs two samples), got {cfg.batch_size}")
+    if cfg.lr <= 0:
+        raise SearchError(f"lr must be greater than 0, got {cfg.lr}")
+    if not 0 <= cfg.momentum < 1:
+        raise SearchError(f"momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.weight_decay < 0:
+        raise SearchError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
+    if not 0 <= cfg.dropout < 1:
+        raise SearchError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise SearchError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise SearchError(f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise SearchError(f"device '{cfg.device}' is not known; valid: auto, cpu, cuda, cuda:N")
+    parse_policy(cfg.augmentation)
+
+
+def from_dict(values: Any, *, source: str = "config") -> TrainConfig:
+    if not isinstance(values, dict):
+        raise SearchError(f"{source}: expected a mapping of TrainConfig keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(KEYS))
+    if unknown:
+        raise SearchError(f"{source}: unknown key '{unknown[0]}'; valid keys: {', '.join(KEYS)}")
+    if "dataset" not in values:
+        raise SearchError(f"{source}: the key 'dataset' is required")
+    return TrainConfig(**values)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing file or a syntax error is one line naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SearchError(f"file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise SearchError(f"{path}:{where}: YAML error: {err.problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SearchError(f"{path}: not a readable YAML file ({err})") from None
+
+
+def load(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Load a TrainConfig YAML file. Keys under ``search:`` (written by `search export`) are notes, not config."""
+    values = read_yaml(path)
+    if values is None:
+        values = {}
+    if isinstance(values, dict):
+        values = {k: v for k, v in values.items() if k != "search"}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(values, source=str(path))
+
+
+def dump(cfg: TrainConfig, path: str | Path, *, notes: dict[str, Any] | None = None) -> None:
+    """Write cfg as YAML (atomically: a temporary file renamed into place). ``notes`` go under ``search:``."""
+    data: dict[str, Any] = cfg.to_dict()
+    if notes:
+        data["search"] = notes
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,323 @@
+"""Dataset registry: MedMNIST 2D flags, MNIST and scikit-learn's digits, as uint8 tensors on the device.
+
+Each split is read once per process and kept on the training device as uint8 (N, C, 28, 28) images and int64
+labels (float 0/1 label matrices for multi-label tasks). Normalisation and augmentation happen batched on the
+device in the engine, so the training loop never touches Python per image, PIL or a DataLoader.
+
+File locations: ``data_dir`` of the config, else $SEARCH_DATA_DIR, else medmnist's default root (~/.medmnist).
+Missing files are downloaded with medmnist's and torchvision's own code (MD5 checked on download only).
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from search.errors import SearchError
+
+log = logging.getLogger("search")
+
+SPLITS = ("train", "val", "test")
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 images N,H,W[,C], labels N,K)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    num_classes: int
+    task: str  # medmnist's task names: multi-class, binary-class, multi-label, binary-class, ordinal-regression
+    read: Callable[[Path, bool], Arrays]  # (root, download) -> arrays
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task.startswith("multi-label")
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 (N, C, 28, 28) on the device
+    labels: torch.Tensor  # int64 (N,), or float (N, K) for multi-label tasks
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
+class Data:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+    mean: torch.Tensor  # per-channel, of the training images scaled to [0, 1], shape (1, C, 1, 1)
+    std: torch.Tensor
+
+
+_REGISTRY: dict[str, DatasetInfo] = {}
+_CACHE: dict[tuple[str, str, str], Data] = {}
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    _REGISTRY[info.name] = info
+    return info
+
+
+def list_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_info(name: str) -> DatasetInfo:
+    if name not in _REGISTRY:
+        raise SearchError(f"dataset '{name}' is not known; valid: {', '.join(list_datasets())}")
+    return _REGISTRY[name]
+
+
+def data_root(data_dir: str | os.PathLike | None) -> Path:
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("SEARCH_DATA_DIR"):
+        return Path(os.environ["SEARCH_DATA_DIR"]).expanduser()
+    from medmnist.info import DEFAULT_ROOT
+
+    return Path(DEFAULT_ROOT)
+
+
+def prepare(name: str, data_dir: str | None = None) -> Arrays:
+    """Make sure the dataset's files are present (downloading them if missing) and readable."""
+    info = get_info(name)
+    return _checked(info, info.read(data_root(data_dir), True))
+
+
+def load(name: str, data_dir: str | None, device: torch.device) -> Data:
+    """The dataset on ``device``, read once per process and cached."""
+    root = data_root(data_dir)
+    key = (name, str(root.resolve()), str(device))
+    if key not in _CACHE:
+        info = get_info(name)
+        arrays = _checked(info, info.read(root, True))
+        splits = {s: _to_split(info, *arrays[s], device) for s in SPLITS}
+        # Statistics of the training images, computed once on the host in float64 for accuracy.
+        train = arrays["train"][0].reshape(len(arrays["train"][0]), -1, info.channels)
+        mean = train.mean(axis=(0, 1)) / 255.0
+        std = _chunked_std(train, mean)
+        as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
+        _CACHE[key] = Data(info, splits["train"], splits["val"], splits["test"], as_t(mean), as_t(std).clamp_min(1e-3))
+    return _CACHE[key]
+
+
+def _chunked_std(images: np.ndarray, mean: np.ndarray, chunk: int = 10_000) -> np.ndarray:
+    # In chunks: PathMNIST's training images as float64 would take 1.7 GB at once.
+    total = np.zeros_like(mean)
+    for i in range(0, len(images), chunk):
+        total += ((images[i:i + chunk] / 255.0 - mean) ** 2).sum(axis=(0, 1))
+    return np.sqrt(total / (len(images) * images.shape[1]))
+
+
+def _to_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels.astype(np.float32 if info.multi_label else np.int64))
+    y = y if info.multi_label else y.reshape(-1)
+    return Split(x.to(device), y.to(device))
+
+
+def _checked(info: DatasetInfo, arrays: Arrays) -> Arrays:
+    for split in SPLITS:
+        images, labels = arrays[split]
+        want = (28, 28) if info.channels == 1 else (28, 28, info.channels)
+        if images.dtype != np.uint8 or images.shape[1:] != want:
+            raise SearchError(f"{info.name}: {split} images have dtype {images.dtype} and shape {images.shape}; "
+                              f"expected uint8 (N, {', '.join(map(str, want))})")
+        if len(labels) != len(images):
+            raise SearchError(f"{info.name}: {split} has {len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise SearchError(f"{info.name}: the {split} split is empty")
+        if not info.multi_label and (labels.min() < 0 or labels.max() >= info.num_classes):
+            raise SearchError(f"{info.name}: {split} labels must lie in 0..{info.num_classes - 1}, "
+                              f"found {labels.min()}..{labels.max()}")
+    return arrays
+
+
+# --- MedMNIST 2D ------------------------------------------------------------------------------------------
+
+
+def _medmnist_reader(flag: str) -> Callable[[Path, bool], Arrays]:
+    def read(root: Path, download: bool) -> Arrays:
+        import medmnist
+        from medmnist.info import INFO
+
+        info = INFO[flag]
+        path = root / f"{flag}.npz"
+        if not path.is_file():
+            if not download:
+                raise SearchError(f"{path} not found")
+            _medmnist_download(flag, root, path)
+        cls = getattr(medmnist, info["python_class"])
+        arrays: Arrays = {}
+        try:
+            for split in SPLITS:
+                # medmnist's own class reads the file; download=False so the MD5 is not re-hashed on every run.
+                ds = cls(split=split, root=str(root), download=False)
+                arrays[split] = (np.asarray(ds.imgs), np.asarray(ds.labels))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
+            raise SearchError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                              f"delete it and run again to download it, or place a good copy there") from None
+        counts = {s: len(arrays[s][0]) for s in SPLITS}
+        if counts != info["n_samples"]:
+            log.warning("%s: using %s with %s samples; the official file has %s", flag, path,
+                        counts, info["n_samples"])
+        return arrays
+
+    return read
+
+
+def _medmnist_download(flag: str, root: Path, path: Path) -> None:
+    import medmnist
+    from medmnist.info import INFO
+
+    info = INFO[flag]
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(medmnist, info["python_class"])(split="train", root=str(root), download=True)
+    except Exception as err:  # medmnist wraps every download failure in a bare RuntimeError
+        path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise SearchError(f"{flag}: {path} is missing and the download from {info['url']} failed "
+                          f"({type(err).__name__}); place {path.name} (MD5 {info['MD5']}) in {root}, or set "
+                          f"data_dir / $SEARCH_DATA_DIR to the folder that holds it") from None
+
+
+def _register_medmnist() -> None:
+    import medmnist
+    from medmnist.dataset import MedMNIST2D
+    from medmnist.info import INFO
+
+    for flag, info in INFO.items():
+        cls = getattr(medmnist, info["python_class"], None)
+        if cls is None or not issubclass(cls, MedMNIST2D):
+            continue  # the 3D volumes are not 28x28 images
+        register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
+                                     _medmnist_reader(flag)))
+
+
+# --- MNIST -----------------------------------------------------------------------------------------------
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MNIST_VAL_FRACTION = 0.1
+MNIST_SPLIT_SEED = 0
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not, checking its header against its length.
+
+    torchvision's reader takes uncompressed files only and checks with asserts, so this small one is ours.
+    """
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise SearchError(f"{path} is corrupt or truncated ({err})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 3:
+        raise SearchError(f"{path} is not an IDX file of unsigned bytes (bad header)")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(data) != offset + int(np.prod(dims)):
+        raise SearchError(f"{path} is truncated: the header promises {dims} but the file holds "
+                          f"{len(data) - offset} bytes of data")
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=offset).reshape(dims)  # writable, for torch
+
+
+def _find_mnist(root: Path) -> dict[str, Path] | None:
+    for folder in (root, root / "MNIST" / "raw"):
+        found = {}
+        for key, name in MNIST_FILES.items():
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+        if len(found) == len(MNIST_FILES):
+            return found
+    return None
+
+
+def _read_mnist(root: Path, download: bool) -> Arrays:
+    files = _find_mnist(root)
+    if files is None:
+        if not download:
+            raise SearchError(f"MNIST files not found in {root}")
+        _mnist_download(root)
+        files = _find_mnist(root)
+        assert files is not None
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if arrays[f"{split}_images"].ndim != 3 or n_img != n_lab:
+            raise SearchError(f"MNIST {split}: {files[f'{split}_images']} holds {n_img} images but "
+                              f"{files[f'{split}_labels']} holds {n_lab} labels")
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    # The 60,000 training images split 9:1 into train and val with a fixed seed (not the run's seed).
+    order = np.random.default_rng(MNIST_SPLIT_SEED).permutation(len(images))
+    n_val = max(1, round(len(images) * MNIST_VAL_FRACTION))
+    val, train = order[:n_val], order[n_val:]
+    return {
+        "train": (images[train], labels[train, None]),
+        "val": (images[val], labels[val, None]),
+        "test": (arrays["test_images"], arrays["test_labels"][:, None]),
+    }
+
+
+def _mnist_download(root: Path) -> None:
+    from torchvision.datasets import MNIST
+
+    created = not root.exists()
+    try:
+        MNIST(str(root), train=True, download=True)
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        names = ", ".join(f"{n}.gz" for n in MNIST_FILES.values())
+        raise SearchError(f"mnist: files not found in {root} and the download failed ({type(err).__name__}); "
+                          f"place {names} (gzipped or not) in {root} or {root / 'MNIST' / 'raw'}") from None
+
+
+register_dataset(DatasetInfo("mnist", 1, 10, "multi-class", _read_mnist))
+
+
+# --- digits: scikit-learn's bundled 8x8 digits, the offline demo --------------------------------------------
+
+DIGITS_SPLIT_SEED = 0
+
+
+def _read_digits(root: Path, download: bool) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    small = torch.from_numpy(bunch.images).float().unsqueeze(1) * (255.0 / 16.0)
+    images = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    labels = bunch.target.astype(np.int64)[:, None]
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    n_val = n_test = len(images) * 15 // 100
+    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return {s: (images[idx], labels[idx]) for s, idx in parts.items()}
+
+
+register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits))
+_register_medmnist()

@@ -1,0 +1,266 @@
+"""The one training loop: fit a TrainConfig, keep the best validation epoch, evaluate, save.
+
+Read top to bottom: resolve the device, load the data once per process onto it, build the model and optimizer,
+then for each epoch shuffle indices on the device, slice uint8 batches, augment and normalise them batched on
+the device, step, and evaluate on val. `on_epoch(epoch, metrics)` may stop the run (the search prunes with it).
+
+Speed notes (figures from bench/epoch_speed.py):
+- The whole split lives on the device as uint8; a batch is one index_select, no DataLoader, no PIL, no host copy.
+- The training loss is summed on the device and read once per epoch, so the CPU never waits for the GPU mid-epoch.
+- On CUDA: bf16 autocast, channels_last and fused optimizers (Tensor Cores; fewer kernel launches).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from models import build_model
+from search import config as config_mod
+from search.augment import make_augment
+from search.config import TrainConfig
+from search.data import Data, Split, load
+from search.errors import SearchError
+from search.metrics import evaluate_scores
+
+EVAL_BATCH = 1024
+OnEpoch = Callable[[int, dict[str, float]], bool | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first GPU if there is one, else the CPU. Asking for CUDA without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SearchError(f"device '{name}' was asked for but no CUDA GPU is visible; valid here: auto, cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SearchError(f"device '{name}' does not exist; valid: cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    return torch.device(name)
+
+
+@dataclass
+class FitResult:
+    trainer: "Trainer"  # its model holds the weights of the best validation epoch
+    outcome: str  # "completed", "stopped" (on_epoch asked), "diverged" (non-finite loss)
+    best_epoch: int | None  # 1-based; None when no epoch finished with a finite loss
+    best: dict[str, float]  # the validation metrics of the best epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    reason: str | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trainer.model
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def images_per_second(self) -> float:
+        if not self.history:
+            return 0.0
+        return sum(h["images_per_second"] for h in self.history) / len(self.history)
+
+
+class Trainer:
+    """One model, one optimizer, one dataset on one device; `step` trains one batch (the benchmark times it)."""
+
+    def __init__(self, cfg: TrainConfig, data: Data, device: torch.device) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        info = data.info
+        if cfg.batch_size > len(data.train):
+            raise SearchError(f"batch_size {cfg.batch_size} is larger than the {len(data.train)} training images "
+                              f"of {cfg.dataset}; valid: 2..{len(data.train)}")
+        torch.manual_seed(cfg.seed)  # weight init and dropout
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
+        cuda = device.type == "cuda"
+        # channels_last lets cuDNN pick NHWC Tensor Core kernels; bf16 halves memory traffic on CUDA.
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        self.model = build_model(cfg.architecture, in_channels=info.channels, num_classes=info.num_classes,
+                                 dropout=cfg.dropout, pretrained=cfg.pretrained)
+        self.model.to(device=device, memory_format=self.memory_format)
+        self.augment = make_augment(cfg.augmentation, channels=info.channels)
+        if info.multi_label:
+            smooth = cfg.label_smoothing
+            bce = nn.BCEWithLogitsLoss()
+            self.loss_fn = lambda logits, y: bce(logits, y * (1 - smooth) + 0.5 * smooth)
+        else:
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = len(data.train) // cfg.batch_size  # drop the last partial batch (BatchNorm)
+        self.optimizer = _optimizer(cfg, self.model, fused=cuda)
+        self.scheduler = _scheduler(cfg, self.optimizer, self.steps_per_epoch)
+
+    def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if train and self.augment is not None:
+            x = self.augment(x, self.generator)
+        x = (x - self.data.mean) / self.data.std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        train = self.data.train
+        x = self.inputs(train.images[idx], train=True)
+        y = train.labels[idx]
+        with self.autocast:
+            loss = self.loss_fn(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def epoch(self, progress: Any = None) -> float:
+        """Train one epoch; returns the mean training loss (read from the device once, at the end)."""
+        self.model.train()
+        n, bs = len(self.data.train), self.cfg.batch_size
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        total = torch.zeros((), device=self.device)
+        report_every = max(1, self.steps_per_epoch // 10)
+        for i in range(self.steps_per_epoch):
+            total += self.step(order[i * bs:(i + 1) * bs])
+            if progress is not None:
+                progress.update(1)
+                if (i + 1) % report_every == 0:
+                    progress.set_postfix_str(f"loss {total.item() / (i + 1):.4f}", refresh=False)
+        return total.item() / self.steps_per_epoch
+
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> dict[str, float]:
+        self.model.eval()
+        logits = []
+        for i in range(0, len(split), EVAL_BATCH):
+            with self.autocast:
+                logits.append(self.model(self.inputs(split.images[i:i + EVAL_BATCH], train=False)).float())
+        out = torch.cat(logits)
+        task = self.data.info.task
+        if self.data.info.multi_label:
+            loss = nn.functional.binary_cross_entropy_with_logits(out, split.labels)
+            scores = out.sigmoid()
+        else:
+            loss = nn.functional.cross_entropy(out, split.labels)
+            scores = out.softmax(dim=1)
+        metrics = evaluate_scores(split.labels, scores, task)
+        return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if fused:
+        kw["fused"] = True  # one kernel for the whole update on CUDA
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
+    return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(params, **kw)
+
+
+def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int) -> Any:
+    """Per-step learning-rate schedule with linear warmup: constant, cosine (to 0) or one-cycle."""
+    total = cfg.epochs * steps_per_epoch
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        pct = warm / total if warm else 0.3  # torch's default warmup share when none is given
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct,
+                                                   cycle_momentum=cfg.optimizer == "sgd")
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = False) -> FitResult:
+    """Train `cfg`; keep the weights of the epoch with the best `cfg.metric` on the validation split."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = load(cfg.dataset, cfg.data_dir, device)
+    trainer = Trainer(cfg, data, device)
+    key = cfg.metric.removeprefix("val_")
+    result = FitResult(trainer, "completed", None, {})
+    best_state: dict[str, torch.Tensor] | None = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=trainer.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            if bar is not None:
+                bar.reset()
+                bar.set_description(f"epoch {epoch}/{cfg.epochs}")
+            t0 = time.perf_counter()
+            train_loss = trainer.epoch(bar)
+            train_seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                result.outcome = "diverged"
+                result.reason = f"training diverged at epoch {epoch}: the loss became {train_loss}"
+                break
+            val = trainer.evaluate(data.val)
+            metrics = {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
+                       "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
+                       "seconds": time.perf_counter() - t0,
+                       "images_per_second": trainer.steps_per_epoch * cfg.batch_size / train_seconds}
+            result.history.append(metrics)
+            if bar is not None:
+                bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {val['acc']:.4f} val_auc {val['auc']:.4f}")
+                bar.refresh()
+            if result.best_epoch is None or val[key] > result.best[cfg.metric]:
+                result.best_epoch = epoch
+                result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
+                best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            if on_epoch is not None and on_epoch(epoch, metrics):
+                result.outcome = "stopped"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if best_state is not None:
+        trainer.model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt and config.yaml to out."""
+    result = fit(cfg, progress=progress)
+    if result.best_epoch is None:
+        raise SearchError(f"{result.reason}; nothing was saved. Try a lower lr (now {cfg.lr}).")
+    test = result.trainer.evaluate(result.trainer.data.test)
+    metrics = {
+        **{k: result.best[k] for k in ("val_acc", "val_auc")},
+        "test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"],
+        "best_epoch": result.best_epoch, "epochs": len(result.history), "outcome": result.outcome,
+        "seconds": round(result.seconds, 3), "params": result.params,
+        "images_per_second": round(result.images_per_second, 1),
+        "device": str(result.trainer.device), "dataset": cfg.dataset, "architecture": cfg.architecture,
+        "history": result.history,
+    }
+    if result.reason:
+        metrics["reason"] = result.reason
+    out.mkdir(parents=True, exist_ok=True)
+    # Each file is written under a temporary name and renamed, so an interrupted save leaves no half file.
+    _atomic(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
+                                                    "config": cfg.to_dict()}, p))
+    config_mod.dump(cfg, out / "config.yaml")
+    _atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
+    return metrics
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)
