@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from models import register_model
+from models.layers import Dropout
 from search.errors import SearchError
 
 __all__ = ["AlexNet28", "alexnet"]
@@ -40,10 +41,10 @@ class AlexNet28(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(256 * 4 * 4, hidden),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),

@@ -13,6 +13,7 @@ from torchvision.models import resnet as tv
 from torchvision.models._api import WeightsEnum
 
 from models import register_model
+from models.layers import Dropout
 from search.errors import SearchError
 
 __all__ = ["ImageNetInput", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -46,7 +47,7 @@ def checkpoint_path(weights: WeightsEnum) -> Path:
 
 
 def _new_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(Dropout(dropout), nn.Linear(in_features, num_classes))
 
 
 def _resnet(

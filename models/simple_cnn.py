@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from models import register_model
+from models.layers import Dropout
 
 __all__ = ["SimpleCNNv1", "SimpleCNNv2", "simple_cnn_v1", "simple_cnn_v2"]
 
@@ -28,7 +29,7 @@ class SimpleCNNv1(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(64 * 7 * 7, num_classes),
         )
 
@@ -43,7 +44,7 @@ def _conv_block(in_channels: int, out_channels: int, dropout: float) -> nn.Seque
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
-        nn.Dropout(dropout),
+        Dropout(dropout),
     )
 
 
@@ -66,7 +67,7 @@ class SimpleCNNv2(nn.Module):
             nn.Linear(128 * 3 * 3, 256),
             nn.BatchNorm1d(256),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(256, num_classes),
         )
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from models import register_model
+from models.layers import Dropout
 from search.errors import SearchError
 
 __all__ = ["SeparableConv2d", "Xception", "xception"]
@@ -92,7 +93,7 @@ class Xception(nn.Module):
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(2048, num_classes),
         )
 

@@ -246,3 +246,19 @@ def test_pretrained_corrupt_cache_file(monkeypatch: pytest.MonkeyPatch, tmp_path
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(SearchError, match="cannot load"):
         build_model("resnet18", in_channels=3, num_classes=9, pretrained=True)
+
+
+def test_cpu_dropout_keeps_torch_semantics():
+    from models.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01  # each element kept with probability 1 - p
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))  # survivors scaled by 1 / (1 - p)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through the same mask and scale
+    drop.eval()
+    assert torch.equal(drop(x), x)
