@@ -15,7 +15,18 @@ class _OneLine(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Usage errors (a bad option value) as one line, like every other user error: no usage block."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            err.ctx = None
+            raise
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="search")
 def main() -> None:
     """Hyperparameter search for image classifiers on MNIST and MedMNIST, built on Optuna."""
@@ -25,6 +36,9 @@ def main() -> None:
     if not log.handlers:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines say what happens
 
 
 @main.command()
@@ -47,3 +61,124 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
     click.echo(f"{cfg.dataset} {cfg.architecture}: test_acc {m['test_acc']:.4f} test_auc {m['test_auc']:.4f} "
                f"(best epoch {m['best_epoch']}/{m['epochs']}, val_acc {m['val_acc']:.4f}, {m['params']:,} params, "
                f"{m['seconds']:.1f} s on {m['device']}) -> {out}")
+
+
+def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from search.studies import load_study
+
+    spec = load_study(study, **overrides)
+    return dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}) if seed is not None else spec
+
+
+@main.command()
+@click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes: one per GPU, or sharing the CPU cores.")
+@click.option("--trials", type=click.IntRange(min=1), help="Total finished trials for the study (all workers).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("--devices", help="GPU indices to use, e.g. 0,1; or cpu.")
+@click.option("--data-dir", help="Folder holding the dataset files.")
+@click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
+def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
+          devices: str | None, data_dir: str | None, seed: int | None) -> None:
+    """Run a search: N workers on one study store until the trial budget is done."""
+    from search import workers as w
+    from search.storage import resolve_url
+
+    spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
+    raise SystemExit(w.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
+
+
+@main.command()
+@click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
+@click.option("--storage", help="Study store URL shared by all workers (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("--trials", type=click.IntRange(min=1), help="Stop once the study has this many finished trials.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-dir", help="Folder holding the dataset files.")
+@click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + pid).")
+def worker(study: str, storage: str | None, trials: int | None, device: str, data_dir: str | None,
+           seed: int | None) -> None:
+    """One worker without a supervisor: joins the study, e.g. from another machine."""
+    import os
+
+    from search import data, workers as w
+    from search.engine import resolve_device
+    from search.storage import resolve_url
+
+    spec = _spec(study, data_dir=data_dir, trials=trials)
+    dev = str(resolve_device(device))
+    url = resolve_url(storage)
+    data.prepare(spec.dataset, spec.data_dir)
+    w.ensure_study(spec, url)
+    offset = seed if seed is not None else os.getpid()
+    raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, seed_offset=offset, echo=click.echo))
+
+
+@main.command()
+@click.option("--study", required=True)
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+def status(study: str, storage: str | None) -> None:
+    """Counts by state, the best trial, the top 5 and the best per architecture."""
+    from search import export
+
+    click.echo(export.summary(export.load(study, storage)))
+
+
+@main.command("export")
+@click.option("--study", required=True)
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
+              show_default=True)
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
+def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
+    """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
+    from search import export
+
+    cfg, trial = export.export(export.load(study, storage), out, rank)
+    click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}; "
+               f"train it with: search train {out}")
+
+
+@main.command()
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dashboard(storage: str | None, host: str, port: int) -> None:
+    """optuna-dashboard on the study store."""
+    import optuna_dashboard
+
+    from search.storage import mask, open_storage, resolve_url
+
+    url = resolve_url(storage)
+    store = open_storage(url, must_exist=True, heartbeat=False)
+    if host in ("0.0.0.0", "::", ""):
+        logging.getLogger("search").warning("the dashboard is bound to all interfaces (%s): anyone who can reach "
+                                            "this machine can see and change the study", host)
+    click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/ (Ctrl-C to stop)")
+    optuna_dashboard.run_server(store, host=host, port=port)
+
+
+@main.command()
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+def studies(storage: str | None) -> None:
+    """The study files, and the studies in the store with their trial counts."""
+    import optuna
+
+    from search.storage import mask, open_storage, resolve_url, sqlite_path
+    from search.studies import list_study_files
+
+    click.echo("study files:")
+    for name, path in list_study_files().items():
+        click.echo(f"  {name:<16} {path}")
+    url = resolve_url(storage)
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        click.echo(f"no study store at {path} yet")
+        return
+    summaries = optuna.get_all_study_summaries(open_storage(url, heartbeat=False), include_best_trial=False)
+    click.echo(f"studies in {mask(url)}:" + ("" if summaries else " none"))
+    for s in summaries:
+        click.echo(f"  {s.study_name:<16} {s.n_trials} trials")

@@ -1,0 +1,151 @@
+"""The study store: URL resolution, SQLite set up for many writers, heartbeat, password masking.
+
+SQLite: every connection uses WAL (readers never block the writer) and a 60 s busy timeout, and every storage
+call is retried while SQLite answers "database is locked". The busy timeout alone cannot prevent that error: in
+WAL mode, a transaction that read a snapshot and then wants to write, after another process committed in between,
+fails at once (SQLITE_BUSY_SNAPSHOT) without waiting. Optuna rolls such a transaction back, so running the
+whole call again is safe. (`BEGIN IMMEDIATE` for every transaction would avoid it, but Optuna and Alembic hold a
+read transaction open on one connection while writing on another, which then deadlocks within one process.)
+
+RDB storages (SQLite and PostgreSQL alike) record a heartbeat for running trials; a trial whose worker stopped
+beating for the grace period is failed and its parameters are retried once (Optuna's RetryFailedTrialCallback).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+from search.errors import SearchError
+
+DEFAULT_STORAGE = "sqlite:///search.db"
+SQLITE_BUSY_TIMEOUT_S = 60
+# Heartbeat: a worker writes one every HEARTBEAT_S; a RUNNING trial older than GRACE_S is failed and retried.
+HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("SEARCH_GRACE_S", str(3 * HEARTBEAT_S)))
+
+
+def resolve_url(url: str | None) -> str:
+    """--storage, else $SEARCH_STORAGE, else sqlite:///search.db in the working directory."""
+    return url or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, for every message and log line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show only the scheme
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cur.execute("PRAGMA journal_mode = WAL")  # synchronous stays FULL: a commit is on disk when it returns
+        cur.close()
+
+
+def _locked(err: BaseException | None) -> bool:
+    while err is not None:
+        if "database is locked" in str(err) or "database table is locked" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _retry_locked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        delay = 0.01
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as err:
+                if not _locked(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))  # jitter: workers that collided do not collide again
+            delay = min(2 * delay, 0.5)
+
+    return call
+
+
+class SQLiteStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage with every public call retried while SQLite says "database is locked"."""
+
+
+for _name, _fn in list(vars(optuna.storages.RDBStorage).items()):
+    if callable(_fn) and not _name.startswith("_"):
+        setattr(SQLiteStorage, _name, _retry_locked(_fn))
+
+
+def sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    return Path(u.database) if u.database and u.database != ":memory:" else None
+
+
+def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+    """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
+    url = resolve_url(url)
+    try:
+        backend = make_url(url).get_backend_name()
+    except Exception:
+        raise SearchError(f"storage URL '{mask(url)}' is not valid; examples: sqlite:///search.db, "
+                          f"postgresql://user@host:5432/db") from None
+    kwargs: dict = {}
+    path = sqlite_path(url)
+    if backend == "sqlite":
+        if path is not None and must_exist and not path.exists():
+            raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
+        if path is not None and not path.parent.exists():
+            raise SearchError(f"storage folder {path.parent} does not exist")
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    elif backend.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
+        kwargs["pool_pre_ping"] = True
+    hb = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+              heartbeat_stale_trial_callback=retry_once) if heartbeat else {}
+    try:
+        import warnings
+
+        cls = SQLiteStorage if backend == "sqlite" else optuna.storages.RDBStorage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Creating the tables races with other workers starting at the same moment: retried too.
+            return _retry_locked(cls)(url, engine_kwargs=kwargs, **hb)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
+
+
+def mask_text(text: str, url: str) -> str:
+    """Remove the URL's password from any text (driver messages sometimes echo the DSN)."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial's parameters once more (Optuna's RetryFailedTrialCallback with max_retry=1).
+
+    The retry starts with clean user attributes: the failed run's `reason` and `worker` must not carry over.
+    """
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = {}
+    optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, clean)

@@ -1,0 +1,291 @@
+"""Study files (``studies/<name>.yaml``) -> StudySpec, plus the Optuna sampler and pruner they name.
+
+A study file says what to search (``space``), what stays put (``fixed``), on which data, for how many epochs
+and trials, and how Optuna samples and prunes. Every mistake is found when the file is loaded, before any
+worker starts, and reported as one line naming the file and the key: a bad file should cost seconds, not
+a night of failed trials.
+
+Study files are looked up by name in ``./studies/`` first (so a project can override or add studies), then
+in the ones shipped with the package (``studies/`` in the repository, installed as the package
+``search_studies``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from search import config
+from search.errors import SearchError
+from search.space import STUDY_KEYS, Param, parse_space
+
+STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
+                   "sampler", "pruner", "space", "fixed")
+REQUIRED = ("name", "dataset")
+# Both metrics (val_acc, val_auc) are higher-is-better and the engine keeps the highest epoch.
+DIRECTIONS = ("maximize",)
+DEFAULT_TRIALS = 20
+DEFAULT_SAMPLER: dict[str, Any] = {"name": "tpe", "seed": 0}
+# Optuna's own default; it needs no settings and never prunes before 5 trials have finished.
+DEFAULT_PRUNER: dict[str, Any] = {"name": "median"}
+_NAME = re.compile(r"[A-Za-z0-9._-]+")  # safe in a storage URL, a file name and a shell, unquoted
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+# Optuna constructs these samplers without their extra package and fails only at the first trial.
+_SAMPLER_NEEDS = {"cmaes": "cmaes"}
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successivehalving": optuna.pruners.SuccessiveHalvingPruner,
+    "none": optuna.pruners.NopPruner,
+}
+PACKAGE = "search_studies"  # the repository's studies/ folder, as installed (see pyproject.toml)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    dataset: str
+    data_dir: str | None
+    metric: str
+    direction: str
+    epochs: int  # the most epochs one trial may run (a pruner may stop it sooner)
+    trials: int  # the default budget of `search start`
+    timeout: float | None  # seconds
+    sampler: dict[str, Any]  # {"name": ..., "seed": ..., **keyword arguments of the Optuna class}
+    pruner: dict[str, Any]  # {"name": ..., **keyword arguments of the Optuna class}
+    space: dict[str, Param]
+    fixed: dict[str, Any]
+    path: Path  # the file it came from
+
+    def base_config(self) -> dict[str, Any]:
+        """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
+        return {**self.fixed, "dataset": self.dataset, "data_dir": self.data_dir, "epochs": self.epochs,
+                "metric": self.metric}
+
+
+# --- finding study files ------------------------------------------------------------------------------------
+
+def _packaged_dir() -> Path | None:
+    try:
+        folder = resources.files(PACKAGE)
+    except ModuleNotFoundError:
+        # Run from a source checkout without installing: the repository's studies/ sits next to search/.
+        folder = Path(__file__).resolve().parents[1] / "studies"
+    return folder if isinstance(folder, Path) and folder.is_dir() else None
+
+
+def study_dirs() -> list[Path]:
+    """Folders searched for study files, first wins: ``./studies`` (if any), then the packaged studies."""
+    dirs: list[Path] = []
+    local = Path.cwd() / "studies"
+    if local.is_dir():
+        dirs.append(local)
+    packaged = _packaged_dir()
+    # In the repository root with an editable install both are the same folder; list it once.
+    if packaged is not None and not any(d.resolve() == packaged.resolve() for d in dirs):
+        dirs.append(packaged)
+    return dirs
+
+
+def list_study_files() -> dict[str, Path]:
+    """Study name (the file stem) -> file, ``./studies`` overriding packaged ones, sorted by name."""
+    found: dict[str, Path] = {}
+    for folder in reversed(study_dirs()):
+        # .yml first so that a .yaml of the same stem in the same folder wins.
+        for path in sorted(folder.iterdir(), key=lambda p: (p.suffix != ".yml", p.name)):
+            if path.suffix in (".yaml", ".yml") and path.is_file():
+                found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
+def find_study(name_or_path: str) -> Path:
+    """A path (ending .yaml/.yml or containing '/') as is, else a study name looked up in :func:`list_study_files`."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise SearchError(f"study file not found: {path}")
+        return path
+    files = list_study_files()
+    if text not in files:
+        available = ", ".join(files) or "none"
+        raise SearchError(f"unknown study '{text}'; available: {available} (or give a path to a .yaml file)")
+    return files[text]
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+def _int(value: Any, *, source: str, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SearchError(f"{source}: {key} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, *, source: str, key: str, valid: tuple[str, ...] | list[str]) -> str:
+    if value not in valid:
+        raise SearchError(f"{source}: {key} {value!r} is not known; valid: {', '.join(valid)}")
+    return value
+
+
+def _named(raw: Any, *, source: str, key: str, default: dict[str, Any], valid: dict[str, Any]) -> dict[str, Any]:
+    """A sampler/pruner setting: a name alone (``sampler: random``) or a mapping with ``name`` and keyword args."""
+    if raw is None:
+        raw = dict(default)
+    elif isinstance(raw, str):
+        raw = {"name": raw}
+    elif not isinstance(raw, dict):
+        raise SearchError(f"{source}: {key} must be a name or a mapping with a 'name', got {raw!r}")
+    values = {**raw, "name": raw.get("name", default["name"])}
+    _choice(values["name"], source=source, key=f"{key}.name", valid=list(valid))
+    for arg in values:
+        if not isinstance(arg, str):
+            raise SearchError(f"{source}: {key}: setting names must be strings, got {arg!r}")
+    return values
+
+
+def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | None = None,
+               timeout: float | None = None) -> StudySpec:
+    """Read and check a study file; ``data_dir``, ``trials`` and ``timeout`` override the file (None keeps it)."""
+    path = find_study(name_or_path)
+    source = _display(path)
+    raw = config.read_yaml(source if Path(source).is_file() else path)
+    if not isinstance(raw, dict):
+        raise SearchError(f"{source}: expected a mapping of study keys ({', '.join(STUDY_FILE_KEYS)}), "
+                          f"got {type(raw).__name__}")
+    for key in raw:
+        if key not in STUDY_FILE_KEYS:
+            raise SearchError(f"{source}: unknown key {key!r}; valid keys: {', '.join(STUDY_FILE_KEYS)}")
+    for key in REQUIRED:
+        if key not in raw:
+            raise SearchError(f"{source}: the key '{key}' is required")
+
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SearchError(f"{source}: name {name!r} may contain only letters, digits, '-', '_' and '.'")
+    from search.data import list_datasets  # the registry is the truth; imported late as config does
+
+    dataset = _choice(raw["dataset"], source=source, key="dataset", valid=list_datasets())
+    data_dir = data_dir if data_dir is not None else raw.get("data_dir")
+    if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
+        raise SearchError(f"{source}: data_dir must be a path string, got {data_dir!r}")
+    metric = _choice(raw.get("metric", "val_acc"), source=source, key="metric", valid=config.METRICS)
+    direction = _choice(raw.get("direction", "maximize"), source=source, key="direction", valid=DIRECTIONS)
+    epochs = _int(raw.get("epochs", config.TrainConfig.epochs), source=source, key="epochs", minimum=1)
+    trials = _int(trials if trials is not None else raw.get("trials", DEFAULT_TRIALS),
+                  source=source, key="trials", minimum=1)
+    timeout = timeout if timeout is not None else raw.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise SearchError(f"{source}: timeout must be a number of seconds greater than 0, got {timeout!r}")
+        timeout = float(timeout)
+
+    sampler = _named(raw.get("sampler"), source=source, key="sampler", default=DEFAULT_SAMPLER, valid=SAMPLERS)
+    sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
+                           minimum=0)
+    pruner = _named(raw.get("pruner"), source=source, key="pruner", default=DEFAULT_PRUNER, valid=PRUNERS)
+
+    space = parse_space(raw.get("space"), source=source)
+    fixed = _parse_fixed(raw.get("fixed"), source=source, space=space)
+    spec = StudySpec(name=name, dataset=dataset, data_dir=data_dir, metric=metric, direction=direction,
+                     epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
+                     fixed=fixed, path=path.resolve())
+    _check_configs(spec, source=source)
+    make_sampler(spec)  # a bad keyword argument fails here, not in every worker
+    make_pruner(spec)
+    return spec
+
+
+def _parse_fixed(raw: Any, *, source: str, space: dict[str, Param]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SearchError(f"{source}: fixed must be a mapping of TrainConfig keys, got {type(raw).__name__}")
+    for key in raw:
+        if key in STUDY_KEYS:
+            raise SearchError(f"{source}: fixed.{key}: {key} is set by the study (or the worker); "
+                              f"use the top-level key instead")
+        if key not in config.KEYS:
+            valid = ", ".join(k for k in config.KEYS if k not in STUDY_KEYS)
+            raise SearchError(f"{source}: fixed.{key}: not a TrainConfig key; valid: {valid}")
+        if key in space:
+            raise SearchError(f"{source}: fixed.{key}: '{key}' is both searched (space) and fixed; keep one")
+    return dict(raw)
+
+
+def _check_configs(spec: StudySpec, *, source: str) -> None:
+    """Every choice and every bound, with ``fixed``, must make a valid TrainConfig."""
+    base = spec.base_config()
+    try:
+        config.from_dict(base, source=source)
+    except SearchError as err:
+        raise SearchError(f"{source}: fixed: {err.message}") from None
+    for param in spec.space.values():
+        for value in param.bounds():
+            try:
+                config.from_dict({**base, param.name: value}, source=source)
+            except SearchError as err:
+                raise SearchError(f"{source}: space.{param.name}: {err.message}") from None
+
+
+# --- Optuna objects -----------------------------------------------------------------------------------------
+
+def _construct(kind: str, spec: StudySpec, factory: Callable[..., Any], name: str, kwargs: dict[str, Any]) -> Any:
+    params = inspect.signature(factory).parameters
+    accepted = ", ".join(p for p in params if p != "seed") or "none"
+    where = f"{_display(spec.path)}: {kind} {name}"
+    # Named here rather than left to the TypeError, whose wording ("takes no arguments") may not name the key.
+    unknown = [key for key in kwargs if key not in params]
+    if unknown:
+        raise SearchError(f"{where}: unknown setting '{unknown[0]}'; its settings: {accepted}")
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as err:  # a missing or badly typed value
+        raise SearchError(f"{where}: {err}; its settings: {accepted}") from None
+
+
+def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded ``sampler.seed + seed_offset``: workers pass distinct offsets, so they
+    do not all draw the same random start-up trials."""
+    settings = dict(spec.sampler)
+    name = settings.pop("name")
+    settings["seed"] = settings.get("seed", 0) + seed_offset
+    needs = _SAMPLER_NEEDS.get(name)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise SearchError(f"{_display(spec.path)}: sampler {name} needs the '{needs}' package: pip install {needs}")
+    return _construct("sampler", spec, SAMPLERS[name], name, settings)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The study's pruner; hyperband's ``max_resource`` defaults to the study's epochs (one epoch = one step)."""
+    settings = dict(spec.pruner)
+    name = settings.pop("name")
+    if name == "hyperband":
+        settings.setdefault("max_resource", spec.epochs)
+        low, high = settings.get("min_resource", 1), settings["max_resource"]
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            # Optuna accepts this and then builds no brackets; say so instead.
+            raise SearchError(f"{_display(spec.path)}: pruner hyperband: min_resource {low} is greater than "
+                              f"max_resource {high}")
+    return _construct("pruner", spec, PRUNERS[name], name, settings)
