@@ -29,13 +29,24 @@ class Objective:
         self.spec, self.device, self.on_start = spec, device, on_start
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
+            trial.set_user_attr("reason", "interrupted")
+            raise
+        except (optuna.TrialPruned, Diverged):
+            raise
+        except Exception as err:  # recorded with the trial; Optuna marks it FAIL
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         if self.on_start is not None:
             self.on_start(trial.number)  # the supervisor must know which trial to fail if this process dies
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", self.device)
         cfg = trial_config(self.spec, trial)
         trial.set_user_attr("config", cfg.to_dict())  # device 'auto': the exported file runs anywhere
-        cfg = cfg.replace(device=self.device)
         pruned = False
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
@@ -46,14 +57,7 @@ class Objective:
             pruned = trial.should_prune()
             return pruned
 
-        try:
-            result = engine.fit(cfg, on_epoch=on_epoch)
-        except KeyboardInterrupt:
-            trial.set_user_attr("reason", "interrupted")
-            raise
-        except Exception as err:  # recorded with the trial; Optuna marks it FAIL
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
-            raise
+        result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch)
         trial.set_user_attr("params", result.params)
         trial.set_user_attr("epochs_run", len(result.history))
         if result.history:

@@ -9,6 +9,7 @@ left RUNNING as FAIL ("interrupted") and exits; the same command resumes the stu
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -32,13 +33,24 @@ STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
+    # Ctrl-C reaches the worker directly and again through the supervisor's SIGTERM: the second signal must not
+    # interrupt the cleanup (recording "interrupted" on the trial) that the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _quiet_optuna() -> None:
+def _stop_on_signals() -> None:
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _quiet_logs() -> None:
     # The supervisor prints progress and each failure's reason (kept in the trial's `reason`); Optuna's per-trial
-    # lines and tracebacks from N workers would bury it.
+    # lines and tracebacks from N workers would bury it. SQLAlchemy logs a traceback ("Error closing cursor")
+    # when Ctrl-C lands inside a query; the interrupt itself is handled, so that log is noise.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
 
 
 def _open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:
@@ -58,8 +70,8 @@ def _set_threads(device: str, threads: int) -> None:
 def _worker_process(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
                     threads: int) -> None:
     """A supervised worker: one ticket, one trial, until the supervisor says stop."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    _quiet_optuna()
+    _stop_on_signals()
+    _quiet_logs()
     from search.objective import Objective
 
     try:
@@ -87,8 +99,8 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
     from search.objective import Objective, worker_id
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    _quiet_optuna()
+    _stop_on_signals()
+    _quiet_logs()
     threads = os.cpu_count() or 1
     _set_threads(device, threads)
     study = _open_study(spec, storage_url, seed_offset)
