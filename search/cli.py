@@ -182,3 +182,16 @@ def studies(storage: str | None) -> None:
     click.echo(f"studies in {mask(url)}:" + ("" if summaries else " none"))
     for s in summaries:
         click.echo(f"  {s.study_name:<16} {s.n_trials} trials")
+
+
+@main.command()
+@click.option("--storage", help="The database the proxy serves (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+def proxy(storage: str | None, host: str, port: int) -> None:
+    """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
+    from search import proxy as grpc_proxy
+    from search.storage import resolve_url
+
+    grpc_proxy.serve(resolve_url(storage), host=host, port=port, echo=click.echo)

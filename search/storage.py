@@ -101,6 +101,9 @@ def sqlite_path(url: str) -> Path | None:
 def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat: bool = True) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
+    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/proxy.py
+        from search.proxy import grpc_storage
+        return grpc_storage(url)
     try:
         backend = make_url(url).get_backend_name()
     except Exception:

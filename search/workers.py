@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
@@ -51,6 +52,8 @@ def _quiet_logs() -> None:
     # when Ctrl-C lands inside a query; the interrupt itself is handled, so that log is noise.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
+    # Study files opt into experimental sampler options knowingly (pathmnist: TPE group=True); say it once, not per worker.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:

@@ -112,3 +112,69 @@ def test_bad_devices(tmp_path):
     code, output = invoke(["start", "--study", str(spec), "--devices", "7"], tmp_path)
     one_line_exit_2(code, output, "--devices 7")
     assert not (tmp_path / "search.db").exists()
+
+
+@pytest.mark.parametrize("replace, words", [
+    (("architecture: simple_cnn_v1", "architecture: vgg11"), ["architecture 'vgg11'", "simple_cnn_v2"]),
+    (("dataset: digits", "dataset: cifar10"), ["dataset 'cifar10'", "pathmnist"]),
+    (("epochs: 3", "epochs: -3"), ["epochs", "-3"]),
+    (("batch_size: 64", "batch_size: 64\n  learning_rate: 0.1"), ["learning_rate"]),
+])
+def test_bad_values_in_a_study_file_leave_the_store_untouched(tmp_path, store, replace, words):
+    before = digest(store)
+    path = study_file(tmp_path, "bad")
+    path.write_text(path.read_text().replace(*replace))
+    code, output = invoke(["start", "--study", str(path)], tmp_path)
+    one_line_exit_2(code, output, "bad.yaml", *words)
+    assert digest(store) == before
+
+
+def test_truncated_data_file_stops_start_before_the_store_is_touched(tmp_path, store):
+    from tests.conftest import write_medmnist_npz
+
+    npz = write_medmnist_npz(tmp_path / "pathmnist.npz", channels=3, classes=9)
+    npz.write_bytes(npz.read_bytes()[:3000])
+    path = study_file(tmp_path, "path")
+    path.write_text(path.read_text().replace("dataset: digits", f"dataset: pathmnist\ndata_dir: {tmp_path}"))
+    before = digest(store)
+    code, output = invoke(["start", "--study", str(path)], tmp_path)
+    one_line_exit_2(code, output, "pathmnist.npz is corrupt or truncated")
+    assert digest(store) == before
+
+
+def test_export_into_a_missing_folder(tmp_path):
+    import optuna
+
+    db = tmp_path / "search.db"
+    study = optuna.create_study(study_name="done", storage=f"sqlite:///{db}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"config": {"dataset": "digits"}}))
+    before = digest(db)
+    code, output = invoke(["export", "--study", "done", "-o", str(tmp_path / "no" / "best.yaml")], tmp_path)
+    one_line_exit_2(code, output, "does not exist")
+    assert digest(db) == before
+
+
+def test_dashboard_refuses_a_missing_store(tmp_path):
+    code, output = invoke(["dashboard", "--storage", f"sqlite:///{tmp_path}/none.db"], tmp_path)
+    one_line_exit_2(code, output, "no study store")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_dashboard_binds_to_localhost_by_default_and_warns_on_all_interfaces(tmp_path, store):
+    import subprocess
+
+    from tests.conftest import cli_env, search_cmd
+    from tests.test_search import _get, free_port, wait_for
+
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        port = free_port()
+        args = ["dashboard", "--port", str(port)] + (["--host", host] if host != "127.0.0.1" else [])
+        proc = subprocess.Popen(search_cmd() + args, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=cli_env())
+        try:
+            wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/studies"), 60, "the dashboard")
+        finally:
+            proc.terminate()
+            out = proc.communicate(timeout=30)[0]
+        assert f"http://{host}:{port}/" in out
+        assert ("bound to all interfaces" in out) == warned, out
