@@ -1,6 +1,6 @@
 """Pruning: the same study and seed with its pruner and with none, at equal trial budgets, measured in one run.
 
-    python bench/pruning.py [--study digits] [--trials 24] [--data-dir DIR]
+    python bench/pruning.py [--study digits] [--trials 24] [--data-dir DIR] [--pruner "{name: hyperband}"]
 
 Prints, for each arm, the training epochs spent (sum over trials) and the best validation metric, then the
 epoch saving and the difference in best value. Target: >= 40% fewer epochs, best value within 0.5 points.
@@ -13,6 +13,7 @@ import dataclasses
 import time
 
 import optuna
+import yaml
 
 from search import data
 from search.objective import Objective
@@ -34,9 +35,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--data-dir")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pruner", help="a YAML mapping that replaces the study's pruner, e.g. '{name: hyperband}'")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_study(args.study, data_dir=args.data_dir)
+    if args.pruner:
+        spec = dataclasses.replace(spec, pruner=yaml.safe_load(args.pruner))
+        make_pruner(spec)  # a bad mapping fails here, before any training
     data.prepare(spec.dataset, spec.data_dir)
     unpruned = dataclasses.replace(spec, pruner={"name": "none"})
     print(f"study {spec.name} ({spec.dataset}, {spec.metric}), {args.trials} trials each, up to {spec.epochs} "

@@ -47,7 +47,9 @@ def main() -> None:
               help="Folder for metrics.json, model.pt and config.yaml (default: a new folder under runs/).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the config's epochs.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the config's device).")
-def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None) -> None:
+@click.option("--seeds", type=click.IntRange(min=1),
+              help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
+def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
     from search import config, engine
     from search.errors import SearchError
@@ -55,12 +57,23 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
     cfg = config.load(config_file, epochs=epochs, device=device)
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.architecture}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def line(folder: Path, m: dict) -> None:  # type: ignore[type-arg]
+        seed = f" seed {m['seed']}" if seeds is not None else ""
+        click.echo(f"{cfg.dataset} {cfg.architecture}{seed}: test_acc {m['test_acc']:.4f} "
+                   f"test_auc {m['test_auc']:.4f} (best epoch {m['best_epoch']}/{m['epochs']}, val_acc "
+                   f"{m['val_acc']:.4f}, {m['params']:,} params, {m['seconds']:.1f} s on {m['device']}) -> {folder}")
+
+    if seeds is not None:
+        s = engine.train_seeds(cfg, out, seeds, on_run=line)
+        sd = lambda k: f" ± {s[k]['sd']:.4f}" if s[k]["sd"] is not None else ""  # noqa: E731
+        click.echo(f"{cfg.dataset} {cfg.architecture}, {seeds} seeds: test_acc {s['test_acc']['mean']:.4f}"
+                   f"{sd('test_acc')} test_auc {s['test_auc']['mean']:.4f}{sd('test_auc')} (mean ± sample sd) "
+                   f"-> {out / 'summary.json'}")
+        return
     if (out / "metrics.json").exists():
         raise SearchError(f"{out} already holds a finished run (metrics.json); choose another --out")
-    m = engine.train(cfg, out)
-    click.echo(f"{cfg.dataset} {cfg.architecture}: test_acc {m['test_acc']:.4f} test_auc {m['test_auc']:.4f} "
-               f"(best epoch {m['best_epoch']}/{m['epochs']}, val_acc {m['val_acc']:.4f}, {m['params']:,} params, "
-               f"{m['seconds']:.1f} s on {m['device']}) -> {out}")
+    line(out, engine.train(cfg, out))
 
 
 def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-untyped-def]
@@ -120,11 +133,32 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
 @main.command()
 @click.option("--study", required=True)
 @click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
-def status(study: str, storage: str | None) -> None:
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every trial (state, value, parameters, epochs run, seconds) to this CSV file.")
+def status(study: str, storage: str | None, csv_file: Path | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture."""
     from search import export
 
-    click.echo(export.summary(export.load(study, storage)))
+    loaded = export.load(study, storage)
+    click.echo(export.summary(loaded))
+    if csv_file is not None:
+        click.echo(f"{export.write_csv(loaded, csv_file)} trials -> {csv_file}")
+
+
+@main.command()
+@click.option("--study", required=True)
+@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A `search train` output folder, or a `--seeds` folder; repeat for more runs.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (default: report-STUDY); files already there are replaced.")
+def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | None) -> None:
+    """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
+    from search import export, report as report_mod
+
+    loaded = export.load(study, storage)
+    done = report_mod.write_report(loaded, list(runs), out or Path(f"report-{loaded.study_name}"))
+    click.echo(f"{done['figures']} figures, {done['tables']} tables -> {done['index']}")
 
 
 @main.command("export")
@@ -146,19 +180,25 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
 @click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def dashboard(storage: str | None, host: str, port: int) -> None:
-    """optuna-dashboard on the study store."""
+@click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite store).")
+def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | None) -> None:
+    """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     import optuna_dashboard
 
+    from search import artifacts
     from search.storage import mask, open_storage, resolve_url
 
     url = resolve_url(storage)
     store = open_storage(url, must_exist=True, heartbeat=False)
+    folder = artifacts.artifact_dir(url, artifacts_dir)
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the dashboard is bound to all interfaces (%s): anyone who can reach "
                                             "this machine can see and change the study", host)
-    click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/ (Ctrl-C to stop)")
-    optuna_dashboard.run_server(store, host=host, port=port)
+    where = f", trial files in {folder}" if folder is not None else ""
+    click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/{where} (Ctrl-C to stop)")
+    optuna_dashboard.run_server(store, host=host, port=port,
+                                artifact_store=artifacts.open_store(folder) if folder is not None else None)
 
 
 @main.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from search.augment import make_augment
 from search.config import TrainConfig
 from search.data import Data, Split, load
 from search.errors import SearchError
-from search.metrics import evaluate_scores
+from search.metrics import MULTI_LABEL, evaluate_scores
 
 EVAL_BATCH = 1024
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
@@ -136,8 +137,13 @@ class Trainer:
                     progress.set_postfix_str(f"loss {total.item() / (i + 1):.4f}", refresh=False)
         return total.item() / self.steps_per_epoch
 
-    @torch.inference_mode()
     def evaluate(self, split: Split) -> dict[str, float]:
+        """ACC, AUC and loss of ``split`` (MedMNIST's definitions for the dataset's task)."""
+        return self.evaluate_with_scores(split)[0]
+
+    @torch.inference_mode()
+    def evaluate_with_scores(self, split: Split) -> tuple[dict[str, float], torch.Tensor]:
+        """`evaluate`, plus the (N, K) class probabilities on the device: a confusion matrix needs no second pass."""
         self.model.eval()
         logits = []
         for i in range(0, len(split), EVAL_BATCH):
@@ -152,7 +158,7 @@ class Trainer:
             loss = nn.functional.cross_entropy(out, split.labels)
             scores = out.softmax(dim=1)
         metrics = evaluate_scores(split.labels, scores, task)
-        return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}
+        return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}, scores
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool) -> torch.optim.Optimizer:
@@ -240,7 +246,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     result = fit(cfg, progress=progress)
     if result.best_epoch is None:
         raise SearchError(f"{result.reason}; nothing was saved. Try a lower lr (now {cfg.lr}).")
-    test = result.trainer.evaluate(result.trainer.data.test)
+    data = result.trainer.data
+    test, scores = result.trainer.evaluate_with_scores(data.test)
+    per_class = class_results(data.test.labels, scores, data.info.task)
     metrics = {
         **{k: result.best[k] for k in ("val_acc", "val_auc")},
         "test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"],
@@ -248,6 +256,10 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
         "seconds": round(result.seconds, 3), "params": result.params,
         "images_per_second": round(result.images_per_second, 1),
         "device": str(result.trainer.device), "dataset": cfg.dataset, "architecture": cfg.architecture,
+        "seed": cfg.seed, "task": data.info.task,
+        # from the same test pass as test_acc: rows are true classes, columns predicted ones
+        "test_confusion": per_class["confusion"], "test_per_class_acc": per_class["per_class_acc"],
+        "test_class_counts": per_class["class_counts"],
         "history": result.history,
     }
     if result.reason:
@@ -259,6 +271,57 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     config_mod.dump(cfg, out / "config.yaml")
     _atomic(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
     return metrics
+
+
+def train_seeds(cfg: TrainConfig, out: Path, seeds: int, *, progress: bool = True,
+                on_run: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """`search train --seeds N`: `train` with seeds cfg.seed .. cfg.seed + N - 1, each run in out/seed-<seed>.
+
+    out/summary.json holds each run's test ACC and AUC with their mean and sample standard deviation (n - 1), the
+    way the MedMNIST benchmark reports a method (mean of at least three runs). Nothing is trained when any of the
+    folders already holds a finished run.
+    """
+    runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
+    taken = [str(d) for _, d in runs if (d / "metrics.json").exists()]
+    if taken or (out / "summary.json").exists():
+        raise SearchError(f"{taken[0] if taken else out} already holds a finished run; choose another --out")
+    results: list[dict[str, Any]] = []
+    for seed, folder in runs:
+        results.append(train(cfg.replace(seed=seed), folder, progress=progress))
+        if on_run is not None:
+            on_run(folder, results[-1])
+    summary = {"dataset": cfg.dataset, "architecture": cfg.architecture, "seeds": [s for s, _ in runs],
+               "runs": [d.name for _, d in runs],
+               **{key: mean_sd([m[key] for m in results]) for key in ("test_acc", "test_auc")}}
+    _atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for one value: a single run has no spread to report)."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "values": values}
+
+
+def class_results(labels: torch.Tensor, scores: torch.Tensor, task: str) -> dict[str, Any]:
+    """Confusion matrix and per-class accuracy, with the predictions MedMNIST's ACC uses for ``task``.
+
+    Single-label tasks predict the argmax (binary-class: positive score > 0.5, as medmnist's getACC); the matrix
+    has true classes as rows and predicted ones as columns, and a class's accuracy is its row's share on the
+    diagonal (its recall; None when the split has no sample of it). Multi-label tasks have no single confusion
+    matrix: per-class accuracy is each label's accuracy at 0.5, and the counts are its positives.
+    """
+    k = scores.shape[1]
+    if task == MULTI_LABEL:
+        positive = labels != 0
+        return {"confusion": None, "per_class_acc": ((scores > 0.5) == positive).double().mean(dim=0).tolist(),
+                "class_counts": positive.sum(dim=0).tolist()}
+    truth = labels.view(-1)
+    pred = (scores[:, -1] > 0.5).long() if task == "binary-class" else scores.argmax(dim=1)
+    confusion = torch.bincount(truth * k + pred, minlength=k * k).view(k, k).tolist()
+    counts = [sum(row) for row in confusion]
+    return {"confusion": confusion, "class_counts": counts,
+            "per_class_acc": [row[i] / n if n else None for i, (row, n) in enumerate(zip(confusion, counts))]}
 
 
 def _atomic(path: Path, write: Callable[[Path], Any]) -> None:

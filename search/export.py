@@ -1,6 +1,7 @@
-"""Read results out of a study: ranked trials, the K-th best as a TrainConfig file, a status summary."""
+"""Read results out of a study: ranked trials, the K-th best as a TrainConfig file, a status summary, a CSV."""
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,33 @@ def summary(study: optuna.Study, top: int = 5) -> str:
     lines.append("best per architecture:")
     lines += [f"  {arch:<14} {t.value:.4f} (trial {t.number})" for arch, t in per_arch.items()]
     return "\n".join(lines)
+
+
+def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
+    """Every trial as one row: number, state, value, one column per parameter (empty where a trial has none,
+    e.g. a conditional one), epochs run, seconds (start to finish), and the reason of a failed trial."""
+    trials = study.get_trials(deepcopy=False)
+    params: list[str] = []
+    for t in trials:
+        params += [name for name in t.params if name not in params]
+    columns = ["number", "state", "value", *params, "epochs_run", "seconds", "reason"]
+    rows = [[t.number, t.state.name.lower(), t.value, *(t.params.get(name) for name in params),
+             t.user_attrs.get("epochs_run"),
+             round(t.duration.total_seconds(), 3) if t.duration is not None else None,
+             t.user_attrs.get("reason")] for t in trials]
+    return columns, rows
+
+
+def write_csv(study: optuna.Study, out: Path) -> int:
+    """`search status --csv FILE`: the trial table as CSV (empty cells for missing values); returns the row count."""
+    if not out.parent.exists():
+        raise SearchError(f"folder {out.parent} does not exist; create it or choose another --csv path")
+    columns, rows = trial_rows(study)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return len(rows)
 
 
 def _params(t: FrozenTrial) -> str:

@@ -2,20 +2,28 @@
 
 Each trial records, as user attributes: `worker` ("host:pid"), `device`, `config` (the full TrainConfig, which
 `search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`;
-a diverged, failed or interrupted run records `reason`. The test split is never touched here.
+a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
+when complete, its validation confusion matrix) to the artifact store (search/artifacts.py). The test split is
+never touched here.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
+from pathlib import Path
 from typing import Callable
 
 import optuna
 
-from search import engine
+from search import artifacts, engine
 from search.space import trial_config
 from search.studies import StudySpec
+
+
+log = logging.getLogger("search")
+_UNSET = object()
 
 
 def worker_id() -> str:
@@ -27,6 +35,7 @@ class Objective:
 
     def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None) -> None:
         self.spec, self.device, self.on_start = spec, device, on_start
+        self._artifacts: object | Path | None = _UNSET  # the artifact folder, found at the first trial
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -64,12 +73,39 @@ class Objective:
             trial.set_user_attr("epoch_seconds", round(sum(h["seconds"] for h in result.history)
                                                        / len(result.history), 3))
             trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
+        outcome = "diverged" if result.outcome == "diverged" else "pruned" if pruned else "complete"
+        self._upload(trial, result, outcome)
         if result.outcome == "diverged":
             trial.set_user_attr("reason", result.reason)
             raise Diverged(result.reason)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
         return result.best[self.spec.metric]
+
+
+    def _upload(self, trial: optuna.Trial, result: engine.FitResult, outcome: str) -> None:
+        """Once per trial, after training: its files for the dashboard. Never fails the trial."""
+        if self._artifacts is _UNSET:
+            self._artifacts = artifacts.artifact_dir(artifacts.storage_url(trial.storage))
+        folder = self._artifacts
+        if not isinstance(folder, Path) or not result.history:
+            return
+        try:
+            confusion = names = None
+            if outcome == "complete":
+                # The kept (best) epoch's weights are loaded; one more pass over the validation split, once per
+                # trial, costs far less than keeping every epoch's predictions inside the training loop.
+                trainer = result.trainer
+                _, scores = trainer.evaluate_with_scores(trainer.data.val)
+                confusion = engine.class_results(trainer.data.val.labels, scores, trainer.data.info.task)["confusion"]
+                from search.report import class_names
+                names = class_names(self.spec.dataset, scores.shape[1])
+            artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,
+                                         metric=self.spec.metric, max_epochs=self.spec.epochs,
+                                         best_epoch=result.best_epoch, confusion=confusion, class_names=names)
+        except Exception as err:  # noqa: BLE001 - a full disk or a bad folder must not lose the trial's result
+            log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
+                        type(err).__name__, err)
 
 
 class Diverged(RuntimeError):

@@ -14,6 +14,7 @@ or encrypted: keep it on 127.0.0.1 or a private network.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Callable
 from urllib.parse import urlsplit
@@ -21,9 +22,11 @@ from urllib.parse import urlsplit
 import optuna
 
 from search.errors import SearchError
+from search.storage import mask
 
 DEFAULT_PORT = 13000
-READY_TIMEOUT_S = 30  # a worker started together with the proxy waits this long for it to listen
+# A worker started together with the proxy (compose, a job script) waits this long for it to listen.
+READY_TIMEOUT_S = float(os.environ.get("SEARCH_PROXY_WAIT_S", "30"))
 INSTALL_HINT = "pip install 'search[proxy]'"
 
 
@@ -45,15 +48,17 @@ def parse_grpc_url(url: str) -> tuple[str, int]:
         port = -1
     if (parts.scheme != "grpc" or not parts.hostname or port == -1 or parts.path not in ("", "/")
             or parts.query or parts.username):
-        raise SearchError(f"storage URL '{url}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
+        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
+        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
                           f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
     return parts.hostname, port or DEFAULT_PORT
 
 
-def grpc_storage(url: str, *, ready_timeout: float = READY_TIMEOUT_S) -> optuna.storages.BaseStorage:
+def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
     """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
     host, port = parse_grpc_url(url)
     _require_grpc()
+    ready_timeout = READY_TIMEOUT_S if ready_timeout is None else ready_timeout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
@@ -68,7 +73,7 @@ def grpc_storage(url: str, *, ready_timeout: float = READY_TIMEOUT_S) -> optuna.
 
 def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
     """`search proxy`: serve the RDB store at ``url`` over gRPC on host:port until stopped."""
-    from search.storage import mask, open_storage
+    from search.storage import open_storage
 
     if url.startswith("grpc://"):
         raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "

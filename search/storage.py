@@ -82,6 +82,33 @@ def _retry_locked(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _create_race(err: BaseException | None) -> bool:
+    while err is not None:
+        if any(s in str(err) for s in ("already exists", "duplicate key value violates unique constraint")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """PostgreSQL: workers that create the tables of an empty database at the same moment collide (each checks
+    that a table is missing, then creates it: "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index" or "relation ... already exists"). The next try finds the winner's tables."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(10):
+            try:
+                return fn(*args, **kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                    optuna.exceptions.StorageInternalError) as err:
+                if attempt == 9 or not _create_race(err):
+                    raise
+            time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
+
+    return call
+
+
 class SQLiteStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage with every public call retried while SQLite says "database is locked"."""
 
@@ -110,6 +137,7 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
         raise SearchError(f"storage URL '{mask(url)}' is not valid; examples: sqlite:///search.db, "
                           f"postgresql://user@host:5432/db") from None
     kwargs: dict = {}
+    url_for_engine = url
     path = sqlite_path(url)
     if backend == "sqlite":
         if path is not None and must_exist and not path.exists():
@@ -120,6 +148,7 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
     elif backend.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
         kwargs["pool_pre_ping"] = True
+        url_for_engine = _postgres_driver(url)
     hb = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
               heartbeat_stale_trial_callback=retry_once) if heartbeat else {}
     try:
@@ -129,10 +158,23 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Creating the tables races with other workers starting at the same moment: retried too.
-            return _retry_locked(cls)(url, engine_kwargs=kwargs, **hb)
+            return _retry_create_race(_retry_locked(cls))(url_for_engine, engine_kwargs=kwargs, **hb)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
+
+
+def _postgres_driver(url: str) -> str:
+    """A plain postgresql:// URL means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to SQLAlchemy 2.1; the
+    `postgres` extra installs psycopg2, so name it where psycopg is missing (an explicit +driver is kept)."""
+    import importlib.util
+
+    u = make_url(url)
+    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is None:
+            raise SearchError(f"storage {mask(url)} needs a PostgreSQL driver: pip install 'search[postgres]'")
+        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
 
 
 def mask_text(text: str, url: str) -> str:

@@ -104,8 +104,8 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
 
     _stop_on_signals()
     _quiet_logs()
-    threads = os.cpu_count() or 1
-    _set_threads(device, threads)
+    if "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice (N workers on one host) and torch follows it
+        _set_threads(device, os.cpu_count() or 1)
     study = _open_study(spec, storage_url, seed_offset)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done >= trials:

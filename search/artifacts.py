@@ -1,0 +1,94 @@
+"""Each trial's learning curve and confusion matrix as Optuna artifacts, shown by optuna-dashboard with the trial.
+
+Where the files go: ``--artifacts DIR`` (of `search dashboard`), else ``$SEARCH_ARTIFACTS``, else ``artifacts/``
+beside a SQLite study file. Other stores (PostgreSQL, a gRPC proxy) have no default folder: set
+``$SEARCH_ARTIFACTS`` to a folder every worker and the dashboard can reach, or their trials carry no files.
+
+What: every trial that trained at least one epoch gets ``trial-N-learning-curve.png`` and ``.csv`` (pruned and
+diverged ones too: their curve shows why they stopped); a completed one also gets
+``trial-N-confusion-val.png``, on the validation split, since the test split is never used during a search.
+The objective uploads them once, after training and before the trial is finished, because Optuna accepts a
+trial's artifact record only while it is running. Writing them must never cost a trial its result: a failure is
+logged as a warning.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from search.storage import sqlite_path
+
+log = logging.getLogger("search")
+ENV = "SEARCH_ARTIFACTS"
+DPI = 120  # a dashboard preview: half the pixels of a report figure, and half the time to draw
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_auc", "lr", "seconds")
+
+
+def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = None) -> Path | None:
+    """The artifact folder for a study store: explicit, else $SEARCH_ARTIFACTS, else beside a SQLite file."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    try:
+        db = sqlite_path(storage_url) if storage_url else None
+    except Exception:  # not a SQLAlchemy URL (grpc://...): no default
+        db = None
+    return db.parent / "artifacts" if db is not None else None
+
+
+def storage_url(storage: Any) -> str | None:
+    """The URL of an RDB storage as a trial sees it (Optuna wraps it in a cache); None for other storages."""
+    url = getattr(getattr(storage, "_backend", storage), "url", None)
+    return url if isinstance(url, str) else None
+
+
+def open_store(folder: Path) -> FileSystemArtifactStore:
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(folder)
+
+
+def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[str, float]], outcome: str,
+                       metric: str, max_epochs: int, best_epoch: int | None = None,
+                       confusion: list[list[int]] | None = None, class_names: list[str] | None = None) -> list[str]:
+    """Render and upload one trial's files; returns their names.
+
+    ``outcome``: complete, pruned or diverged; ``best_epoch``: the kept epoch of a complete trial (1-based).
+    """
+    from search import report  # matplotlib is imported only by processes that draw
+
+    store = open_store(folder)
+    n = trial.number
+    best = history[best_epoch - 1] if outcome == "complete" and best_epoch else None
+    if best is not None:
+        title = f"Trial {n}: complete, best {report.metric_label(metric)} {best[metric]:.4f} at epoch {best['epoch']}"
+    elif outcome == "pruned":
+        title = f"Trial {n}: pruned after epoch {len(history)} of {max_epochs}"
+    else:
+        title = f"Trial {n}: diverged at epoch {len(history) + 1}"
+    names = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [Path(tmp) / f"trial-{n}-learning-curve.png", Path(tmp) / f"trial-{n}-learning-curve.csv"]
+        report.save_png(report.history_figure([(f"trial {n}", history)], title,
+                                              kept={f"trial {n}": best["epoch"]} if best else None,
+                                              max_epoch=max_epochs), files[0], dpi=DPI)
+        with files[1].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(HISTORY_COLUMNS)
+            writer.writerows([[h.get(c, "") for c in HISTORY_COLUMNS] for h in history])
+        if confusion is not None and class_names is not None and best is not None:
+            files.append(Path(tmp) / f"trial-{n}-confusion-val.png")
+            report.save_png(report.confusion_figure(
+                [confusion], class_names,
+                f"Trial {n}: confusion matrix on the validation split (epoch {best['epoch']})"), files[-1], dpi=DPI)
+        for path in files:
+            upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
+            names.append(path.name)
+    return names

@@ -1,0 +1,310 @@
+"""`search report`, `search train --seeds` and `search status --csv`, on one real small search.
+
+The search, the two seeded final runs and the report are real `search` processes on a real SQLite file with
+scikit-learn's digits; they run once per session (tests/test_artifacts.py reads the same search).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from search import benchmarks, config, engine, report
+from search.cli import main
+from tests.conftest import write_medmnist_npz
+from tests.test_search import run, trials_of
+
+# Two architectures, a hopeless learning rate for the pruner to stop, and a conditional parameter (momentum).
+# With one worker and sampler seed 5 the four trials are fixed: the two first ones use SGD, the third the
+# hopeless rate (pruned after epoch 1), the last simple_cnn_v1 with Adam. The fixture checks what the tests need.
+STUDY = """\
+name: tiny
+dataset: digits
+metric: val_acc
+epochs: 2
+trials: 4
+sampler: {name: tpe, seed: 5, n_startup_trials: 4}
+pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
+space:
+  architecture: {type: categorical, choices: [simple_cnn_v1, simple_cnn_v2]}
+  lr: {type: categorical, choices: [0.00001, 0.003]}
+  dropout: {type: float, low: 0.0, high: 0.5}
+  optimizer: {type: categorical, choices: [adam, sgd]}
+  momentum: {type: float, low: 0.8, high: 0.95, when: {optimizer: sgd}}
+fixed:
+  batch_size: 64
+"""
+FINAL = "dataset: digits\narchitecture: simple_cnn_v1\nepochs: 3\nbatch_size: 64\nlr: 0.003\n"
+STUDY_FIGURES = ("optimisation_history", "importances", "parallel_coordinates", "learning_curves",
+                 "best_per_architecture", "trial_states", "pruning_savings")
+RUN_FIGURES = ("training_curves", "confusion_matrix", "per_class_accuracy", "test_metrics")
+TABLES = ("best_per_architecture", "trial_states", "pruning_savings", "top_trials", "trials",
+          "per_class_accuracy", "test_metrics")
+
+
+@dataclass
+class Searched:
+    root: Path
+    trials: list[optuna.trial.FrozenTrial]
+    train_stdout: str
+    report: Path
+
+
+@pytest.fixture(scope="session")
+def searched(request, tmp_path_factory) -> Searched:
+    # tests/test_artifacts.py imports this fixture, which registers it a second time with a cache of its own;
+    # the session's config holds the one search that both modules read.
+    if not hasattr(request.config, "_search_report_tiny"):
+        request.config._search_report_tiny = _search(tmp_path_factory)
+    return request.config._search_report_tiny
+
+
+def _search(tmp_path_factory) -> Searched:
+    root = tmp_path_factory.mktemp("report")
+    (root / "tiny.yaml").write_text(STUDY)
+    start = run(["start", "--study", "tiny.yaml", "--workers", "1"], root)
+    assert start.returncode == 0, start.stdout + start.stderr
+    trials = trials_of(root / "search.db", "tiny")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert any(t.state == TrialState.PRUNED for t in trials), "the study must prune a trial"
+    assert len({t.value for t in complete}) >= 2, "importances need two complete trials with different values"
+    (root / "final.yaml").write_text(FINAL)
+    train = run(["train", "final.yaml", "--seeds", "2", "--epochs", "1", "--out", "final", "--device", "cpu"], root)
+    assert train.returncode == 0, train.stderr
+    made = run(["report", "--study", "tiny", "--run", "final", "-o", "out"], root)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().endswith("out/index.html")
+    return Searched(root, trials, train.stdout, root / "out")
+
+
+# --- search train --seeds -------------------------------------------------------------------------------------
+
+
+def test_seeds_keep_each_run_in_its_folder_and_report_mean_and_sd(searched):
+    final = searched.root / "final"
+    runs = [json.loads((final / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert [m["seed"] for m in runs] == [0, 1]
+    assert [config.load(final / f"seed-{s}" / "config.yaml").seed for s in (0, 1)] == [0, 1]
+    assert all((final / f"seed-{s}" / "model.pt").is_file() for s in (0, 1))
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["runs"] == ["seed-0", "seed-1"]
+    for key in ("test_acc", "test_auc"):
+        values = [m[key] for m in runs]
+        assert summary[key]["values"] == values
+        assert summary[key]["mean"] == pytest.approx(statistics.fmean(values))
+        assert summary[key]["sd"] == pytest.approx(statistics.stdev(values))
+    last = searched.train_stdout.strip().splitlines()[-1]
+    assert last.startswith("digits simple_cnn_v1, 2 seeds: test_acc ") and " ± " in last
+    assert f"{summary['test_acc']['mean']:.4f}" in last
+
+
+def test_final_runs_record_the_test_confusion_matrix_of_the_same_pass(searched):
+    m = json.loads((searched.root / "final" / "seed-0" / "metrics.json").read_text())
+    cm = m["test_confusion"]
+    assert len(cm) == 10 and all(len(row) == 10 for row in cm)
+    assert sum(map(sum, cm)) == 269  # the digits test split
+    assert [sum(row) for row in cm] == m["test_class_counts"]
+    # the matrix comes from the very scores test_acc was computed from
+    assert sum(cm[i][i] for i in range(10)) / 269 == pytest.approx(m["test_acc"])
+    assert m["test_per_class_acc"] == pytest.approx([cm[i][i] / sum(cm[i]) for i in range(10)])
+
+
+def test_seeds_refuse_a_folder_with_finished_runs(searched, monkeypatch):
+    monkeypatch.chdir(searched.root)
+    before = (searched.root / "final" / "summary.json").read_text()
+    result = CliRunner().invoke(main, ["train", "final.yaml", "--seeds", "2", "--out", "final"])
+    assert result.exit_code == 2 and "already holds a finished run" in result.output
+    assert (searched.root / "final" / "summary.json").read_text() == before
+
+
+# --- search report: files ------------------------------------------------------------------------------------
+
+
+def test_every_figure_is_a_png_and_a_pdf_and_every_table_markdown_and_latex(searched):
+    figures = searched.report / "figures"
+    for name in STUDY_FIGURES + RUN_FIGURES:
+        png, pdf = (figures / f"{name}.png").read_bytes(), (figures / f"{name}.pdf").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, name
+        assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-1024:], name
+        assert b"/FontFile2" in pdf, name  # TrueType fonts embedded (pdf.fonttype 42), as journals ask
+    for name in TABLES:
+        assert (searched.report / "tables" / f"{name}.md").read_text().startswith("Table: ")
+        assert "\\begin{tabular}" in (searched.report / "tables" / f"{name}.tex").read_text()
+    # digits has no published MedMNIST v2 values: no benchmark table, and the page says so
+    assert not (searched.report / "tables" / "benchmark.tex").exists()
+    assert "No published MedMNIST v2 values are kept for &#x27;digits&#x27;" in _page(searched)
+    assert "Citing the published values" not in _page(searched)
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.fetched: list[str] = []  # what a browser loads by itself: scripts, stylesheets, images, frames
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a["src"])
+        if tag == "a":
+            self.links.append(a.get("href", ""))
+        if tag in ("script", "link", "img", "iframe", "source", "video", "audio"):
+            self.fetched.append(a.get("src") or a.get("href") or "")
+
+
+def _page(s: Searched) -> str:
+    return (s.report / "index.html").read_text()
+
+
+def test_the_page_shows_every_figure_and_table_and_fetches_nothing(searched):
+    page = _page(searched)
+    refs = _Refs()
+    refs.feed(page)
+    assert sorted(refs.images) == sorted(f"figures/{n}.png" for n in STUDY_FIGURES + RUN_FIGURES)
+    for link in refs.links:
+        if not link.startswith(("#", "http")):
+            assert (searched.report / link).is_file(), link
+    assert {f"figures/{n}.pdf" for n in STUDY_FIGURES + RUN_FIGURES} <= set(refs.links)
+    assert {f"tables/{n}.{ext}" for n in TABLES for ext in ("md", "tex")} <= set(refs.links)
+    assert "trials.csv" in refs.links
+    assert all(not re.match(r"(https?:)?//", ref) for ref in refs.fetched), refs.fetched
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+
+
+# --- search report: table contents ---------------------------------------------------------------------------
+
+
+def body_rows(tex: str) -> tuple[list[list[str]], list[list[str]]]:
+    """(rows, footer rows) of a booktabs table: between the header's \\midrule and \\bottomrule."""
+    lines = [line.strip() for line in tex.splitlines()]
+    assert lines.count(r"\toprule") == 1 and lines.count(r"\bottomrule") == 1 and r"\midrule" in lines
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    split = body.index(r"\midrule") if r"\midrule" in body else len(body)
+    cells = lambda part: [line.removesuffix(r"\\").strip().split(" & ") for line in part]  # noqa: E731
+    return cells(body[:split]), cells(body[split + 1:])
+
+
+def tex(s: Searched, name: str) -> str:
+    return (s.report / "tables" / f"{name}.tex").read_text()
+
+
+def test_latex_tables_have_one_row_per_item(searched):
+    trials = searched.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    archs = {t.params["architecture"] for t in complete}
+    rows, _ = body_rows(tex(searched, "best_per_architecture"))
+    assert sorted(r[0].replace(r"\_", "_") for r in rows) == sorted(archs)
+    best = max(complete, key=lambda t: t.value)
+    assert rows[0][4] == f"{best.value:.4f}" and rows[0][5] == str(best.number)
+
+    rows, footer = body_rows(tex(searched, "trial_states"))
+    assert [r[0] for r in rows] == ["complete", "pruned", "fail", "running", "waiting"]
+    assert int(rows[0][1]) == len(complete) and footer == [["total", str(len(trials))]]
+
+    rows, footer = body_rows(tex(searched, "per_class_accuracy"))
+    assert [r[0] for r in rows] == [str(i) for i in range(10)] and footer[0][0] == "all"
+    assert all(r"$\pm$" in r[-1] for r in rows)  # two runs: mean ± sd
+
+    rows, footer = body_rows(tex(searched, "test_metrics"))
+    assert [r[0] for r in rows] == ["final/seed-0", "final/seed-1"] and footer[0][0] == r"mean $\pm$ sd"
+
+    rows, _ = body_rows(tex(searched, "trials"))
+    assert [int(r[0]) for r in rows] == [t.number for t in trials]
+
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    saved = sum(2 - t.user_attrs["epochs_run"] for t in pruned)
+    (row,), _ = body_rows(tex(searched, "pruning_savings"))
+    assert row[:5] == [str(len(trials)), str(len(pruned)), str(2 * len(trials)), str(2 * len(trials) - saved),
+                       str(saved)]
+
+    md = (searched.report / "tables" / "best_per_architecture.md").read_text()
+    assert len([line for line in md.splitlines() if line.startswith("| simple_cnn")]) == len(archs)
+
+
+def test_status_writes_every_trial_to_csv(searched):
+    proc = run(["status", "--study", "tiny", "--csv", "trials.csv"], searched.root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"{len(searched.trials)} trials -> trials.csv")
+    with (searched.root / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["number", "state", "value"] and list(rows[0])[-3:] == ["epochs_run", "seconds",
+                                                                                       "reason"]
+    assert {"architecture", "lr", "dropout", "optimizer", "momentum"} <= set(rows[0])
+    assert len(rows) == len(searched.trials)
+    for row, t in zip(rows, searched.trials):
+        assert int(row["number"]) == t.number and row["state"] == t.state.name.lower()
+        assert (float(row["value"]) == t.value) if t.value is not None else row["value"] == ""
+        assert int(row["epochs_run"]) == t.user_attrs["epochs_run"] and float(row["seconds"]) > 0
+        assert row["momentum"] == (str(t.params["momentum"]) if "momentum" in t.params else "")
+    assert (searched.report / "trials.csv").read_text() == (searched.root / "trials.csv").read_text()
+
+
+# --- degrading, and the published benchmark ------------------------------------------------------------------
+
+
+def _study_with(tmp_path: Path, values: list[float]) -> optuna.Study:
+    study = optuna.create_study(study_name="few", storage=f"sqlite:///{tmp_path / 'few.db'}", direction="maximize")
+    study.set_user_attr("metric", "val_acc")
+    study.set_user_attr("dataset", "digits")
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for i, v in enumerate(values):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 10 ** -(2 + i)}, distributions=dist, value=v, intermediate_values={1: v / 2, 2: v},
+            user_attrs={"config": {"architecture": "simple_cnn_v1", "epochs": 2}, "epochs_run": 2}))
+    return study
+
+
+def test_too_few_trials_leave_figures_out_with_a_note(tmp_path):
+    out = tmp_path / "out"
+    report.write_report(_study_with(tmp_path, [0.9]), [], out)
+    page = (out / "index.html").read_text()
+    assert "importances need at least 2 complete trials; this study has 1" in page
+    assert not (out / "figures" / "importances.png").exists()
+    assert (out / "figures" / "optimisation_history.png").exists()
+    assert "training_curves" not in page  # no --run: no final-run section
+    empty = optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'few.db'}")
+    report.write_report(empty, [], tmp_path / "empty")
+    page = (tmp_path / "empty" / "index.html").read_text()
+    assert "No complete trial yet" in page
+    assert sorted(p.name for p in (tmp_path / "empty" / "figures").glob("*.png")) == ["trial_states.png"]
+
+
+def test_pathmnist_runs_are_tabled_beside_the_published_benchmark(tmp_path):
+    write_medmnist_npz(tmp_path / "pathmnist.npz", channels=3, classes=9)
+    cfg = config.TrainConfig(dataset="pathmnist", data_dir=str(tmp_path), architecture="simple_cnn_v1", epochs=1,
+                             batch_size=32, device="cpu")
+    engine.train(cfg, tmp_path / "run", progress=False)
+    out = tmp_path / "out"
+    report.write_report(_study_with(tmp_path, [0.5, 0.7]), [tmp_path / "run"], out)
+    rows, footer = body_rows((out / "tables" / "benchmark.tex").read_text())
+    published = benchmarks.MEDMNIST_V2["pathmnist"]
+    assert [r[0] for r in rows] == list(published) == list(benchmarks.METHODS)
+    assert rows[0] == ["ResNet-18 (28)", "0.907", "0.983"]  # ACC, AUC as the paper prints them
+    assert all([float(r[1]), float(r[2])] == [published[r[0]][1], published[r[0]][0]] for r in rows)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert footer == [["simple\\_cnn\\_v1, this work (1 run)", f"{m['test_acc']:.3f}", f"{m['test_auc']:.3f}"]]
+    assert "doi:10.1038/s41597-022-01721-8" in (out / "tables" / "benchmark.tex").read_text()
+    rows, _ = body_rows((out / "tables" / "per_class_accuracy.tex").read_text())
+    assert [r[1] for r in rows] == report.class_names("pathmnist", 9) and rows[0][1] == "adipose"
+    assert (out / "figures" / "test_metrics.png").read_bytes().startswith(b"\x89PNG")
+    page = (out / "index.html").read_text()
+    assert "Citing the published values" in page and "@article{yang2023medmnist," in page
+
+
+def test_a_folder_without_runs_is_one_line_and_writes_nothing(searched, monkeypatch):
+    monkeypatch.chdir(searched.root)
+    (searched.root / "empty-run").mkdir()
+    result = CliRunner().invoke(main, ["report", "--study", "tiny", "--run", "empty-run", "-o", "nothing"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "--run empty-run: no metrics.json there nor in its subfolders" in result.output
+    assert not (searched.root / "nothing").exists()
