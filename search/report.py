@@ -191,9 +191,9 @@ def confusion_figure(matrices: Sequence[Sequence[Sequence[int]]], names: Sequenc
     fontsize = 8 if k <= 10 else 7
     for i in range(k):
         for j in range(k):
-            if math.isnan(pct[i][j]):
+            if math.isnan(pct[i][j]) or pct[i][j] == 0:  # empty cells stay blank: the errors stand out
                 continue
-            text = f"{pct[i][j]:.0f}"
+            text = f"{pct[i][j]:.0f}" if pct[i][j] >= 0.5 else "<1"
             if len(matrices) == 1:
                 text += f"\n({matrices[0][i][j]})"
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
@@ -858,7 +858,7 @@ def runs_section(runs: list[Run], study_dataset: str | None) -> Section:
         s.items.append(FigureItem(
             "confusion_matrix", "Test confusion matrix",
             f"Rows: true class, columns: predicted class; each cell is the % of the row's test images "
-            f"({mean_of}).",
+            f"({mean_of}); blank cells: no image.",
             confusion_figure(confusions, names, f"Test confusion matrix, % of each true class ({mean_of})")))
     elif multi_label:
         s.items.append(Note("Test confusion matrix", "Left out: a multi-label task has no single confusion "

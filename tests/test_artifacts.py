@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from search import artifacts
 from search.objective import Objective
 from search.studies import load_study
-from tests.conftest import cli_env, search_cmd
+from tests.conftest import cli_env, search_cmd, write_medmnist_npz
 from tests.test_report import searched  # noqa: F401 - the session's one real search
 from tests.test_search import _get, free_port, wait_for
 
@@ -64,8 +64,10 @@ def test_the_dashboard_serves_the_trial_files(searched):
 
 
 def test_a_store_that_cannot_be_written_does_not_fail_the_trial(tmp_path, monkeypatch, caplog):
-    (tmp_path / "tiny.yaml").write_text("name: t\ndataset: digits\nepochs: 1\ntrials: 1\npruner: {name: none}\n"
-                                        "fixed: {architecture: simple_cnn_v1, batch_size: 128}\n")
+    write_medmnist_npz(tmp_path / "pathmnist.npz", channels=3, classes=9)
+    (tmp_path / "tiny.yaml").write_text(f"name: t\ndataset: pathmnist\ndata_dir: {tmp_path}\nepochs: 1\n"
+                                        "trials: 1\npruner: {name: none}\n"
+                                        "fixed: {architecture: simple_cnn_v1, batch_size: 32}\n")
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the artifact folder should be")
     monkeypatch.setenv(artifacts.ENV, str(blocked))
@@ -73,7 +75,7 @@ def test_a_store_that_cannot_be_written_does_not_fail_the_trial(tmp_path, monkey
     with caplog.at_level(logging.WARNING, logger="search"):
         study.optimize(Objective(load_study(str(tmp_path / "tiny.yaml")), "cpu"), n_trials=1)
     (trial,) = study.trials
-    assert trial.state == TrialState.COMPLETE and trial.value > 0
+    assert trial.state == TrialState.COMPLETE and trial.value == trial.intermediate_values[1]
     assert get_all_artifact_meta(trial, storage=study._storage) == []
     assert any("trial 0: its learning curve could not be saved" in r.getMessage() for r in caplog.records)
 
