@@ -84,16 +84,18 @@ def _retry_locked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _create_race(err: BaseException | None) -> bool:
     while err is not None:
-        if any(s in str(err) for s in ("already exists", "duplicate key value violates unique constraint")):
+        if any(s in str(err) for s in ("already exists", "duplicate key value violates unique constraint",
+                                       "UNIQUE constraint failed: alembic_version")):  # SQLite's form
             return True
         err = err.__cause__ or err.__context__
     return False
 
 
 def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """PostgreSQL: workers that create the tables of an empty database at the same moment collide (each checks
+    """Workers that create the tables of an empty database at the same moment collide (each checks
     that a table is missing, then creates it: "duplicate key value violates unique constraint
-    pg_type_typname_nsp_index" or "relation ... already exists"). The next try finds the winner's tables."""
+    pg_type_typname_nsp_index" or "relation ... already exists" on PostgreSQL, "table ... already exists" on
+    SQLite). The next try finds the winner's tables."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -101,7 +103,7 @@ def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fn(*args, **kwargs)
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
-                    optuna.exceptions.StorageInternalError) as err:
+                    sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as err:
                 if attempt == 9 or not _create_race(err):
                     raise
             time.sleep(0.05 * (attempt + 1) * (0.5 + random.random()))
