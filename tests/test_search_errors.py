@@ -27,16 +27,29 @@ def invoke(args: list[str], cwd: Path) -> tuple[int, str]:
 
 
 def digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    """The store's bytes, its WAL file included (SQLite in WAL mode keeps recent commits there)."""
+    if not path.exists():
+        return None
+    wal = path.with_name(path.name + "-wal")
+    return hashlib.sha256(path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")).hexdigest()
+
+
+def closed_study(db: Path, name: str, trial=None) -> None:
+    """Create a study (optionally with one trial) and close every connection, so the files are at rest."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    if trial is not None:
+        study.add_trial(trial)
+    storage.engine.dispose()
 
 
 @pytest.fixture
 def store(tmp_path) -> Path:
     """A store holding one study with no finished trial."""
-    import optuna
-
     db = tmp_path / "search.db"
-    optuna.create_study(study_name="empty", storage=f"sqlite:///{db}")
+    closed_study(db, "empty")
     return db
 
 
@@ -146,8 +159,7 @@ def test_export_into_a_missing_folder(tmp_path):
     import optuna
 
     db = tmp_path / "search.db"
-    study = optuna.create_study(study_name="done", storage=f"sqlite:///{db}", direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"config": {"dataset": "digits"}}))
+    closed_study(db, "done", optuna.trial.create_trial(value=0.9, user_attrs={"config": {"dataset": "digits"}}))
     before = digest(db)
     code, output = invoke(["export", "--study", "done", "-o", str(tmp_path / "no" / "best.yaml")], tmp_path)
     one_line_exit_2(code, output, "does not exist")
