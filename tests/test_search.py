@@ -129,7 +129,7 @@ def test_kill_9_of_a_worker_fails_its_trial_once_retries_it_and_replaces_the_wor
     db = tmp_path / "search.db"
     proc = subprocess.Popen(search_cmd() + ["start", "--study", str(spec), "--workers", "2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
-    victim = wait_for(lambda: running_trial(db, "kill"), 120, "a running trial")
+    victim = wait_for(lambda: running_trial(db, "kill"), 300, "a running trial")
     pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
@@ -154,7 +154,7 @@ def test_sigint_stops_within_30_s_and_the_rerun_resumes(tmp_path):
     proc = subprocess.Popen(search_cmd() + ["start", "--study", str(spec), "--workers", "2"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                             start_new_session=True)
-    wait_for(lambda: running_trial(db, "stop"), 120, "a running trial")
+    wait_for(lambda: running_trial(db, "stop"), 300, "a running trial")
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     out, err = proc.communicate(timeout=60)
