@@ -140,9 +140,10 @@ def status(study: str, storage: str | None, csv_file: Path | None) -> None:
     from search import export
 
     loaded = export.load(study, storage)
+    written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
     click.echo(export.summary(loaded))
-    if csv_file is not None:
-        click.echo(f"{export.write_csv(loaded, csv_file)} trials -> {csv_file}")
+    if written is not None:
+        click.echo(f"{written} trials -> {csv_file}")
 
 
 @main.command()
