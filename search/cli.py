@@ -16,14 +16,43 @@ class _OneLine(logging.Formatter):
 
 
 class _OneLineErrors(click.Group):
-    """Usage errors (a bad option value) as one line, like every other user error: no usage block."""
+    """Usage errors (a bad option value) as one line, like every other user error: no usage block. A stop signal
+    (search/interrupt.py) ends every command with one line and exit status 130, whenever it came."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        from search import interrupt
+        from search.errors import Interrupted
+
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except click.UsageError as err:
             err.ctx = None
             raise
+        except KeyboardInterrupt:  # interrupt.Stop, raised where stopping is safe
+            raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'})") from None
+        if interrupt.requested() and ctx.invoked_subcommand in _POLLING:
+            # it came after the command's last safe point: the work is done and saved, but the user asked to stop
+            raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
+        return result
+
+
+# Commands with long work that stop at safe points (search/interrupt.py): the signal is recorded and polled.
+# Every other command runs under _stops_at_once.
+_POLLING = ("start", "worker", "train")
+
+
+def _stops_at_once(fn):  # type: ignore[no-untyped-def]
+    """For commands that have no long work to finish cleanly: the first Ctrl-C stops them where they are."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from search import interrupt
+
+        with interrupt.raising():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,8 +80,7 @@ def main() -> None:
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
-    from search import config, engine
-    from search.errors import SearchError
+    from search import config
 
     cfg = config.load(config_file, epochs=epochs, device=device)
     if out is None:
@@ -63,6 +91,20 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
         click.echo(f"{cfg.dataset} {cfg.architecture}{seed}: test_acc {m['test_acc']:.4f} "
                    f"test_auc {m['test_auc']:.4f} (best epoch {m['best_epoch']}/{m['epochs']}, val_acc "
                    f"{m['val_acc']:.4f}, {m['params']:,} params, {m['seconds']:.1f} s on {m['device']}) -> {folder}")
+
+    try:
+        _train(cfg, out, seeds, line)
+    except KeyboardInterrupt:  # interrupt.Stop from the training loop
+        from search import interrupt
+        from search.errors import Interrupted
+
+        kept = f"the seeds that finished are kept in {out}" if seeds is not None else "nothing was saved"
+        raise Interrupted(f"interrupted ({interrupt.requested()}): the run in progress was stopped; {kept}") from None
+
+
+def _train(cfg, out: Path, seeds: int | None, line) -> None:  # type: ignore[no-untyped-def]
+    from search import engine
+    from search.errors import SearchError
 
     if seeds is not None:
         s = engine.train_seeds(cfg, out, seeds, on_run=line)
@@ -135,6 +177,7 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
 @click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every trial (state, value, parameters, epochs run, seconds) to this CSV file.")
+@_stops_at_once
 def status(study: str, storage: str | None, csv_file: Path | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture."""
     from search import export
@@ -153,6 +196,7 @@ def status(study: str, storage: str | None, csv_file: Path | None) -> None:
               help="A `search train` output folder, or a `--seeds` folder; repeat for more runs.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder (default: report-STUDY); files already there are replaced.")
+@_stops_at_once
 def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
     from search import export, report as report_mod
@@ -168,6 +212,7 @@ def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | 
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
               show_default=True)
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
+@_stops_at_once
 def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
     from search import export
@@ -183,6 +228,7 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite store).")
+@_stops_at_once
 def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | None) -> None:
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     import optuna_dashboard
@@ -198,12 +244,16 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
                                             "this machine can see and change the study", host)
     where = f", trial files in {folder}" if folder is not None else ""
     click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/{where} (Ctrl-C to stop)")
-    optuna_dashboard.run_server(store, host=host, port=port,
-                                artifact_store=artifacts.open_store(folder) if folder is not None else None)
+    try:
+        optuna_dashboard.run_server(store, host=host, port=port,
+                                    artifact_store=artifacts.open_store(folder) if folder is not None else None)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
+        click.echo("dashboard stopped")
 
 
 @main.command()
 @click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@_stops_at_once
 def studies(storage: str | None) -> None:
     """The study files, and the studies in the store with their trial counts."""
     import optuna
@@ -230,6 +280,7 @@ def studies(storage: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+@_stops_at_once
 def proxy(storage: str | None, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
     from search import proxy as grpc_proxy

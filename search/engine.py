@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from models import build_model
-from search import config as config_mod
+from search import config as config_mod, interrupt
 from search.augment import make_augment
 from search.config import TrainConfig
 from search.data import Data, Split, load
@@ -130,6 +130,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         report_every = max(1, self.steps_per_epoch // 10)
         for i in range(self.steps_per_epoch):
+            interrupt.check()  # Ctrl-C / SIGTERM stop here, between two steps (a global read: ~50 ns a batch)
             total += self.step(order[i * bs:(i + 1) * bs])
             if progress is not None:
                 progress.update(1)
@@ -147,6 +148,7 @@ class Trainer:
         self.model.eval()
         logits = []
         for i in range(0, len(split), EVAL_BATCH):
+            interrupt.check()
             with self.autocast:
                 logits.append(self.model(self.inputs(split.images[i:i + EVAL_BATCH], train=False)).float())
         out = torch.cat(logits)

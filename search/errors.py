@@ -16,3 +16,10 @@ class SearchError(click.ClickException):
     def __init__(self, message: str) -> None:
         # Keep it to one line whatever the caller built.
         super().__init__(" ".join(str(message).split()))
+
+
+class Interrupted(SearchError):
+    """Ctrl-C or SIGTERM stopped the command: one line saying what was kept and how to go on; exit status 130
+    (128 + SIGINT), as a shell reports a command that Ctrl-C ended."""
+
+    exit_code = 130

@@ -6,6 +6,10 @@ ticket back. The supervisor watches every worker's process sentinel, so a worker
 memory, crash) is noticed at once: its RUNNING trial is marked FAIL with the reason, its parameters are queued
 once more, and a replacement worker starts. On Ctrl-C or SIGTERM it stops the workers, marks every trial they
 left RUNNING as FAIL ("interrupted") and exits; the same command resumes the study.
+
+Stopping (search/interrupt.py): signals are only recorded, and polled at safe points. Workers start with SIGINT
+ignored, so a terminal's Ctrl-C reaches the supervisor alone; it sends each live worker one SIGTERM, which the
+worker's training loop sees at the next batch. A worker that already exited is simply joined.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from search.errors import SearchError
+from search import interrupt
+from search.errors import Interrupted, SearchError
 from search.studies import StudySpec, make_pruner, make_sampler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -31,19 +36,6 @@ STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed
 
 
 # --- inside a worker process ----------------------------------------------------------------------------
-
-
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    # Ctrl-C reaches the worker directly and again through the supervisor's SIGTERM: the second signal must not
-    # interrupt the cleanup (recording "interrupted" on the trial) that the first one started.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _stop_on_signals() -> None:
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _quiet_logs() -> None:
@@ -72,8 +64,8 @@ def _set_threads(device: str, threads: int) -> None:
 
 def _worker_process(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
                     threads: int) -> None:
-    """A supervised worker: one ticket, one trial, until the supervisor says stop."""
-    _stop_on_signals()
+    """A supervised worker: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
+    interrupt.install()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT stays ignored
     _quiet_logs()
     from search.objective import Objective
 
@@ -82,18 +74,26 @@ def _worker_process(conn: Connection, spec: StudySpec, storage_url: str, seed_of
         study = _open_study(spec, storage_url, seed_offset)
         objective = Objective(spec, device, on_start=lambda number: conn.send(("start", number)))
         while True:
+            interrupt.check()
             conn.send(("ticket",))
-            if conn.recv() != "go":
+            if _answer(conn) != "go":
                 break
             done: list[optuna.trial.FrozenTrial] = []
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                            callbacks=[lambda _s, t: done.append(t)])
             t = done[-1]
             conn.send(("done", t.number, t.state.name, t.user_attrs.get("reason")))
-    except KeyboardInterrupt:
-        os._exit(130)  # the trial is already marked FAIL (interrupted); skip interpreter teardown
+    except KeyboardInterrupt:  # interrupt.Stop: the running trial, if any, is already marked FAIL (interrupted)
+        os._exit(130)  # skip interpreter teardown: nothing is left to save
     except (EOFError, BrokenPipeError):
         os._exit(3)  # the supervisor is gone
+
+
+def _answer(conn: Connection) -> object:
+    """The supervisor's answer to a ticket request; a stop signal that comes while waiting is seen at once."""
+    while not conn.poll(0.2):
+        interrupt.check()
+    return conn.recv()
 
 
 def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
@@ -102,7 +102,7 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
     from search.objective import Objective, worker_id
 
-    _stop_on_signals()
+    interrupt.install()  # the CLI did already; a no-op then
     _quiet_logs()
     if "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice (N workers on one host) and torch follows it
         _set_threads(device, os.cpu_count() or 1)
@@ -118,13 +118,19 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
         extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
         echo(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
 
+    def stop_between_trials(study: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
+        if interrupt.requested():
+            study.stop()
+
     try:
+        interrupt.check()
         study.optimize(Objective(spec, device), n_trials=None, timeout=spec.timeout, catch=(Exception,),
                        gc_after_trial=False, callbacks=[
-                           optuna.study.MaxTrialsCallback(trials, states=FINISHED), report])
-    except KeyboardInterrupt:
-        echo("interrupted: the running trial was marked FAIL (interrupted); run the same command to resume")
-        return 130
+                           optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
+        interrupt.check()
+    except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
+        raise Interrupted(f"interrupted ({interrupt.requested()}): a trial in progress was marked FAIL "
+                          f"(interrupted); run the same command to go on") from None
     return 0
 
 
@@ -194,7 +200,6 @@ class Supervisor:
                       enumerate(plan_devices(workers, devices))]
         self.next_index = len(self.slots)
         self.progress = Progress()
-        self.interrupted: str | None = None
         self.abort: str | None = None
         self.ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA or thread state forked from the parent
 
@@ -208,7 +213,8 @@ class Supervisor:
             slot.process = self.ctx.Process(
                 target=_worker_process, name=f"search-worker-{slot.index}", daemon=True,
                 args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.device, slot.threads))
-            slot.process.start()
+            with interrupt.shielded_children():  # the worker starts deaf to Ctrl-C; SIGTERM waits for its handler
+                slot.process.start()
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -249,7 +255,7 @@ class Supervisor:
 
     def _closing(self) -> bool:
         return (self.progress.finished >= self.budget or self._timed_out() or self.abort is not None
-                or self.interrupted is not None)
+                or interrupt.requested() is not None)
 
     def _dispatch(self) -> None:
         in_flight = sum(s.ticket for s in self.slots)
@@ -293,7 +299,7 @@ class Supervisor:
         code = slot.process.exitcode
         if slot.stopped and code == 0:
             return
-        if self.interrupted is not None:
+        if interrupt.requested() is not None:
             return
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self.progress.deaths += 1
@@ -319,30 +325,26 @@ class Supervisor:
                   f"(pruned {p.pruned}), failed {p.failed}, running {running} | best {p.best} | "
                   f"{p.finished / hours:.0f} trials/h")
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.interrupted = signal.Signals(signum).name
-
     def run(self) -> int:
         if self.budget <= 0:
             self.echo(f"study '{self.spec.name}' already has {self.already} finished trials "
                       f"(budget {self.trials}); nothing to do")
             return 0
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for slot in self.slots:
-                self._spawn(slot)
-            devices = sorted({f"GPU {s.env['CUDA_VISIBLE_DEVICES']}" if s.device.startswith("cuda")
-                              else f"cpu ({s.threads} threads each)" for s in self.slots})
-            self.echo(f"study '{self.spec.name}': {len(self.slots)} workers on {', '.join(devices)}; "
-                      f"{self.already} finished before, {self.budget} to go")
-            while any(s.process.is_alive() or s.conn is not None for s in self.slots):
-                if self.interrupted is not None:
-                    return self._shutdown()
-                self._dispatch()
-                self._poll(timeout=0.5)
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+        for slot in self.slots:
+            if interrupt.requested():
+                return self._shutdown()
+            self._spawn(slot)
+        devices = sorted({f"GPU {s.env['CUDA_VISIBLE_DEVICES']}" if s.device.startswith("cuda")
+                          else f"cpu ({s.threads} threads each)" for s in self.slots})
+        self.echo(f"study '{self.spec.name}': {len(self.slots)} workers on {', '.join(devices)}; "
+                  f"{self.already} finished before, {self.budget} to go")
+        while any(s.process.is_alive() or s.conn is not None for s in self.slots):
+            if interrupt.requested():
+                return self._shutdown()
+            self._dispatch()
+            self._poll(timeout=0.5)
+        if interrupt.requested():  # it came as the last workers finished: report it the same way
+            return self._shutdown()
         if self.abort is not None:
             raise SearchError(f"search stopped: {self.abort}")
         done = self.already + self.progress.finished
@@ -372,27 +374,32 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         """Ctrl-C / SIGTERM: stop every worker, fail what they left RUNNING as 'interrupted', report."""
-        self.echo(f"{self.interrupted}: stopping {sum(s.process.is_alive() for s in self.slots)} workers...")
-        for slot in self.slots:
-            if slot.process.is_alive():
-                slot.process.terminate()
+        signame = interrupt.requested()
+        started = [s for s in self.slots if s.process is not None]
+        live = [s for s in started if s.process.is_alive()]
+        if live:
+            self.echo(f"{signame}: stopping {len(live)} workers...")
+        for slot in live:
+            slot.process.terminate()  # one SIGTERM; a worker that exited meanwhile is fine (terminate ignores it)
         deadline = time.monotonic() + STOP_GRACE_S
-        for slot in self.slots:
+        for slot in started:
             slot.process.join(max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():
+            if slot.process.is_alive():  # stuck in a call that never returns to Python: its trial is failed below
                 slot.process.kill()
                 slot.process.join()
-        mine = {f"{socket.gethostname()}:{s.process.pid}" for s in self.slots}
+        mine = {f"{socket.gethostname()}:{s.process.pid}" for s in started}
+        stopped = {s.trial for s in started if s.trial is not None}  # a worker failed its own, or we do below
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") in mine or t.number in {s.trial for s in self.slots}:
+            if t.user_attrs.get("worker") in mine or t.number in stopped:
                 self._fail_trial(t.number, "interrupted", retry=False)
-        raise Interrupted(f"interrupted ({self.interrupted}); running trials were marked FAIL "
-                          f"(interrupted); {self.already + self.progress.finished}/{self.trials} finished. "
+                stopped.add(t.number)
+        done = self.already + self.progress.finished
+        if stopped:
+            what = f"running trials {', '.join(map(str, sorted(stopped)))} were marked FAIL (interrupted)"
+        else:
+            what = "no trial was running" if self.progress.finished or self.progress.failed else "no trial had started"
+        raise Interrupted(f"interrupted ({signame}); {what}; {done}/{self.trials} finished. "
                           f"Run the same command again to resume.")
-
-
-class Interrupted(SearchError):
-    exit_code = 130
 
 
 # --- entry points for the CLI ----------------------------------------------------------------------------
@@ -419,8 +426,15 @@ def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | Non
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     from search import data
 
-    plan_devices(workers, devices)  # a bad --devices fails before anything is written
-    data.prepare(spec.dataset, spec.data_dir)  # download or check once, before any worker starts
-    ensure_study(spec, storage_url)
+    try:
+        interrupt.check()
+        plan_devices(workers, devices)  # a bad --devices fails before anything is written
+        with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
+            data.prepare(spec.dataset, spec.data_dir)  # download or check once, before any worker starts
+        ensure_study(spec, storage_url)
+        interrupt.check()
+    except KeyboardInterrupt:  # interrupt.Stop
+        raise Interrupted(f"interrupted ({interrupt.requested()}) before any trial started; nothing was run. "
+                          f"Run the same command again to start.") from None
     return Supervisor(spec, storage_url, workers=workers, trials=spec.trials, timeout=spec.timeout,
                       devices=devices, seed_offset=0, echo=echo).run()
