@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from search import __version__
+from search.errors import SearchError
+from search.hpo.urls import DEFAULT_STORAGE
 
 
 class _OneLine(logging.Formatter):
@@ -16,7 +19,9 @@ class _OneLine(logging.Formatter):
 
 
 class _OneLineErrors(click.Group):
-    """Usage errors (a bad option value) as one line, like every other user error: no usage block."""
+    """The one place that turns errors into what the user sees: a user error as one line ("Error: ...") and its
+    exit code (2, or 130 for an interrupted search); a usage error (a bad option value) too, without the usage
+    block."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
         try:
@@ -24,6 +29,25 @@ class _OneLineErrors(click.Group):
         except click.UsageError as err:
             err.ctx = None
             raise
+        except Exception as err:
+            if not _user_error(err):
+                raise
+            shown = click.ClickException(" ".join(str(err).split()))
+            shown.exit_code = getattr(err, "exit_code", 2)
+            raise shown from None
+
+
+def _user_error(err: Exception) -> bool:
+    """Errors the user can fix: ours, and the model registry's (models raises its own ModelError, a ValueError).
+    models is looked up, not imported: a ModelError can only come from a loaded models, and importing it here
+    would load torch for `search --help`."""
+    models = sys.modules.get("models")
+    return isinstance(err, SearchError) or (models is not None and isinstance(err, models.ModelError))
+
+
+def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
+    """The --storage option of every command that opens the study store; only the first words of its help differ."""
+    return click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}).")
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,8 +75,7 @@ def main() -> None:
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
-    from search import config, engine
-    from search.errors import SearchError
+    from search.train import config, engine
 
     cfg = config.load(config_file, epochs=epochs, device=device)
     if out is None:
@@ -79,7 +102,7 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
 def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from search.studies import load_study
+    from search.hpo.studies import load_study
 
     spec = load_study(study, **overrides)
     return dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}) if seed is not None else spec
@@ -91,15 +114,15 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
               help="Worker processes: one per GPU, or sharing the CPU cores.")
 @click.option("--trials", type=click.IntRange(min=1), help="Total finished trials for the study (all workers).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--devices", help="GPU indices to use, e.g. 0,1; or cpu.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
           devices: str | None, data_dir: str | None, seed: int | None) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
-    from search import workers as w
-    from search.storage import resolve_url
+    from search.hpo import workers as w
+    from search.hpo.urls import resolve_url
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
     raise SystemExit(w.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
@@ -107,7 +130,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 
 @main.command()
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
-@click.option("--storage", help="Study store URL shared by all workers (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option("Study store URL shared by all workers")
 @click.option("--trials", type=click.IntRange(min=1), help="Stop once the study has this many finished trials.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
@@ -117,9 +140,10 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import os
 
-    from search import data, workers as w
-    from search.engine import resolve_device
-    from search.storage import resolve_url
+    from search.hpo import workers as w
+    from search.hpo.urls import resolve_url
+    from search.train import data
+    from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials)
     dev = str(resolve_device(device))
@@ -132,12 +156,12 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every trial (state, value, parameters, epochs run, seconds) to this CSV file.")
 def status(study: str, storage: str | None, csv_file: Path | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture."""
-    from search import export
+    from search.results import trials as export
 
     loaded = export.load(study, storage)
     written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
@@ -148,14 +172,15 @@ def status(study: str, storage: str | None, csv_file: Path | None) -> None:
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A `search train` output folder, or a `--seeds` folder; repeat for more runs.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder (default: report-STUDY); files already there are replaced.")
 def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
-    from search import export, report as report_mod
+    from search.results import report as report_mod
+    from search.results import trials as export
 
     loaded = export.load(study, storage)
     done = report_mod.write_report(loaded, list(runs), out or Path(f"report-{loaded.study_name}"))
@@ -164,13 +189,13 @@ def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | 
 
 @main.command("export")
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
               show_default=True)
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
 def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
-    from search import export
+    from search.results import trials as export
 
     cfg, trial = export.export(export.load(study, storage), out, rank)
     click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}; "
@@ -178,7 +203,7 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
 
 
 @main.command()
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -187,8 +212,9 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     import optuna_dashboard
 
-    from search import artifacts
-    from search.storage import mask, open_storage, resolve_url
+    from search.hpo.storage import open_storage
+    from search.hpo.urls import mask, resolve_url
+    from search.results import artifacts
 
     url = resolve_url(storage)
     store = open_storage(url, must_exist=True, heartbeat=False)
@@ -203,13 +229,14 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
 
 
 @main.command()
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 def studies(storage: str | None) -> None:
     """The study files, and the studies in the store with their trial counts."""
     import optuna
 
-    from search.storage import mask, open_storage, resolve_url, sqlite_path
-    from search.studies import list_study_files
+    from search.hpo.storage import open_storage
+    from search.hpo.studies import list_study_files
+    from search.hpo.urls import mask, resolve_url, sqlite_path
 
     click.echo("study files:")
     for name, path in list_study_files().items():
@@ -226,13 +253,13 @@ def studies(storage: str | None) -> None:
 
 
 @main.command()
-@click.option("--storage", help="The database the proxy serves (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option("The database the proxy serves")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 def proxy(storage: str | None, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search import proxy as grpc_proxy
-    from search.storage import resolve_url
+    from search.hpo import proxy as grpc_proxy
+    from search.hpo.urls import resolve_url
 
     grpc_proxy.serve(resolve_url(storage), host=host, port=port, echo=click.echo)

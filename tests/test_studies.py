@@ -7,11 +7,18 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import TrainConfig
 from search.errors import SearchError
-from search.space import Param, suggest, trial_config
-from search.studies import (StudySpec, find_study, list_study_files, load_study, make_pruner, make_sampler,
-                            study_dirs)
+from search.hpo.space import Param, suggest, trial_config
+from search.hpo.studies import (
+    StudySpec,
+    find_study,
+    list_study_files,
+    load_study,
+    make_pruner,
+    make_sampler,
+    study_dirs,
+)
+from search.train.config import TrainConfig
 
 SHIPPED = ("digits", "mnist", "pathmnist")
 

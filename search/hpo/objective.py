@@ -17,10 +17,10 @@ from typing import Callable
 
 import optuna
 
-from search import artifacts, engine
-from search.space import trial_config
-from search.studies import StudySpec
-
+from search.hpo.space import trial_config
+from search.hpo.studies import StudySpec
+from search.results import artifacts
+from search.train import engine
 
 log = logging.getLogger("search")
 _UNSET = object()
@@ -98,7 +98,7 @@ class Objective:
                 trainer = result.trainer
                 _, scores = trainer.evaluate_with_scores(trainer.data.val)
                 confusion = engine.class_results(trainer.data.val.labels, scores, trainer.data.info.task)["confusion"]
-                from search.report import class_names
+                from search.train.data import class_names
                 names = class_names(self.spec.dataset, scores.shape[1])
             artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,
                                          metric=self.spec.metric, max_epochs=self.spec.epochs,

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import optuna
 
-from search import config
 from search.errors import SearchError
-from search.space import STUDY_KEYS, Param, parse_space
+from search.hpo.space import STUDY_KEYS, Param, parse_space
+from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
                    "sampler", "pruner", "space", "fixed")
@@ -184,7 +184,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SearchError(f"{source}: name {name!r} may contain only letters, digits, '-', '_' and '.'")
-    from search.data import list_datasets  # the registry is the truth; imported late as config does
+    from search.train.data import list_datasets  # the registry is the truth; imported late as config does
 
     dataset = _choice(raw["dataset"], source=source, key="dataset", valid=list_datasets())
     data_dir = data_dir if data_dir is not None else raw.get("data_dir")

@@ -14,19 +14,20 @@ or encrypted: keep it on 127.0.0.1 or a private network.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from typing import Callable
 from urllib.parse import urlsplit
 
 import optuna
 
+from search import env
 from search.errors import SearchError
-from search.storage import mask
+from search.hpo.urls import mask
 
 DEFAULT_PORT = 13000
-# A worker started together with the proxy (compose, a job script) waits this long for it to listen.
-READY_TIMEOUT_S = float(os.environ.get("SEARCH_PROXY_WAIT_S", "30"))
+# A worker started together with the proxy (compose, a job script) waits this long for it to listen
+# ($SEARCH_PROXY_WAIT_S overrides it).
+READY_TIMEOUT_S = 30.0
 INSTALL_HINT = "pip install 'search[proxy]'"
 
 
@@ -58,7 +59,8 @@ def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.stor
     """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
     host, port = parse_grpc_url(url)
     _require_grpc()
-    ready_timeout = READY_TIMEOUT_S if ready_timeout is None else ready_timeout
+    if ready_timeout is None:
+        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
@@ -73,7 +75,7 @@ def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.stor
 
 def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
     """`search proxy`: serve the RDB store at ``url`` over gRPC on host:port until stopped."""
-    from search.storage import open_storage
+    from search.hpo.storage import open_storage
 
     if url.startswith("grpc://"):
         raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "

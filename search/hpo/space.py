@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search import config
 from search.errors import SearchError
+from search.train import config
 
 if TYPE_CHECKING:
-    from search.studies import StudySpec
+    from search.hpo.studies import StudySpec
 
 TYPES = ("float", "int", "categorical")
 # These come from the study file's top level (or, for device, from the worker), never from a trial.
@@ -76,12 +76,7 @@ def _number(value: Any, *, where: str, key: str, integer: bool) -> Number:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SearchError(f"{where}: {key} must be an integer, got {value!r}")
         return value
-    if isinstance(value, str):
-        # PyYAML reads `1e-4` (no dot) as a string; users write it that way, so accept it (as config does).
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = config.as_number(value)  # `1e-4` written without a dot, as TrainConfig accepts it
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SearchError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)

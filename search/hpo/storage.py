@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import random
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -26,26 +24,19 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from search import env
 from search.errors import SearchError
+from search.hpo.urls import mask, mask_text, resolve_url, sqlite_path
 
-DEFAULT_STORAGE = "sqlite:///search.db"
 SQLITE_BUSY_TIMEOUT_S = 60
-# Heartbeat: a worker writes one every HEARTBEAT_S; a RUNNING trial older than GRACE_S is failed and retried.
-HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("SEARCH_GRACE_S", str(3 * HEARTBEAT_S)))
+HEARTBEAT_S = 10  # default seconds between a running trial's heartbeats ($SEARCH_HEARTBEAT_S)
+GRACE_BEATS = 3  # a RUNNING trial silent for this many beats ($SEARCH_GRACE_S) is failed and retried
 
 
-def resolve_url(url: str | None) -> str:
-    """--storage, else $SEARCH_STORAGE, else sqlite:///search.db in the working directory."""
-    return url or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for every message and log line."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show only the scheme
-        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in whole seconds, as Optuna's RDBStorage takes them."""
+    beat = int(env.seconds("SEARCH_HEARTBEAT_S", HEARTBEAT_S, integer=True, minimum=1))
+    return beat, int(env.seconds("SEARCH_GRACE_S", GRACE_BEATS * beat, integer=True, minimum=1))
 
 
 @event.listens_for(Engine, "connect")
@@ -120,18 +111,15 @@ for _name, _fn in list(vars(optuna.storages.RDBStorage).items()):
         setattr(SQLiteStorage, _name, _retry_locked(_fn))
 
 
-def sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    return Path(u.database) if u.database and u.database != ":memory:" else None
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+
+def open_storage(url: str | None = None, *, must_exist: bool = False,
+                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
     if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/proxy.py
-        from search.proxy import grpc_storage
+        from search.hpo.proxy import grpc_storage
         return grpc_storage(url)
     try:
         backend = make_url(url).get_backend_name()
@@ -151,8 +139,10 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
         kwargs["pool_pre_ping"] = True
         url_for_engine = _postgres_driver(url)
-    hb = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-              heartbeat_stale_trial_callback=retry_once) if heartbeat else {}
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        beat, grace = heartbeat_settings()
+        hb = dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
     try:
         import warnings
 
@@ -162,7 +152,8 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
             # Creating the tables races with other workers starting at the same moment: retried too.
             return _retry_create_race(_retry_locked(cls))(url_for_engine, engine_kwargs=kwargs, **hb)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(getattr(err, "orig", None) or err).strip()
+        reason = text.splitlines()[0] if str(err).strip() else type(err).__name__
         raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
 
 
@@ -179,13 +170,7 @@ def _postgres_driver(url: str) -> str:
     return url
 
 
-def mask_text(text: str, url: str) -> str:
-    """Remove the URL's password from any text (driver messages sometimes echo the DSN)."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
+
 
 
 def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

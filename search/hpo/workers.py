@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.studies import StudySpec, make_pruner, make_sampler
+from search.hpo.studies import StudySpec, make_pruner, make_sampler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed (the issue allows 30 s)
@@ -57,7 +57,7 @@ def _quiet_logs() -> None:
 
 
 def _open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:
-    from search.storage import open_storage
+    from search.hpo.storage import open_storage
 
     return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url),
                              sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec))
@@ -75,7 +75,7 @@ def _worker_process(conn: Connection, spec: StudySpec, storage_url: str, seed_of
     """A supervised worker: one ticket, one trial, until the supervisor says stop."""
     _stop_on_signals()
     _quiet_logs()
-    from search.objective import Objective
+    from search.hpo.objective import Objective
 
     try:
         _set_threads(device, threads)
@@ -100,7 +100,7 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
                echo: Callable[[str], None]) -> int:
     """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
     MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
-    from search.objective import Objective, worker_id
+    from search.hpo.objective import Objective, worker_id
 
     _stop_on_signals()
     _quiet_logs()
@@ -182,7 +182,7 @@ class Progress:
 class Supervisor:
     def __init__(self, spec: StudySpec, storage_url: str, *, workers: int, trials: int, timeout: float | None,
                  devices: str | None, seed_offset: int, echo: Callable[[str], None]) -> None:
-        from search.storage import open_storage
+        from search.hpo.storage import open_storage
 
         self.spec, self.storage_url, self.echo = spec, storage_url, echo
         self.storage = open_storage(storage_url)
@@ -238,7 +238,7 @@ class Supervisor:
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             trial = self.study.trials[number]
         if retry and trial.state == TrialState.FAIL:
-            from search.storage import retry_once
+            from search.hpo.storage import retry_once
 
             retry_once(self.study, trial)
 
@@ -400,7 +400,7 @@ class Interrupted(SearchError):
 
 def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
     """Create the study in the store, or load it; record what `status` and `export` need to read it alone."""
-    from search.storage import open_storage
+    from search.hpo.storage import open_storage
 
     storage = open_storage(storage_url)
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
@@ -417,7 +417,7 @@ def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
 def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
           echo: Callable[[str], None]) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
-    from search import data
+    from search.train import data
 
     plan_devices(workers, devices)  # a bad --devices fails before anything is written
     data.prepare(spec.dataset, spec.data_dir)  # download or check once, before any worker starts
