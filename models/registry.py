@@ -3,7 +3,7 @@ architecture-specific options (``hidden`` for alexnet, ``middle_repeats`` for xc
 fails with one :class:`ModelError` line naming the valid choices, not a ``TypeError``.
 
 This package knows nothing of the search service: its errors are ``ValueError`` subclasses that any caller can
-catch, and the `search` command line shows them as one line (exit 2) like its own user errors.
+catch (search's training engine turns them into its own one-line user errors).
 """
 from __future__ import annotations
 

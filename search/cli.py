@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -29,20 +28,10 @@ class _OneLineErrors(click.Group):
         except click.UsageError as err:
             err.ctx = None
             raise
-        except Exception as err:
-            if not _user_error(err):
-                raise
-            shown = click.ClickException(" ".join(str(err).split()))
-            shown.exit_code = getattr(err, "exit_code", 2)
+        except SearchError as err:
+            shown = click.ClickException(err.message)
+            shown.exit_code = err.exit_code
             raise shown from None
-
-
-def _user_error(err: Exception) -> bool:
-    """Errors the user can fix: ours, and the model registry's (models raises its own ModelError, a ValueError).
-    models is looked up, not imported: a ModelError can only come from a loaded models, and importing it here
-    would load torch for `search --help`."""
-    models = sys.modules.get("models")
-    return isinstance(err, SearchError) or (models is not None and isinstance(err, models.ModelError))
 
 
 def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]

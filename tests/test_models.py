@@ -11,8 +11,8 @@ from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18 as tv_resnet18
 
 from models import MODEL_REFERENCES, build_model, list_models, pretrained_models
-from models.resnet import ImageNetInput, checkpoint_path
 from models import ModelError as SearchError
+from models.resnet import ImageNetInput, checkpoint_path
 
 ALL = [
     "alexnet", "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.hpo.proxy import parse_grpc_url
+from search.hpo.storage import parse_grpc_url
 from tests.helpers import FINISHED, by_state, cli_env, free_port, run, search_cmd, study_file, trials_of
 
 try:

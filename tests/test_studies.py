@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search.errors import SearchError
-from search.hpo.space import Param, suggest, trial_config
+from search.hpo.space import Param, suggest
 from search.hpo.studies import (
     StudySpec,
     find_study,
@@ -17,6 +17,7 @@ from search.hpo.studies import (
     make_pruner,
     make_sampler,
     study_dirs,
+    trial_config,
 )
 from search.train.config import TrainConfig
 

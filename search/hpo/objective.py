@@ -17,8 +17,7 @@ from typing import Callable
 
 import optuna
 
-from search.hpo.space import trial_config
-from search.hpo.studies import StudySpec
+from search.hpo.studies import StudySpec, trial_config
 from search.results import artifacts
 from search.train import engine
 

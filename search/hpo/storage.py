@@ -17,7 +17,9 @@ import functools
 import random
 import sqlite3
 import time
+import warnings
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy
@@ -102,6 +104,59 @@ def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# grpc:// URLs: a `search proxy` (search/hpo/proxy.py) in front of the store.
+DEFAULT_PORT = 13000
+# A worker started together with the proxy (compose, a job script) waits this long for it to listen
+# ($SEARCH_PROXY_WAIT_S overrides it).
+READY_TIMEOUT_S = 30.0
+INSTALL_HINT = "pip install 'search[proxy]'"
+
+
+def require_grpc() -> None:
+    try:
+        import grpc  # noqa: F401
+
+        # Optuna 5.0's gRPC proxy needs protobuf only when this private module loads; importing it is the one
+        # way to find out before a worker or the proxy fails half-way through starting.
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401
+    except ImportError as err:
+        raise SearchError(f"the gRPC storage proxy needs grpcio and protobuf ({err.name} is missing): "
+                          f"{INSTALL_HINT}") from None
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme != "grpc" or not parts.hostname or port == -1 or parts.path not in ("", "/")
+            or parts.query or parts.username):
+        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
+        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
+                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
+    return parts.hostname, port or DEFAULT_PORT
+
+
+def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
+    """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
+    host, port = parse_grpc_url(url)
+    require_grpc()
+    if ready_timeout is None:
+        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        storage.wait_server_ready(timeout=ready_timeout)
+    except ConnectionError:
+        storage.close()
+        raise SearchError(f"no storage proxy answers at {host}:{port} (waited {ready_timeout:g} s); "
+                          f"start one with: search proxy --storage URL --port {port}") from None
+    return storage
+
+
 class SQLiteStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage with every public call retried while SQLite says "database is locked"."""
 
@@ -118,8 +173,7 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
-    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/proxy.py
-        from search.hpo.proxy import grpc_storage
+    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/hpo/proxy.py
         return grpc_storage(url)
     try:
         backend = make_url(url).get_backend_name()
@@ -144,8 +198,6 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
         beat, grace = heartbeat_settings()
         hb = dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
     try:
-        import warnings
-
         cls = SQLiteStorage if backend == "sqlite" else optuna.storages.RDBStorage
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import optuna
 
 from search.errors import SearchError
-from search.hpo.space import STUDY_KEYS, Param, parse_space
+from search.hpo.space import STUDY_KEYS, Param, parse_space, suggest
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
@@ -247,6 +247,13 @@ def _check_configs(spec: StudySpec, *, source: str) -> None:
                 config.from_dict({**base, param.name: value}, source=source)
             except SearchError as err:
                 raise SearchError(f"{source}: space.{param.name}: {err.message}") from None
+
+
+def trial_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:
+    """The TrainConfig of one trial: the study's shared values plus this trial's suggestions (device 'auto')."""
+    values = spec.base_config()
+    values.update(suggest(spec.space, trial))
+    return config.from_dict(values, source=f"{spec.path}: trial {getattr(trial, 'number', '?')}")
 
 
 # --- Optuna objects -----------------------------------------------------------------------------------------

@@ -376,7 +376,7 @@ def runs_section(runs: list[Run], study_dataset: str | None) -> Section:
             note=f"Published values: {benchmarks.CITATION}"))
     else:
         s.items.append(Note("Published benchmark", f"No published MedMNIST v2 values are kept for '{dataset}' "
-                                                   f"(search/benchmarks.py lists: "
+                                                   f"(search/results/published.py lists: "
                                                    f"{', '.join(benchmarks.MEDMNIST_V2)})."))
     return s
 
