@@ -84,7 +84,7 @@ def _packaged_dir() -> Path | None:
         folder = resources.files(PACKAGE)
     except ModuleNotFoundError:
         # Run from a source checkout without installing: the repository's studies/ sits next to search/.
-        folder = Path(__file__).resolve().parents[1] / "studies"
+        folder = Path(__file__).resolve().parents[2] / "studies"
     return folder if isinstance(folder, Path) and folder.is_dir() else None
 
 

@@ -117,7 +117,8 @@ def _choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Check every value; raise SearchError naming the first bad key and what would be valid."""
-    # Imported here: models and data import this module's neighbours, and the registries are the truth.
+    # The registries are the truth; imported here, at the first check, because they load torch and medmnist,
+    # which commands that only read a study (status, export) never need.
     from models import list_models
     from search.train.augment import parse_policy
     from search.train.data import list_datasets
