@@ -73,7 +73,7 @@ def test_missing_medmnist_offline_says_what_to_place_where(tmp_path):
         data.prepare("pathmnist", str(root))
     msg = err.value.format_message()
     assert "\n" not in msg and "download" in msg
-    assert "place pathmnist.npz" in msg and str(root) in msg and "a8b06965200029087d5bd730944a56c1" in msg
+    assert f"place pathmnist.npz" in msg and str(root) in msg and "a8b06965200029087d5bd730944a56c1" in msg
     assert not root.exists()  # nothing half-written
 
 

@@ -1,7 +1,7 @@
 """The store layer: concurrent creation of a fresh SQLite store, and password masking."""
 import multiprocessing as mp
 
-from search.hpo.storage import mask, mask_text
+from search.hpo.urls import mask, mask_text
 
 
 def _open(url: str) -> str:
