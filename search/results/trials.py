@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
-from search.hpo.storage import mask, open_storage, resolve_url
+from search.hpo.storage import open_storage
+from search.hpo.urls import mask, resolve_url
 from search.train import config
 from search.train.config import TrainConfig
 
