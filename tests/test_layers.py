@@ -15,7 +15,7 @@ PACKAGES = ("search", "models")
 
 
 def loaded_after(*imports: str) -> set[str]:
-    """The top-level names of every module loaded after importing ``imports`` in a new interpreter."""
+    """The name of every module loaded (sys.modules) after importing ``imports`` in a new interpreter."""
     code = ("import sys, json\n" + "".join(f"import {name}\n" for name in imports)
             + "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
