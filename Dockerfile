@@ -15,7 +15,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN pip install "torch>=2.1" "torchvision>=0.16"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY search ./search
 COPY models ./models
 COPY studies ./studies

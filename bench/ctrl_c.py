@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_ctrl_c import STUDY, Run, assert_clean_stop  # noqa: E402  (the test's own checks)
+from tests.helpers import CTRL_C_STUDY, Interruptible, assert_clean_stop  # noqa: E402  (the test's own checks)
 
 
 def main() -> int:
@@ -33,10 +33,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         study = folder / "ctrlc.yaml"
-        study.write_text(STUDY.format(name="ctrlc", trials=100_000))
+        study.write_text(CTRL_C_STUDY.format(name="ctrlc", trials=100_000))
         for i in range(1, args.runs + 1):
             delay = rng.uniform(0, args.max_delay)
-            run = Run.start(["start", "--study", str(study), "--workers", "2"], folder)
+            run = Interruptible.start(["start", "--study", str(study), "--workers", "2"], folder)
             time.sleep(delay)
             seconds = run.ctrl_c()
             slowest = max(slowest, seconds)

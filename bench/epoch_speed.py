@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from models import build_model
-from search.config import TrainConfig
-from search.engine import Trainer, resolve_device
-from search.data import load
+from search.train.config import TrainConfig
+from search.train.data import load
+from search.train.engine import Trainer, resolve_device
 
 OFFICIAL = {"train": 89996, "val": 10004, "test": 7180}
 
@@ -127,7 +127,8 @@ def main() -> None:
         else:
             official_file(tmp)
             root = tmp
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU, {torch.get_num_threads()} threads")
         print(f"device: {device} ({name}); torch {torch.__version__}; simple_cnn_v2, batch 128, flip, Adam")
         ref = reference(root, device, args.steps, args.warmup)
         print(f"reference (medmnist Dataset + ToTensor/Normalize + DataLoader): {ref:10.0f} images/s")

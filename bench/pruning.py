@@ -15,9 +15,9 @@ import time
 import optuna
 import yaml
 
-from search import data
-from search.objective import Objective
-from search.studies import load_study, make_pruner, make_sampler
+from search.hpo.objective import Objective
+from search.hpo.studies import load_study, make_pruner, make_sampler
+from search.train import data
 
 
 def arm(spec, trials: int, device: str) -> tuple[int, float, float, int]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search import engine
-from search.config import TrainConfig
-from search.data import read_idx
+from search.train import engine
+from search.train.config import TrainConfig
+from search.train.data import read_idx
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 N_TRAIN = 8000

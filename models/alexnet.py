@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import register_model
 from models.layers import Dropout
-from search.errors import SearchError
+from models.registry import ModelError, register_model
 
 __all__ = ["AlexNet28", "alexnet"]
 
@@ -58,5 +57,5 @@ class AlexNet28(nn.Module):
 def alexnet(*, in_channels: int, num_classes: int, dropout: float = 0.5, hidden: int = 1024) -> AlexNet28:
     """AlexNet for 28x28 inputs; ``dropout`` precedes the first two FC layers as in the original."""
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise SearchError(f"alexnet hidden must be a positive integer, got {hidden!r}")
+        raise ModelError(f"alexnet hidden must be a positive integer, got {hidden!r}")
     return AlexNet28(in_channels=in_channels, num_classes=num_classes, dropout=dropout, hidden=hidden)

@@ -9,12 +9,11 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import WeightsEnum
 from torchvision.models import resnet as tv
-from torchvision.models._api import WeightsEnum
 
-from models import register_model
 from models.layers import Dropout
-from search.errors import SearchError
+from models.registry import ModelError, register_model
 
 __all__ = ["ImageNetInput", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -81,18 +80,18 @@ def _pretrained(
     dropout: float,
 ) -> nn.Module:
     if in_channels not in (1, 3):
-        raise SearchError(f"pretrained {name} needs in_channels 1 or 3, got {in_channels}")
+        raise ModelError(f"pretrained {name} needs in_channels 1 or 3, got {in_channels}")
     path = checkpoint_path(weights)
     # Checked here because torchvision would otherwise try to download, which hangs or fails obscurely offline.
     if not path.is_file():
-        raise SearchError(
+        raise ModelError(
             f"pretrained weights for {name} not found at {path}; "
             f"place {weights.url} there or set pretrained: false"
         )
     try:
         model = builder(weights=weights, progress=False)
     except Exception as exc:  # a truncated or foreign file: the user can fix it by replacing the file
-        raise SearchError(f"cannot load pretrained weights for {name} from {path}: {exc}") from exc
+        raise ModelError(f"cannot load pretrained weights for {name} from {path}: {exc}") from exc
     # Keep the ImageNet stem: its filters were learned for 224-px inputs, hence ImageNetInput's resize.
     model.fc = _new_head(model.fc.in_features, num_classes, dropout)
     return ImageNetInput(model, in_channels=in_channels)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import register_model
 from models.layers import Dropout
+from models.registry import register_model
 
 __all__ = ["SimpleCNNv1", "SimpleCNNv2", "simple_cnn_v1", "simple_cnn_v2"]
 

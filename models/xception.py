@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import register_model
 from models.layers import Dropout
-from search.errors import SearchError
+from models.registry import ModelError, register_model
 
 __all__ = ["SeparableConv2d", "Xception", "xception"]
 
@@ -26,7 +25,8 @@ class SeparableConv2d(nn.Sequential):
 class _PoolBlock(nn.Module):
     """[ReLU] SepConv -> ReLU -> SepConv -> max-pool, plus a 1x1 conv shortcut: entry-flow and exit-flow blocks."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, *, stride: int, relu_first: bool) -> None:
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, *, stride: int,
+                 relu_first: bool) -> None:
         super().__init__()
         self.body = nn.Sequential(
             # Not in-place: the block's input is still needed by the shortcut.
@@ -105,5 +105,5 @@ class Xception(nn.Module):
 def xception(*, in_channels: int, num_classes: int, dropout: float = 0.5, middle_repeats: int = 8) -> Xception:
     """Xception for 28x28 inputs; ``middle_repeats`` middle-flow blocks (paper: 8); ``dropout`` before the linear."""
     if isinstance(middle_repeats, bool) or not isinstance(middle_repeats, int) or middle_repeats < 0:
-        raise SearchError(f"xception middle_repeats must be a non-negative integer, got {middle_repeats!r}")
+        raise ModelError(f"xception middle_repeats must be a non-negative integer, got {middle_repeats!r}")
     return Xception(in_channels=in_channels, num_classes=num_classes, dropout=dropout, middle_repeats=middle_repeats)

@@ -1,13 +1,16 @@
 """The `search` command line: parse, call one function, print. No logic lives here."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
 
 import click
 
-from search import __version__
+from search import __version__, interrupt
+from search.errors import Interrupted, SearchError
+from search.hpo.urls import DEFAULT_STORAGE
 
 
 class _OneLine(logging.Formatter):
@@ -16,18 +19,25 @@ class _OneLine(logging.Formatter):
 
 
 class _OneLineErrors(click.Group):
-    """Usage errors (a bad option value) as one line, like every other user error: no usage block. A stop signal
-    (search/interrupt.py) ends every command with one line and exit status 130, whenever it came."""
+    """The one place that turns errors into what the user sees: a user error as one line ("Error: ...") and its
+    exit code (2, or 130 for an interrupted command); a usage error (a bad option value) too, without the usage
+    block. A stop signal (search/interrupt.py) ends every command with one line and exit status 130, whenever it
+    came."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
-        from search import interrupt
-        from search.errors import Interrupted
-
         try:
-            result = super().invoke(ctx)
+            return self._invoke(ctx)
         except click.UsageError as err:
             err.ctx = None
             raise
+        except SearchError as err:
+            shown = click.ClickException(err.message)
+            shown.exit_code = err.exit_code
+            raise shown from None
+
+    def _invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            result = super().invoke(ctx)
         except KeyboardInterrupt:  # interrupt.Stop, raised where stopping is safe
             raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'})") from None
         if interrupt.requested() and ctx.invoked_subcommand in _POLLING:
@@ -43,16 +53,17 @@ _POLLING = ("start", "worker", "train")
 
 def _stops_at_once(fn):  # type: ignore[no-untyped-def]
     """For commands that have no long work to finish cleanly: the first Ctrl-C stops them where they are."""
-    import functools
-
     @functools.wraps(fn)
     def run(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from search import interrupt
-
         with interrupt.raising():
             return fn(*args, **kwargs)
 
     return run
+
+
+def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
+    """The --storage option of every command that opens the study store; only the first words of its help differ."""
+    return click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}).")
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +91,7 @@ def main() -> None:
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
-    from search import config
+    from search.train import config
 
     cfg = config.load(config_file, epochs=epochs, device=device)
     if out is None:
@@ -95,16 +106,12 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
     try:
         _train(cfg, out, seeds, line)
     except KeyboardInterrupt:  # interrupt.Stop from the training loop
-        from search import interrupt
-        from search.errors import Interrupted
-
         kept = f"the seeds that finished are kept in {out}" if seeds is not None else "nothing was saved"
         raise Interrupted(f"interrupted ({interrupt.requested()}): the run in progress was stopped; {kept}") from None
 
 
 def _train(cfg, out: Path, seeds: int | None, line) -> None:  # type: ignore[no-untyped-def]
-    from search import engine
-    from search.errors import SearchError
+    from search.train import engine
 
     if seeds is not None:
         s = engine.train_seeds(cfg, out, seeds, on_run=line)
@@ -121,7 +128,7 @@ def _train(cfg, out: Path, seeds: int | None, line) -> None:  # type: ignore[no-
 def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from search.studies import load_study
+    from search.hpo.studies import load_study
 
     spec = load_study(study, **overrides)
     return dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}) if seed is not None else spec
@@ -133,23 +140,23 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
               help="Worker processes: one per GPU, or sharing the CPU cores.")
 @click.option("--trials", type=click.IntRange(min=1), help="Total finished trials for the study (all workers).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--devices", help="GPU indices to use, e.g. 0,1; or cpu.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
           devices: str | None, data_dir: str | None, seed: int | None) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
-    from search import workers as w
-    from search.storage import resolve_url
+    from search.hpo import supervisor
+    from search.hpo.urls import resolve_url
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
-    raise SystemExit(w.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
+    raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
 
 
 @main.command()
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
-@click.option("--storage", help="Study store URL shared by all workers (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option("Study store URL shared by all workers")
 @click.option("--trials", type=click.IntRange(min=1), help="Stop once the study has this many finished trials.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
@@ -159,28 +166,31 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import os
 
-    from search import data, workers as w
-    from search.engine import resolve_device
-    from search.storage import resolve_url
+    from search.hpo import supervisor
+    from search.hpo import worker as w
+    from search.hpo.urls import resolve_url
+    from search.train import data
+    from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials)
     dev = str(resolve_device(device))
     url = resolve_url(storage)
-    data.prepare(spec.dataset, spec.data_dir)
-    w.ensure_study(spec, url)
+    with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
+        data.prepare(spec.dataset, spec.data_dir)
+    supervisor.ensure_study(spec, url)
     offset = seed if seed is not None else os.getpid()
     raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, seed_offset=offset, echo=click.echo))
 
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every trial (state, value, parameters, epochs run, seconds) to this CSV file.")
 @_stops_at_once
 def status(study: str, storage: str | None, csv_file: Path | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture."""
-    from search import export
+    from search.results import trials as export
 
     loaded = export.load(study, storage)
     written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
@@ -191,7 +201,7 @@ def status(study: str, storage: str | None, csv_file: Path | None) -> None:
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A `search train` output folder, or a `--seeds` folder; repeat for more runs.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
@@ -199,7 +209,8 @@ def status(study: str, storage: str | None, csv_file: Path | None) -> None:
 @_stops_at_once
 def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
-    from search import export, report as report_mod
+    from search.results import report as report_mod
+    from search.results import trials as export
 
     loaded = export.load(study, storage)
     done = report_mod.write_report(loaded, list(runs), out or Path(f"report-{loaded.study_name}"))
@@ -208,14 +219,14 @@ def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | 
 
 @main.command("export")
 @click.option("--study", required=True)
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
               show_default=True)
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
 @_stops_at_once
 def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
-    from search import export
+    from search.results import trials as export
 
     cfg, trial = export.export(export.load(study, storage), out, rank)
     click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}; "
@@ -223,7 +234,7 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
 
 
 @main.command()
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -233,8 +244,9 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     import optuna_dashboard
 
-    from search import artifacts
-    from search.storage import mask, open_storage, resolve_url
+    from search.hpo.storage import open_storage
+    from search.hpo.urls import mask, resolve_url
+    from search.results import artifacts
 
     url = resolve_url(storage)
     store = open_storage(url, must_exist=True, heartbeat=False)
@@ -252,14 +264,15 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
 
 
 @main.command()
-@click.option("--storage", help="Study store URL (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option()
 @_stops_at_once
 def studies(storage: str | None) -> None:
     """The study files, and the studies in the store with their trial counts."""
     import optuna
 
-    from search.storage import mask, open_storage, resolve_url, sqlite_path
-    from search.studies import list_study_files
+    from search.hpo.storage import open_storage
+    from search.hpo.studies import list_study_files
+    from search.hpo.urls import mask, resolve_url, sqlite_path
 
     click.echo("study files:")
     for name, path in list_study_files().items():
@@ -276,14 +289,14 @@ def studies(storage: str | None) -> None:
 
 
 @main.command()
-@click.option("--storage", help="The database the proxy serves (default $SEARCH_STORAGE or sqlite:///search.db).")
+@storage_option("The database the proxy serves")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 @_stops_at_once
 def proxy(storage: str | None, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search import proxy as grpc_proxy
-    from search.storage import resolve_url
+    from search.hpo import proxy as grpc_proxy
+    from search.hpo.urls import resolve_url
 
     grpc_proxy.serve(resolve_url(storage), host=host, port=port, echo=click.echo)

@@ -1,21 +1,25 @@
 """The one exception type for user errors.
 
 Anything the user can fix (a bad config value, a missing data file, an unknown name) raises
-:class:`SearchError`. The CLI shows it as one line and exits with status 2; no traceback.
+:class:`SearchError`. It is a plain exception, so the core depends on no CLI library; the command line
+(search/cli.py) shows it as one line and exits with its ``exit_code`` (2 unless a subclass says otherwise).
 """
 from __future__ import annotations
 
-import click
 
-
-class SearchError(click.ClickException):
+class SearchError(Exception):
     """A user error: one line that names the bad value and what would be valid."""
 
     exit_code = 2
 
     def __init__(self, message: str) -> None:
         # Keep it to one line whatever the caller built.
-        super().__init__(" ".join(str(message).split()))
+        self.message = " ".join(str(message).split())
+        super().__init__(self.message)
+
+    def format_message(self) -> str:
+        """The line the user sees (the name click gives it, so callers of either read errors alike)."""
+        return self.message
 
 
 class Interrupted(SearchError):

@@ -1,59 +1,14 @@
-"""Shared fixtures: small data files written in the true on-disk formats (MedMNIST .npz, MNIST IDX)."""
+"""Shared fixtures; the helpers they use (and tests import) are in tests/helpers.py."""
 from __future__ import annotations
 
-import gzip
-import os
-import sys
+import uuid
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import pytest
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def write_medmnist_npz(path: Path, *, channels: int, classes: int, counts=(120, 40, 40), multi_label: bool = False,
-                       seed: int = 0) -> Path:
-    """A MedMNIST-layout file: keys {train,val,test}_{images,labels}, uint8 N x 28 x 28 (x 3), labels N x 1.
-
-    Each class has its own mean brightness pattern, so a model can learn it.
-    """
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in zip(("train", "val", "test"), counts):
-        if multi_label:
-            labels = rng.integers(0, 2, size=(n, classes)).astype(np.uint8)
-            base = labels[:, :1].astype(np.float64) * 120
-        else:
-            labels = rng.integers(0, classes, size=(n, 1)).astype(np.uint8)
-            base = labels.astype(np.float64) * (200 / max(1, classes - 1))
-        shape = (n, 28, 28) if channels == 1 else (n, 28, 28, channels)
-        noise = rng.normal(0, 20, size=shape)
-        images = np.clip(base.reshape((n,) + (1,) * (len(shape) - 1)) + 30 + noise, 0, 255).astype(np.uint8)
-        arrays[f"{split}_images"] = images
-        arrays[f"{split}_labels"] = labels
-    np.savez_compressed(path, **arrays)
-    return path
-
-
-def write_idx(path: Path, array: np.ndarray) -> Path:
-    """Write a uint8 array in the IDX format (gzipped when the name ends in .gz)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
-    return path
-
-
-def write_mnist(folder: Path, *, n_train: int = 300, n_test: int = 100, gz: bool = True, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        images = np.clip(labels[:, None, None] * 20 + rng.normal(0, 10, (n, 28, 28)), 0, 255).astype(np.uint8)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
-    return folder
+from tests import pg
+from tests.helpers import Searched, search_tiny, write_medmnist_npz
 
 
 @pytest.fixture
@@ -68,13 +23,27 @@ def _isolated_data_root(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(tmp_path_factory.mktemp("default-data-root")))
 
 
-def search_cmd() -> list[str]:
-    """The installed console script, run as a real process."""
-    exe = Path(sys.executable).with_name("search")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "search"]
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory) -> Searched:
+    """One real search with final runs and their report, shared by the report and artifact tests."""
+    return search_tiny(tmp_path_factory)
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(extra)
-    return env
+@pytest.fixture
+def pg_db() -> Iterator[str]:
+    """The name of a new empty database; dropped at the end, after ending any connection left to it."""
+    reason = pg.unreachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"search_{uuid.uuid4().hex}"
+    conn = pg.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                        "pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()

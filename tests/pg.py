@@ -6,11 +6,8 @@ to create and drop the test databases. Where it cannot be reached, the PostgreSQ
 from __future__ import annotations
 
 import os
-import uuid
-from typing import Iterator
 
 import optuna
-import pytest
 from sqlalchemy.engine import make_url
 
 SERVER = os.environ.get("SEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -18,7 +15,7 @@ _server = make_url(SERVER)
 WHERE = f"{_server.host}:{_server.port or 5432}"
 
 
-def _connect(database: str = "postgres"):  # type: ignore[no-untyped-def]
+def connect(database: str = "postgres"):  # type: ignore[no-untyped-def]
     import psycopg2
 
     conn = psycopg2.connect(host=_server.host, port=_server.port or 5432, user=_server.username,
@@ -34,7 +31,7 @@ def unreachable() -> str | None:
     except ImportError:
         return "psycopg2 is not installed (pip install -e '.[postgres]')"
     try:
-        _connect().close()
+        connect().close()
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"no PostgreSQL at {WHERE} (set SEARCH_TEST_PG): {first}"
@@ -47,26 +44,6 @@ def url_of(database: str, password: str | None = None) -> str:
     if password is not None:
         u = u.set(password=password)
     return u.render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def pg_db() -> Iterator[str]:
-    """The name of a new empty database; dropped at the end, after ending any connection left to it."""
-    reason = unreachable()
-    if reason:
-        pytest.skip(reason)
-    name = f"search_{uuid.uuid4().hex}"
-    conn = _connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                        "pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.close()
 
 
 def _reader(url: str) -> optuna.storages.RDBStorage:

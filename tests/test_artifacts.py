@@ -11,12 +11,11 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
-from search import artifacts
-from search.objective import Objective
-from search.studies import load_study
-from tests.conftest import cli_env, search_cmd, write_medmnist_npz
-from tests.test_report import searched  # noqa: F401 - the session's one real search
-from tests.test_search import _get, free_port, wait_for
+from search.hpo.objective import Objective
+from search.hpo.studies import load_study
+from search.results import artifacts
+from tests.helpers import cli_env, free_port, search_cmd, wait_for, write_medmnist_npz
+from tests.helpers import http_get as _get
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.augment import POLICIES, make_augment, parse_policy
 from search.errors import SearchError
+from search.train.augment import POLICIES, make_augment, parse_policy
 
 N, SIZE = 64, 28
 SPECS = ["flip", "dihedral", "crop", "color", "dihedral+color", "flip+crop+color"]

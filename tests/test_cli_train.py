@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from search import config
 from search.cli import main
-from tests.conftest import cli_env, search_cmd, write_medmnist_npz
+from search.train import config
+from tests.helpers import cli_env, search_cmd, write_medmnist_npz
 
 
 def test_train_writes_metrics_model_and_config(tmp_path):

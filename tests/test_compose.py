@@ -9,18 +9,18 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import click
 import optuna
 import pytest
+import tomllib
 import yaml
 from sqlalchemy.engine import make_url
 
 from search.cli import main
-from search.studies import load_study
-from tests.conftest import cli_env, write_medmnist_npz
+from search.hpo.studies import load_study
+from tests.helpers import cli_env, write_medmnist_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

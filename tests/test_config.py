@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
-from search import config
-from search.config import KEYS, TrainConfig
 from search.errors import SearchError
+from search.train import config
+from search.train.config import KEYS, TrainConfig
 
 
 def write(tmp_path, text):

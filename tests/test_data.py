@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from search import data
 from search.errors import SearchError
-from tests.conftest import SHARED_MNIST, write_idx, write_medmnist_npz, write_mnist
+from search.train import data
+from tests.helpers import SHARED_MNIST, write_medmnist_npz, write_mnist
 
 CPU = torch.device("cpu")
 

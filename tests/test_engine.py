@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from search import engine
-from search.config import TrainConfig
 from search.errors import SearchError
-from tests.conftest import write_medmnist_npz
+from search.train import engine
+from search.train.config import TrainConfig
+from tests.helpers import write_medmnist_npz
 
 
 def digits(**kw) -> TrainConfig:

@@ -10,7 +10,7 @@ from medmnist.evaluator import getACC, getAUC
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from search.metrics import TASKS, acc, auc, column_auc, evaluate_scores
+from search.train.metrics import TASKS, acc, auc, column_auc, evaluate_scores
 
 TOL = 1e-12
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

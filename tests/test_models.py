@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet18_Weights
+from torchvision.models import resnet18 as tv_resnet18
 
 from models import MODEL_REFERENCES, build_model, list_models, pretrained_models
+from models import ModelError as SearchError
 from models.resnet import ImageNetInput, checkpoint_path
-from search.errors import SearchError
-from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
 
 ALL = [
     "alexnet", "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",

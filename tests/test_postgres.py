@@ -19,11 +19,20 @@ import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
-from search import config
+from search.train import config
 from tests import pg
-from tests.conftest import cli_env, search_cmd, write_medmnist_npz
-from tests.pg import pg_db  # noqa: F401  (the fixture)
-from tests.test_search import FINISHED, _get, by_state, free_port, run, study_file, wait_for
+from tests.helpers import (
+    FINISHED,
+    by_state,
+    cli_env,
+    free_port,
+    run,
+    search_cmd,
+    study_file,
+    wait_for,
+    write_medmnist_npz,
+)
+from tests.helpers import http_get as _get
 
 _why = pg.unreachable()
 if _why:

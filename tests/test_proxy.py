@@ -4,15 +4,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.proxy import parse_grpc_url
-from tests.conftest import cli_env, search_cmd
-from tests.test_search import FINISHED, by_state, free_port, run, study_file, trials_of
+from search.hpo.storage import parse_grpc_url
+from tests.helpers import FINISHED, by_state, cli_env, free_port, run, search_cmd, study_file, trials_of
 
 try:
     import grpc  # noqa: F401

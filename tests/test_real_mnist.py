@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from search import engine
+from search.train import engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import real_mnist  # noqa: E402

@@ -9,7 +9,6 @@ import csv
 import json
 import re
 import statistics
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,72 +17,18 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from search import benchmarks, config, engine, report
 from search.cli import main
-from tests.conftest import write_medmnist_npz
-from tests.test_search import run, trials_of
+from search.results import published as benchmarks
+from search.results import report
+from search.train import config, engine
+from tests.helpers import Searched, write_medmnist_npz
 
-# Two architectures, a hopeless learning rate for the pruner to stop, and a conditional parameter (momentum).
-# With one worker and sampler seed 5 the four trials are fixed: the two first ones use SGD, the third the
-# hopeless rate (pruned after epoch 1), the last simple_cnn_v1 with Adam. The fixture checks what the tests need.
-STUDY = """\
-name: tiny
-dataset: digits
-metric: val_acc
-epochs: 2
-trials: 4
-sampler: {name: tpe, seed: 5, n_startup_trials: 4}
-pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
-space:
-  architecture: {type: categorical, choices: [simple_cnn_v1, simple_cnn_v2]}
-  lr: {type: categorical, choices: [0.00001, 0.003]}
-  dropout: {type: float, low: 0.0, high: 0.5}
-  optimizer: {type: categorical, choices: [adam, sgd]}
-  momentum: {type: float, low: 0.8, high: 0.95, when: {optimizer: sgd}}
-fixed:
-  batch_size: 64
-"""
-FINAL = "dataset: digits\narchitecture: simple_cnn_v1\nepochs: 3\nbatch_size: 64\nlr: 0.003\n"
 STUDY_FIGURES = ("optimisation_history", "importances", "parallel_coordinates", "learning_curves",
                  "best_per_architecture", "trial_states", "pruning_savings")
 RUN_FIGURES = ("training_curves", "confusion_matrix", "per_class_accuracy", "test_metrics")
 TABLES = ("best_per_architecture", "trial_states", "pruning_savings", "top_trials", "trials",
           "per_class_accuracy", "test_metrics")
 
-
-@dataclass
-class Searched:
-    root: Path
-    trials: list[optuna.trial.FrozenTrial]
-    train_stdout: str
-    report: Path
-
-
-@pytest.fixture(scope="session")
-def searched(request, tmp_path_factory) -> Searched:
-    # tests/test_artifacts.py imports this fixture, which registers it a second time with a cache of its own;
-    # the session's config holds the one search that both modules read.
-    if not hasattr(request.config, "_search_report_tiny"):
-        request.config._search_report_tiny = _search(tmp_path_factory)
-    return request.config._search_report_tiny
-
-
-def _search(tmp_path_factory) -> Searched:
-    root = tmp_path_factory.mktemp("report")
-    (root / "tiny.yaml").write_text(STUDY)
-    start = run(["start", "--study", "tiny.yaml", "--workers", "1"], root)
-    assert start.returncode == 0, start.stdout + start.stderr
-    trials = trials_of(root / "search.db", "tiny")
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert any(t.state == TrialState.PRUNED for t in trials), "the study must prune a trial"
-    assert len({t.value for t in complete}) >= 2, "importances need two complete trials with different values"
-    (root / "final.yaml").write_text(FINAL)
-    train = run(["train", "final.yaml", "--seeds", "2", "--epochs", "1", "--out", "final", "--device", "cpu"], root)
-    assert train.returncode == 0, train.stderr
-    made = run(["report", "--study", "tiny", "--run", "final", "-o", "out"], root)
-    assert made.returncode == 0, made.stderr
-    assert made.stdout.strip().endswith("out/index.html")
-    return Searched(root, trials, train.stdout, root / "out")
 
 
 # --- search train --seeds -------------------------------------------------------------------------------------

@@ -7,57 +7,14 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-import optuna
-import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search import config
-from tests.conftest import cli_env, search_cmd
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# A small, fast study: one of the two learning rates is hopeless, so the median pruner has work to do.
-STUDY = """\
-name: {name}
-dataset: digits
-metric: val_acc
-epochs: {epochs}
-trials: {trials}
-sampler: {{name: tpe, seed: 0, n_startup_trials: 4}}
-pruner: {{name: median, n_startup_trials: 2, n_warmup_steps: 0}}
-space:
-  lr: {{type: categorical, choices: [0.00001, 0.003]}}
-  dropout: {{type: float, low: 0.0, high: 0.5}}
-  optimizer: {{type: categorical, choices: [adam, sgd]}}
-  momentum: {{type: float, low: 0.8, high: 0.95, when: {{optimizer: sgd}}}}
-fixed:
-  architecture: {arch}
-  batch_size: 64
-"""
-
-
-def study_file(tmp_path: Path, name: str = "tiny", *, epochs: int = 3, trials: int = 8,
-               arch: str = "simple_cnn_v1") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, epochs=epochs, trials=trials, arch=arch))
-    return path
-
-
-def run(args: list[str], cwd: Path, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(search_cmd() + args, cwd=cwd, capture_output=True, text=True, env=cli_env(),
-                          timeout=timeout, **kw)
-
-
-def trials_of(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
-
-
-def by_state(trials, *states) -> list:
-    return [t for t in trials if t.state in states]
+from search.train import config
+from tests.helpers import FINISHED, by_state, cli_env, free_port, run, search_cmd, study_file, trials_of, wait_for
+from tests.helpers import http_get as _get
 
 
 def test_two_workers_reach_the_budget_exactly_and_prune(tmp_path):
@@ -102,16 +59,6 @@ def test_two_workers_reach_the_budget_exactly_and_prune(tmp_path):
                     reverse=True)
     notes = yaml.safe_load((tmp_path / "second.yaml").read_text())["search"]
     assert notes["rank"] == 2 and notes["value"] == values[1] and notes["study"] == "tiny"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running_trial(db: Path, name: str):
@@ -171,12 +118,6 @@ def test_sigint_stops_within_30_s_and_the_rerun_resumes(tmp_path):
     assert len(by_state(trials_of(db, "stop"), *FINISHED)) == done + 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_eight_workers_and_a_live_dashboard_share_one_sqlite_file(tmp_path):
     spec = study_file(tmp_path, "many", epochs=1, trials=16)
     db = tmp_path / "search.db"
@@ -205,11 +146,3 @@ def test_eight_workers_and_a_live_dashboard_share_one_sqlite_file(tmp_path):
     assert len(by_state(trials, *FINISHED)) == 16
     assert not by_state(trials, TrialState.FAIL, TrialState.RUNNING)
     assert len({t.user_attrs["worker"] for t in trials}) >= 8
-
-
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.read() if r.status == 200 else None
-    except OSError:
-        return None

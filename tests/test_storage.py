@@ -1,11 +1,11 @@
 """The store layer: concurrent creation of a fresh SQLite store, and password masking."""
 import multiprocessing as mp
 
-from search.storage import mask, mask_text
+from search.hpo.urls import mask, mask_text
 
 
 def _open(url: str) -> str:
-    from search.storage import open_storage
+    from search.hpo.storage import open_storage
 
     try:
         open_storage(url)

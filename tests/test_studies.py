@@ -7,11 +7,19 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import TrainConfig
 from search.errors import SearchError
-from search.space import Param, suggest, trial_config
-from search.studies import (StudySpec, find_study, list_study_files, load_study, make_pruner, make_sampler,
-                            study_dirs)
+from search.hpo.space import Param, suggest
+from search.hpo.studies import (
+    StudySpec,
+    find_study,
+    list_study_files,
+    load_study,
+    make_pruner,
+    make_sampler,
+    study_dirs,
+    trial_config,
+)
+from search.train.config import TrainConfig
 
 SHIPPED = ("digits", "mnist", "pathmnist")
 

@@ -9,76 +9,27 @@ Optuna's in-process trial cache, and the workers use ``--storage grpc://HOST:POR
 What the proxy does not carry: heartbeats. GrpcStorageProxy is not a heartbeat storage, so a worker that dies
 behind the proxy leaves its trial RUNNING (nothing fails it and queues it again, as happens on a direct RDB URL).
 `search start` (the supervisor) still marks a dead worker's trial FAIL itself. The proxy is not authenticated
-or encrypted: keep it on 127.0.0.1 or a private network.
+or encrypted: keep it on 127.0.0.1 or a private network. The workers' side (grpc:// URLs) is in storage.py.
 """
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from typing import Callable
-from urllib.parse import urlsplit
 
 import optuna
 
 from search.errors import SearchError
-from search.storage import mask
-
-DEFAULT_PORT = 13000
-# A worker started together with the proxy (compose, a job script) waits this long for it to listen.
-READY_TIMEOUT_S = float(os.environ.get("SEARCH_PROXY_WAIT_S", "30"))
-INSTALL_HINT = "pip install 'search[proxy]'"
-
-
-def _require_grpc() -> None:
-    try:
-        import grpc  # noqa: F401
-        from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401  (needs protobuf)
-    except ImportError as err:
-        raise SearchError(f"the gRPC storage proxy needs grpcio and protobuf ({err.name} is missing): "
-                          f"{INSTALL_HINT}") from None
-
-
-def parse_grpc_url(url: str) -> tuple[str, int]:
-    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if (parts.scheme != "grpc" or not parts.hostname or port == -1 or parts.path not in ("", "/")
-            or parts.query or parts.username):
-        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
-        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
-                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
-    return parts.hostname, port or DEFAULT_PORT
-
-
-def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
-    """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
-    host, port = parse_grpc_url(url)
-    _require_grpc()
-    ready_timeout = READY_TIMEOUT_S if ready_timeout is None else ready_timeout
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
-    try:
-        storage.wait_server_ready(timeout=ready_timeout)
-    except ConnectionError:
-        storage.close()
-        raise SearchError(f"no storage proxy answers at {host}:{port} (waited {ready_timeout:g} s); "
-                          f"start one with: search proxy --storage URL --port {port}") from None
-    return storage
+from search.hpo.storage import open_storage, require_grpc
+from search.hpo.urls import mask
 
 
 def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
     """`search proxy`: serve the RDB store at ``url`` over gRPC on host:port until stopped."""
-    from search.storage import open_storage
-
     if url.startswith("grpc://"):
         raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "
                           f"not another proxy ({url})")
-    _require_grpc()
+    require_grpc()
     # Heartbeats are recorded by the workers' storage, which here is the gRPC client: none to configure.
     rdb = open_storage(url, heartbeat=False)
     if host in ("0.0.0.0", "::", ""):

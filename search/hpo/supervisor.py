@@ -1,4 +1,4 @@
-"""Worker processes and the supervisor that runs them (`search start`), and the standalone `search worker`.
+"""The supervisor of `search start`: N worker processes (search/hpo/worker.py) on one study store.
 
 The supervisor is the only authority on the budget: a worker asks it for a ticket before each trial, so the
 study ends with exactly the requested number of finished (complete or pruned) trials. A failed trial gives its
@@ -13,13 +13,10 @@ worker's training loop sees at the next batch. A worker that already exited is s
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import os
 import signal
-import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
@@ -29,112 +26,18 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.errors import Interrupted, SearchError
-from search.studies import StudySpec, make_pruner, make_sampler
+from search.hpo import worker
+from search.hpo.storage import FINISHED, fail_running
+from search.hpo.studies import StudySpec
+from search.hpo.urls import worker_id
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed (the issue allows 30 s)
-
-
-# --- inside a worker process ----------------------------------------------------------------------------
-
-
-def _quiet_logs() -> None:
-    # The supervisor prints progress and each failure's reason (kept in the trial's `reason`); Optuna's per-trial
-    # lines and tracebacks from N workers would bury it. SQLAlchemy logs a traceback ("Error closing cursor")
-    # when Ctrl-C lands inside a query; the interrupt itself is handled, so that log is noise.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
-    # Study files opt into experimental sampler options knowingly (pathmnist: TPE group=True); say it once, not per worker.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def _open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:
-    from search.storage import open_storage
-
-    return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url),
-                             sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec))
-
-
-def _set_threads(device: str, threads: int) -> None:
-    if device == "cpu" and threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _worker_process(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
-                    threads: int) -> None:
-    """A supervised worker: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
-    interrupt.install()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT stays ignored
-    _quiet_logs()
-    from search.objective import Objective
-
-    try:
-        _set_threads(device, threads)
-        study = _open_study(spec, storage_url, seed_offset)
-        objective = Objective(spec, device, on_start=lambda number: conn.send(("start", number)))
-        while True:
-            interrupt.check()
-            conn.send(("ticket",))
-            if _answer(conn) != "go":
-                break
-            done: list[optuna.trial.FrozenTrial] = []
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[lambda _s, t: done.append(t)])
-            t = done[-1]
-            conn.send(("done", t.number, t.state.name, t.user_attrs.get("reason")))
-    except KeyboardInterrupt:  # interrupt.Stop: the running trial, if any, is already marked FAIL (interrupted)
-        os._exit(130)  # skip interpreter teardown: nothing is left to save
-    except (EOFError, BrokenPipeError):
-        os._exit(3)  # the supervisor is gone
-
-
-def _answer(conn: Connection) -> object:
-    """The supervisor's answer to a ticket request; a stop signal that comes while waiting is seen at once."""
-    while not conn.poll(0.2):
-        interrupt.check()
-    return conn.recv()
-
-
-def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
-               echo: Callable[[str], None]) -> int:
-    """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
-    MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
-    from search.objective import Objective, worker_id
-
-    interrupt.install()  # the CLI did already; a no-op then
-    _quiet_logs()
-    if "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice (N workers on one host) and torch follows it
-        _set_threads(device, os.cpu_count() or 1)
-    study = _open_study(spec, storage_url, seed_offset)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if done >= trials:
-        echo(f"study '{spec.name}' already has {done} finished trials (budget {trials}); nothing to do")
-        return 0
-    echo(f"worker {worker_id()} on {device}: joining study '{spec.name}' ({done}/{trials} finished)")
-
-    def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = f"{t.value:.4f}" if t.value is not None else "-"
-        extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
-        echo(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
-
-    def stop_between_trials(study: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
-        if interrupt.requested():
-            study.stop()
-
-    try:
-        interrupt.check()
-        study.optimize(Objective(spec, device), n_trials=None, timeout=spec.timeout, catch=(Exception,),
-                       gc_after_trial=False, callbacks=[
-                           optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
-        interrupt.check()
-    except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
-        raise Interrupted(f"interrupted ({interrupt.requested()}): a trial in progress was marked FAIL "
-                          f"(interrupted); run the same command to go on") from None
-    return 0
-
-
-# --- the supervisor --------------------------------------------------------------------------------------
+STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed (the promise is 30 s)
+# Give up when more trials than this fail in a row: a few failures are a search's normal cost (a diverging lr, a
+# batch too large for the card); a streak longer than every worker failing twice means the cause is not the
+# configurations (a broken data folder, a full disk), and going on would only burn the budget.
+FAIL_STREAK_BASE, FAIL_STREAK_PER_WORKER = 3, 2
+# Give up when workers died more than this many times each: a crash loop (out of memory at start, a lost GPU).
+DEATHS_PER_WORKER = 3
 
 
 @dataclass
@@ -149,6 +52,7 @@ class Slot:
     waiting: bool = False  # asked for a ticket, not answered yet
     trial: int | None = None  # number of the trial it runs now
     stopped: bool = False  # was told to stop
+    ready: bool = False  # has asked for its first ticket: it runs our code, with its SIGTERM handler set
 
 
 def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str, str], int]]:
@@ -188,7 +92,7 @@ class Progress:
 class Supervisor:
     def __init__(self, spec: StudySpec, storage_url: str, *, workers: int, trials: int, timeout: float | None,
                  devices: str | None, seed_offset: int, echo: Callable[[str], None]) -> None:
-        from search.storage import open_storage
+        from search.hpo.storage import open_storage
 
         self.spec, self.storage_url, self.echo = spec, storage_url, echo
         self.storage = open_storage(storage_url)
@@ -211,7 +115,7 @@ class Supervisor:
         os.environ.update(slot.env)  # a spawned child inherits os.environ as it is at start()
         try:
             slot.process = self.ctx.Process(
-                target=_worker_process, name=f"search-worker-{slot.index}", daemon=True,
+                target=worker.supervised, name=f"search-worker-{slot.index}", daemon=True,
                 args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.device, slot.threads))
             with interrupt.shielded_children():  # the worker starts deaf to Ctrl-C; SIGTERM waits for its handler
                 slot.process.start()
@@ -236,15 +140,9 @@ class Supervisor:
 
     def _fail_trial(self, number: int, reason: str, *, retry: bool) -> None:
         """Mark a RUNNING trial FAIL with `reason`; queue its parameters once more if `retry`."""
-        trial = self.study.trials[number] if number < len(self.study.trials) else None
-        if trial is None:
-            return
-        if trial.state == TrialState.RUNNING:
-            self.storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            trial = self.study.trials[number]
-        if retry and trial.state == TrialState.FAIL:
-            from search.storage import retry_once
+        trial = fail_running(self.storage, self.study, number, reason)
+        if retry and trial is not None and trial.state == TrialState.FAIL:
+            from search.hpo.storage import retry_once
 
             retry_once(self.study, trial)
 
@@ -263,35 +161,34 @@ class Supervisor:
             if not slot.waiting:
                 continue
             if self._closing():
-                slot.conn.send("stop")
+                slot.conn.send(worker.STOP)
                 slot.waiting, slot.stopped = False, True
             elif self.progress.finished + in_flight < self.budget:
-                slot.conn.send("go")
+                slot.conn.send(worker.GO)
                 slot.waiting, slot.ticket = False, True
                 in_flight += 1
 
-    def _on_message(self, slot: Slot, msg: tuple) -> None:
+    def _on_message(self, slot: Slot, msg: worker.Message) -> None:
         p = self.progress
-        if msg[0] == "ticket":
-            slot.waiting = True
-        elif msg[0] == "start":
-            slot.trial = msg[1]
-        elif msg[0] == "done":
-            _, number, state, reason = msg
+        if isinstance(msg, worker.Ticket):
+            slot.waiting = slot.ready = True
+        elif isinstance(msg, worker.Started):
+            slot.trial = msg.number
+        elif isinstance(msg, worker.Done):
             slot.ticket, slot.trial = False, None
-            if state in ("COMPLETE", "PRUNED"):
+            if msg.state in ("COMPLETE", "PRUNED"):
                 p.finished += 1
                 p.fail_streak = 0
-                p.pruned += state == "PRUNED"
-                if state == "COMPLETE":
+                p.pruned += msg.state == "PRUNED"
+                if msg.state == "COMPLETE":
                     best = self.study.best_trial
                     p.best = f"{best.value:.4f} (trial {best.number})"
             else:
                 p.failed += 1
                 p.fail_streak += 1
-                self.echo(f"trial {number} failed: {reason or 'no reason recorded'}")
-                if p.fail_streak >= 3 + 2 * len(self.slots):
-                    self.abort = f"{p.fail_streak} trials in a row failed; the last: {reason}"
+                self.echo(f"trial {msg.number} failed: {msg.reason or 'no reason recorded'}")
+                if p.fail_streak >= FAIL_STREAK_BASE + FAIL_STREAK_PER_WORKER * len(self.slots):
+                    self.abort = f"{p.fail_streak} trials in a row failed; the last: {msg.reason}"
             self._show()
 
     def _on_death(self, slot: Slot) -> None:
@@ -310,7 +207,7 @@ class Supervisor:
             self.echo(f"trial {slot.trial} failed: {reason}; its parameters are queued once more")
         else:
             self.echo(f"{reason}")
-        if self.progress.deaths > 3 * len(self.slots):
+        if self.progress.deaths > DEATHS_PER_WORKER * len(self.slots):
             self.abort = f"workers keep dying ({self.progress.deaths} so far); the last: {reason}"
             slot.stopped = True
             return
@@ -356,18 +253,11 @@ class Supervisor:
         live = [s for s in self.slots if s.conn is not None]
         ready = wait([s.conn for s in live] + [s.process.sentinel for s in live], timeout=timeout)
         for slot in live:
-            if slot.conn in ready:
-                try:
-                    while slot.conn.poll():
-                        self._on_message(slot, slot.conn.recv())
-                except (EOFError, OSError):
-                    pass  # the process is gone; its sentinel says how
+            for msg in worker.drain(slot.conn) if slot.conn in ready else []:
+                self._on_message(slot, msg)
             if slot.process.sentinel in ready or not slot.process.is_alive():
-                try:  # read what it sent before it died
-                    while slot.conn.poll():
-                        self._on_message(slot, slot.conn.recv())
-                except (EOFError, OSError):
-                    pass
+                for msg in worker.drain(slot.conn):  # what it sent before it died
+                    self._on_message(slot, msg)
                 slot.conn.close()
                 slot.conn = None
                 self._on_death(slot)
@@ -380,14 +270,19 @@ class Supervisor:
         if live:
             self.echo(f"{signame}: stopping {len(live)} workers...")
         for slot in live:
-            slot.process.terminate()  # one SIGTERM; a worker that exited meanwhile is fine (terminate ignores it)
+            # One SIGTERM; a worker that exited meanwhile is fine (terminate ignores it). A worker still starting
+            # (importing torch, opening the study) holds no trial and no write: it is killed rather than waited for.
+            if slot.ready:
+                slot.process.terminate()
+            else:
+                slot.process.kill()
         deadline = time.monotonic() + STOP_GRACE_S
         for slot in started:
             slot.process.join(max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():  # stuck in a call that never returns to Python: its trial is failed below
                 slot.process.kill()
                 slot.process.join()
-        mine = {f"{socket.gethostname()}:{s.process.pid}" for s in started}
+        mine = {worker_id(s.process.pid) for s in started}
         stopped = {s.trial for s in started if s.trial is not None}  # a worker failed its own, or we do below
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("worker") in mine or t.number in stopped:
@@ -407,7 +302,7 @@ class Supervisor:
 
 def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
     """Create the study in the store, or load it; record what `status` and `export` need to read it alone."""
-    from search.storage import open_storage
+    from search.hpo.storage import open_storage
 
     storage = open_storage(storage_url)
     study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
@@ -424,7 +319,7 @@ def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
 def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
           echo: Callable[[str], None]) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
-    from search import data
+    from search.train import data
 
     try:
         interrupt.check()

@@ -23,7 +23,8 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-from search.storage import sqlite_path
+from search import env
+from search.hpo.urls import sqlite_path
 
 log = logging.getLogger("search")
 ENV = "SEARCH_ARTIFACTS"
@@ -35,8 +36,9 @@ def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = N
     """The artifact folder for a study store: explicit, else $SEARCH_ARTIFACTS, else beside a SQLite file."""
     if explicit:
         return Path(explicit).expanduser()
-    if os.environ.get(ENV):
-        return Path(os.environ[ENV]).expanduser()
+    from_env = env.path(ENV)
+    if from_env is not None:
+        return from_env
     try:
         db = sqlite_path(storage_url) if storage_url else None
     except Exception:  # not a SQLAlchemy URL (grpc://...): no default
@@ -46,6 +48,9 @@ def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = N
 
 def storage_url(storage: Any) -> str | None:
     """The URL of an RDB storage as a trial sees it (Optuna wraps it in a cache); None for other storages."""
+    # Optuna 4.x wraps an RDBStorage in its private _CachedStorage, whose `_backend` is the RDBStorage; no public
+    # call returns a trial's storage URL. This is the one place that reads it: if a later Optuna renames it, the
+    # trials only lose their dashboard files (None: no folder), never their results.
     url = getattr(getattr(storage, "_backend", storage), "url", None)
     return url if isinstance(url, str) else None
 
@@ -62,13 +67,13 @@ def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[
 
     ``outcome``: complete, pruned or diverged; ``best_epoch``: the kept epoch of a complete trial (1-based).
     """
-    from search import report  # matplotlib is imported only by processes that draw
+    from search.results import figures  # matplotlib is imported only by processes that draw
 
     store = open_store(folder)
     n = trial.number
     best = history[best_epoch - 1] if outcome == "complete" and best_epoch else None
     if best is not None:
-        title = f"Trial {n}: complete, best {report.metric_label(metric)} {best[metric]:.4f} at epoch {best['epoch']}"
+        title = f"Trial {n}: complete, best {figures.metric_label(metric)} {best[metric]:.4f} at epoch {best['epoch']}"
     elif outcome == "pruned":
         title = f"Trial {n}: pruned after epoch {len(history)} of {max_epochs}"
     else:
@@ -76,7 +81,7 @@ def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[
     names = []
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(tmp) / f"trial-{n}-learning-curve.png", Path(tmp) / f"trial-{n}-learning-curve.csv"]
-        report.save_png(report.history_figure([(f"trial {n}", history)], title,
+        figures.save_png(figures.history_figure([(f"trial {n}", history)], title,
                                               kept={f"trial {n}": best["epoch"]} if best else None,
                                               max_epoch=max_epochs), files[0], dpi=DPI)
         with files[1].open("w", newline="") as f:
@@ -85,7 +90,7 @@ def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[
             writer.writerows([[h.get(c, "") for c in HISTORY_COLUMNS] for h in history])
         if confusion is not None and class_names is not None and best is not None:
             files.append(Path(tmp) / f"trial-{n}-confusion-val.png")
-            report.save_png(report.confusion_figure(
+            figures.save_png(figures.confusion_figure(
                 [confusion], class_names,
                 f"Trial {n}: confusion matrix on the validation split (epoch {best['epoch']})"), files[-1], dpi=DPI)
         for path in files:

@@ -37,7 +37,7 @@ def _check(y_true: Tensor, y_score: Tensor, task: str) -> tuple[Tensor, Tensor]:
     if y_score.ndim != 2:
         raise ValueError(f"y_score must be (N, K), got {tuple(y_score.shape)}")
     n, k = y_score.shape
-    if task == MULTI_LABEL:
+    if is_multi_label(task):
         if tuple(y_true.shape) != (n, k):
             raise ValueError(f"multi-label y_true must be {(n, k)}, got {tuple(y_true.shape)}")
     else:
@@ -69,7 +69,7 @@ def column_auc(targets: Tensor, scores: Tensor) -> Tensor:
 
 def _auc(y_true: Tensor, y_score: Tensor, task: str) -> Tensor:
     y_true, y_score = _check(y_true, y_score, task)
-    if task == MULTI_LABEL:
+    if is_multi_label(task):
         targets, scores = y_true != 0, y_score
     elif task == "binary-class":
         targets, scores = (y_true == 1).unsqueeze(1), y_score[:, -1:]
@@ -79,15 +79,25 @@ def _auc(y_true: Tensor, y_score: Tensor, task: str) -> Tensor:
     return column_auc(targets, scores).mean()
 
 
+def is_multi_label(task: str) -> bool:
+    """Whether ``task`` (medmnist's task name) has a 0/1 target per label rather than one class per image."""
+    return task == MULTI_LABEL
+
+
+def predict(y_score: Tensor, task: str, threshold: float = 0.5) -> Tensor:
+    """The predictions MedMNIST's ACC scores: (N, K) bool ``y_score > threshold`` per label for multi-label tasks;
+    otherwise (N,) class indices: the positive-class score ``> threshold`` for binary-class, else the argmax."""
+    if is_multi_label(task):
+        return y_score > threshold
+    if task == "binary-class":
+        return (y_score[:, -1] > threshold).to(torch.int64)
+    return y_score.argmax(dim=1)
+
+
 def _acc(y_true: Tensor, y_score: Tensor, task: str, threshold: float = 0.5) -> Tensor:
     y_true, y_score = _check(y_true, y_score, task)
-    if task == MULTI_LABEL:
-        correct = (y_score > threshold) == (y_true != 0)
-    elif task == "binary-class":
-        correct = (y_score[:, -1] > threshold).to(torch.int64) == y_true
-    else:
-        correct = y_score.argmax(dim=1) == y_true
-    return correct.double().mean()
+    truth = y_true != 0 if is_multi_label(task) else y_true
+    return (predict(y_score, task, threshold) == truth).double().mean()
 
 
 def auc(y_true: Tensor, y_score: Tensor, task: str) -> float:

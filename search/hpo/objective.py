@@ -3,31 +3,25 @@
 Each trial records, as user attributes: `worker` ("host:pid"), `device`, `config` (the full TrainConfig, which
 `search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`;
 a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
-when complete, its validation confusion matrix) to the artifact store (search/artifacts.py). The test split is
+when complete, its validation confusion matrix) to the artifact store (search/results/artifacts.py). The test split is
 never touched here.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 from pathlib import Path
 from typing import Callable
 
 import optuna
 
-from search import artifacts, engine
-from search.space import trial_config
-from search.studies import StudySpec
-
+from search.hpo.studies import StudySpec, trial_config
+from search.hpo.urls import worker_id
+from search.results import artifacts
+from search.train import engine
 
 log = logging.getLogger("search")
 _UNSET = object()
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Objective:
@@ -98,7 +92,7 @@ class Objective:
                 trainer = result.trainer
                 _, scores = trainer.evaluate_with_scores(trainer.data.val)
                 confusion = engine.class_results(trainer.data.val.labels, scores, trainer.data.info.task)["confusion"]
-                from search.report import class_names
+                from search.train.data import class_names
                 names = class_names(self.spec.dataset, scores.shape[1])
             artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,
                                          metric=self.spec.metric, max_epochs=self.spec.epochs,

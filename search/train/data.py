@@ -21,7 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from search import env
 from search.errors import SearchError
+from search.train.metrics import is_multi_label
 
 log = logging.getLogger("search")
 
@@ -39,7 +41,7 @@ class DatasetInfo:
 
     @property
     def multi_label(self) -> bool:
-        return self.task.startswith("multi-label")
+        return is_multi_label(self.task)
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,24 @@ def get_info(name: str) -> DatasetInfo:
     return _REGISTRY[name]
 
 
+def class_names(dataset: str, k: int) -> list[str]:
+    """MedMNIST's label names for the dataset's k classes; the class numbers for digits, MNIST or unknown names."""
+    try:
+        from medmnist import INFO
+
+        labels = INFO.get(dataset, {}).get("label", {})
+    except ImportError:
+        labels = {}
+    names = [labels.get(str(i)) for i in range(k)]
+    return [str(n) for n in names] if all(names) else [str(i) for i in range(k)]
+
+
 def data_root(data_dir: str | os.PathLike | None) -> Path:
     if data_dir:
         return Path(data_dir).expanduser()
-    if os.environ.get("SEARCH_DATA_DIR"):
-        return Path(os.environ["SEARCH_DATA_DIR"]).expanduser()
+    from_env = env.path("SEARCH_DATA_DIR")
+    if from_env is not None:
+        return from_env
     from medmnist.info import DEFAULT_ROOT
 
     return Path(DEFAULT_ROOT)

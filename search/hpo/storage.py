@@ -14,38 +14,33 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import random
 import sqlite3
 import time
-from pathlib import Path
+import warnings
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from search import env
 from search.errors import SearchError
+from search.hpo.urls import mask, mask_text, resolve_url, sqlite_path
 
-DEFAULT_STORAGE = "sqlite:///search.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states a trial budget counts
 SQLITE_BUSY_TIMEOUT_S = 60
-# Heartbeat: a worker writes one every HEARTBEAT_S; a RUNNING trial older than GRACE_S is failed and retried.
-HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", "10"))
-GRACE_S = int(os.environ.get("SEARCH_GRACE_S", str(3 * HEARTBEAT_S)))
+HEARTBEAT_S = 10  # default seconds between a running trial's heartbeats ($SEARCH_HEARTBEAT_S)
+GRACE_BEATS = 3  # a RUNNING trial silent for this many beats ($SEARCH_GRACE_S) is failed and retried
 
 
-def resolve_url(url: str | None) -> str:
-    """--storage, else $SEARCH_STORAGE, else sqlite:///search.db in the working directory."""
-    return url or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, for every message and log line."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show only the scheme
-        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in whole seconds, as Optuna's RDBStorage takes them."""
+    beat = int(env.seconds("SEARCH_HEARTBEAT_S", HEARTBEAT_S, integer=True, minimum=1))
+    return beat, int(env.seconds("SEARCH_GRACE_S", GRACE_BEATS * beat, integer=True, minimum=1))
 
 
 @event.listens_for(Engine, "connect")
@@ -111,6 +106,59 @@ def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+# grpc:// URLs: a `search proxy` (search/hpo/proxy.py) in front of the store.
+DEFAULT_PORT = 13000
+# A worker started together with the proxy (compose, a job script) waits this long for it to listen
+# ($SEARCH_PROXY_WAIT_S overrides it).
+READY_TIMEOUT_S = 30.0
+INSTALL_HINT = "pip install 'search[proxy]'"
+
+
+def require_grpc() -> None:
+    try:
+        import grpc  # noqa: F401
+
+        # Optuna 5.0's gRPC proxy needs protobuf only when this private module loads; importing it is the one
+        # way to find out before a worker or the proxy fails half-way through starting.
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401
+    except ImportError as err:
+        raise SearchError(f"the gRPC storage proxy needs grpcio and protobuf ({err.name} is missing): "
+                          f"{INSTALL_HINT}") from None
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme != "grpc" or not parts.hostname or port == -1 or parts.path not in ("", "/")
+            or parts.query or parts.username):
+        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
+        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
+                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
+    return parts.hostname, port or DEFAULT_PORT
+
+
+def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
+    """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
+    host, port = parse_grpc_url(url)
+    require_grpc()
+    if ready_timeout is None:
+        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        storage.wait_server_ready(timeout=ready_timeout)
+    except ConnectionError:
+        storage.close()
+        raise SearchError(f"no storage proxy answers at {host}:{port} (waited {ready_timeout:g} s); "
+                          f"start one with: search proxy --storage URL --port {port}") from None
+    return storage
+
+
 class SQLiteStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage with every public call retried while SQLite says "database is locked"."""
 
@@ -120,18 +168,14 @@ for _name, _fn in list(vars(optuna.storages.RDBStorage).items()):
         setattr(SQLiteStorage, _name, _retry_locked(_fn))
 
 
-def sqlite_path(url: str) -> Path | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    return Path(u.database) if u.database and u.database != ":memory:" else None
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+
+def open_storage(url: str | None = None, *, must_exist: bool = False,
+                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
-    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/proxy.py
-        from search.proxy import grpc_storage
+    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/hpo/proxy.py
         return grpc_storage(url)
     try:
         backend = make_url(url).get_backend_name()
@@ -151,18 +195,19 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat:
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
         kwargs["pool_pre_ping"] = True
         url_for_engine = _postgres_driver(url)
-    hb = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-              heartbeat_stale_trial_callback=retry_once) if heartbeat else {}
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        beat, grace = heartbeat_settings()
+        hb = dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
     try:
-        import warnings
-
         cls = SQLiteStorage if backend == "sqlite" else optuna.storages.RDBStorage
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Creating the tables races with other workers starting at the same moment: retried too.
             return _retry_create_race(_retry_locked(cls))(url_for_engine, engine_kwargs=kwargs, **hb)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(getattr(err, "orig", None) or err).strip()
+        reason = text.splitlines()[0] if str(err).strip() else type(err).__name__
         raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
 
 
@@ -179,13 +224,7 @@ def _postgres_driver(url: str) -> str:
     return url
 
 
-def mask_text(text: str, url: str) -> str:
-    """Remove the URL's password from any text (driver messages sometimes echo the DSN)."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
+
 
 
 def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -196,3 +235,24 @@ def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     clean = copy.deepcopy(trial)
     clean.user_attrs = {}
     optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, clean)
+
+
+def _trial_id(trial: FrozenTrial) -> int:
+    # Optuna 4.x keeps a trial's storage id private (FrozenTrial._trial_id), and the storage's public methods
+    # need it to write to a trial that another process started; Study.tell fails a trial by number but cannot
+    # record its reason.
+    return trial._trial_id
+
+
+def fail_running(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int,
+                 reason: str) -> FrozenTrial | None:
+    """Mark trial `number` FAIL with `reason` if it is still RUNNING; return it as it is now (None: no such trial)."""
+    trials = study.get_trials(deepcopy=False)
+    if number >= len(trials):
+        return None
+    trial = trials[number]
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_user_attr(_trial_id(trial), "reason", reason)
+        storage.set_trial_state_values(_trial_id(trial), TrialState.FAIL)
+        trial = study.get_trials(deepcopy=False)[number]
+    return trial

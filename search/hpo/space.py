@@ -1,4 +1,4 @@
-"""A study's declarative search space -> ``trial.suggest_*`` calls -> one TrainConfig.
+"""A study's declarative search space -> ``trial.suggest_*`` calls (studies.trial_config makes the TrainConfig).
 
 A space is a mapping from TrainConfig keys to entries, suggested in file order (YAML keeps mapping order)::
 
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
-from search import config
 from search.errors import SearchError
-
-if TYPE_CHECKING:
-    from search.studies import StudySpec
+from search.train import config
 
 TYPES = ("float", "int", "categorical")
 # These come from the study file's top level (or, for device, from the worker), never from a trial.
@@ -76,12 +73,7 @@ def _number(value: Any, *, where: str, key: str, integer: bool) -> Number:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SearchError(f"{where}: {key} must be an integer, got {value!r}")
         return value
-    if isinstance(value, str):
-        # PyYAML reads `1e-4` (no dot) as a string; users write it that way, so accept it (as config does).
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    value = config.as_number(value)  # `1e-4` written without a dot, as TrainConfig accepts it
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SearchError(f"{where}: {key} must be a finite number, got {value!r}")
     return float(value)
@@ -201,10 +193,3 @@ def suggest(space: dict[str, Param], trial: optuna.trial.BaseTrial) -> dict[str,
             values[param.name] = trial.suggest_float(param.name, float(param.low), float(param.high),  # type: ignore[arg-type]
                                                      step=param.step, log=param.log)
     return values
-
-
-def trial_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:
-    """The TrainConfig of one trial: the study's shared values plus this trial's suggestions (device 'auto')."""
-    values = spec.base_config()
-    values.update(suggest(spec.space, trial))
-    return config.from_dict(values, source=f"{spec.path}: trial {getattr(trial, 'number', '?')}")

@@ -9,10 +9,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import config
-from search.config import TrainConfig
 from search.errors import SearchError
-from search.storage import mask, open_storage, resolve_url
+from search.hpo.storage import open_storage
+from search.hpo.urls import mask, resolve_url
+from search.train import config
+from search.train.config import TrainConfig
+
+# Every state a trial can be in, in the order that status lines, tables and figures list them.
+STATES = ("complete", "pruned", "fail", "running", "waiting")
 
 
 def load(study_name: str, storage_url: str | None) -> optuna.Study:
@@ -56,7 +60,7 @@ def summary(study: optuna.Study, top: int = 5) -> str:
     metric = study.user_attrs.get("metric", "value")
     lines = [f"study '{study.study_name}' ({study.user_attrs.get('dataset', '?')}, {metric}, "
              f"{study.direction.name.lower()}): {len(trials)} trials: "
-             + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("complete", "pruned", "fail", "running", "waiting"))]
+             + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)]
     best = ranked(study)
     if not best:
         return "\n".join(lines + ["no complete trial yet"])

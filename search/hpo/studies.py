@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import optuna
 
-from search import config
 from search.errors import SearchError
-from search.space import STUDY_KEYS, Param, parse_space
+from search.hpo.space import STUDY_KEYS, Param, parse_space, suggest
+from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
                    "sampler", "pruner", "space", "fixed")
@@ -84,7 +84,7 @@ def _packaged_dir() -> Path | None:
         folder = resources.files(PACKAGE)
     except ModuleNotFoundError:
         # Run from a source checkout without installing: the repository's studies/ sits next to search/.
-        folder = Path(__file__).resolve().parents[1] / "studies"
+        folder = Path(__file__).resolve().parents[2] / "studies"
     return folder if isinstance(folder, Path) and folder.is_dir() else None
 
 
@@ -184,7 +184,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SearchError(f"{source}: name {name!r} may contain only letters, digits, '-', '_' and '.'")
-    from search.data import list_datasets  # the registry is the truth; imported late as config does
+    from search.train.data import list_datasets  # the registry is the truth; imported late as config does
 
     dataset = _choice(raw["dataset"], source=source, key="dataset", valid=list_datasets())
     data_dir = data_dir if data_dir is not None else raw.get("data_dir")
@@ -247,6 +247,13 @@ def _check_configs(spec: StudySpec, *, source: str) -> None:
                 config.from_dict({**base, param.name: value}, source=source)
             except SearchError as err:
                 raise SearchError(f"{source}: space.{param.name}: {err.message}") from None
+
+
+def trial_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:
+    """The TrainConfig of one trial: the study's shared values plus this trial's suggestions (device 'auto')."""
+    values = spec.base_config()
+    values.update(suggest(spec.space, trial))
+    return config.from_dict(values, source=f"{spec.path}: trial {getattr(trial, 'number', '?')}")
 
 
 # --- Optuna objects -----------------------------------------------------------------------------------------

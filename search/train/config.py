@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -53,36 +55,58 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_TYPES: dict[str, type] = {f.name: f.type for f in fields(TrainConfig)}  # type: ignore[misc]
 KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
+def _field_type(key: str, hint: Any) -> tuple[type, bool]:
+    """(the value type, whether None is allowed) of a TrainConfig annotation; any other annotation fails at import,
+    so a new field cannot go unchecked."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        args = tuple(a for a in args if a is not type(None))
+        hint = args[0] if len(args) == 1 else hint
+    if hint not in (int, float, bool, str):
+        raise TypeError(f"TrainConfig.{key}: no check for the annotation {hint!r}; add one to _check_type")
+    return hint, optional
+
+
+# Resolved with get_type_hints, not read from `field.type` (a string under `from __future__ import annotations`):
+# every annotation form, Optional[...] included, maps to a real type and so to a check.
+_TYPES: dict[str, tuple[type, bool]] = {key: _field_type(key, hint)
+                                        for key, hint in typing.get_type_hints(TrainConfig).items()}
+
+
+def as_number(value: Any) -> Any:
+    """PyYAML reads `1e-3` (no dot) as a string; users write it that way, so a string that is a number is one.
+    Anything else is returned as it is, for the caller's check to reject."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _check_type(key: str, value: Any) -> Any:
-    kind = _TYPES[key]
-    if kind == "int":
+    kind, optional = _TYPES[key]
+    if optional and value is None:
+        return value
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SearchError(f"{key} must be an integer, got {value!r}")
-    elif kind == "float":
-        if isinstance(value, str):
-            # PyYAML reads `1e-3` (no dot) as a string; users write it that way, so accept it.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+    elif kind is float:
+        value = as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SearchError(f"{key} must be a number, got {value!r}")
         value = float(value)
         if not math.isfinite(value):
             raise SearchError(f"{key} must be a finite number, got {value!r}")
-    elif kind == "bool":
+    elif kind is bool:
         if not isinstance(value, bool):
             raise SearchError(f"{key} must be true or false, got {value!r}")
-    elif kind == "str":
-        if not isinstance(value, str) or not value:
-            raise SearchError(f"{key} must be a non-empty string, got {value!r}")
-    elif kind == "str | None":
-        if value is not None and (not isinstance(value, str) or not value):
-            raise SearchError(f"{key} must be a path string, got {value!r}")
+    elif not isinstance(value, str) or not value:  # str
+        raise SearchError(f"{key} must be a {'path string' if optional else 'non-empty string'}, got {value!r}")
     return value
 
 
@@ -93,10 +117,11 @@ def _choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Check every value; raise SearchError naming the first bad key and what would be valid."""
-    # Imported here: models and data import this module's neighbours, and the registries are the truth.
+    # The registries are the truth; imported here, at the first check, because they load torch and medmnist,
+    # which commands that only read a study (status, export) never need.
     from models import list_models
-    from search.augment import parse_policy
-    from search.data import list_datasets
+    from search.train.augment import parse_policy
+    from search.train.data import list_datasets
 
     for key in KEYS:
         object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))
@@ -168,7 +193,16 @@ def dump(cfg: TrainConfig, path: str | Path, *, notes: dict[str, Any] | None = N
     data: dict[str, Any] = cfg.to_dict()
     if notes:
         data["search"] = notes
-    path = Path(path)
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place: a reader (or a crash) sees the
+    old file or the new one, never half of one. fsync first, so that the rename cannot reach the disk before the
+    data does."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    write(tmp)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
     tmp.replace(path)

@@ -1,0 +1,46 @@
+"""Every environment variable the code reads, in one place: read when used (never at import), checked like any
+other input, and a bad value is one line naming the variable. README.md lists the same variables."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from search.errors import SearchError
+
+#: name -> what it sets; README.md's "Environment variables" table says the same.
+VARIABLES: dict[str, str] = {
+    "SEARCH_STORAGE": "the study store URL when --storage is not given (default sqlite:///search.db)",
+    "SEARCH_DATA_DIR": "the folder of the dataset files when a config has no data_dir (default ~/.medmnist)",
+    "SEARCH_ARTIFACTS": "the folder of the trials' files (default: artifacts/ beside a SQLite store)",
+    "SEARCH_HEARTBEAT_S": "seconds between a running trial's heartbeats (default 10)",
+    "SEARCH_GRACE_S": "seconds without a heartbeat before a running trial is failed and retried (default 3 beats)",
+    "SEARCH_PROXY_WAIT_S": "seconds a worker waits for a grpc:// storage proxy to answer (default 30)",
+}
+
+
+def text(name: str) -> str | None:
+    """The variable's value; None when it is unset or empty (an empty value means "not set", as in a shell)."""
+    assert name in VARIABLES, name  # a new variable must be listed (and documented) first
+    return os.environ.get(name) or None
+
+
+def path(name: str) -> Path | None:
+    value = text(name)
+    return Path(value).expanduser() if value is not None else None
+
+
+def seconds(name: str, default: float, *, integer: bool = False, minimum: float = 0) -> float:
+    """A duration in seconds: ``default`` when unset; a value that is not a number of at least ``minimum`` (a whole
+    number when ``integer``) is a SearchError naming the variable."""
+    raw = text(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum:
+        kind = "a whole number" if integer else "a number"
+        raise SearchError(f"${name} must be {kind} of seconds, at least {minimum:g}; got {raw!r}")
+    return value

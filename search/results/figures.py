@@ -1,0 +1,476 @@
+"""Figures of a study, its trials and its final runs, in one house style.
+
+Drawn with matplotlib's object API (Figure objects, no pyplot state): no GUI backend is ever chosen, so a worker
+process can draw a trial's learning curve (search/results/artifacts.py) and nothing opens a window. The style:
+colour-blind safe colours (Okabe & Ito), units on every axis, trial states in the same colours throughout, applied
+with ``matplotlib.rc_context`` around each drawing function (rcParams apply when artists are created). Optuna's
+own matplotlib plots are not used, because they switch the global style to ggplot, label every axis "Objective
+Value" and do not mark pruned trials.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import textwrap
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from matplotlib import colormaps, rc_context
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import LogLocator, MaxNLocator
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.results import published as benchmarks
+from search.results.tables import fmt as _fmt
+from search.results.trials import STATES
+
+# Okabe & Ito's colour-blind safe palette.
+BLUE, ORANGE, VERMILLION, GREEN, SKY, PURPLE, YELLOW = ("#0072B2", "#E69F00", "#D55E00", "#009E73", "#56B4E9",
+                                                         "#CC79A7", "#F0E442")
+RUN_COLOURS = (BLUE, VERMILLION, GREEN, PURPLE, ORANGE, SKY, "#000000")
+STATE_COLOURS = {"complete": BLUE, "pruned": ORANGE, "fail": VERMILLION, "running": SKY, "waiting": "#999999"}
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+    "legend.fontsize": 9, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6, "axes.axisbelow": True,
+    "savefig.dpi": 200, "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: selectable, journal-safe
+    "figure.constrained_layout.use": True,
+}
+WIDTH = 6.4  # inches: fills a text column of an A4 page at 1:1
+
+
+def metric_label(metric: str) -> str:
+    return {"val_acc": "validation accuracy", "val_auc": "validation AUC", "test_acc": "test accuracy",
+            "test_auc": "test AUC"}.get(metric, metric)
+
+
+def _figure(width: float = WIDTH, height: float = 3.6, **kw: Any) -> Figure:
+    return Figure(figsize=(width, height), **kw)
+
+
+def save_png(fig: Figure, path: Path, dpi: int = STYLE["savefig.dpi"]) -> None:
+    with rc_context(STYLE):
+        fig.savefig(path, dpi=dpi)
+
+
+@rc_context(STYLE)
+def history_figure(runs: Sequence[tuple[str, list[dict[str, float]]]], title: str,
+                   kept: dict[str, int] | None = None, max_epoch: int | None = None) -> Figure:
+    """Loss (left) and validation ACC and AUC (right) per epoch, for one run or several (one colour each).
+
+    ``kept``: run label -> the epoch whose weights were kept (a star); ``max_epoch``: the epoch budget, so that
+    a pruned trial's axis shows how far it could have gone.
+    """
+    fig = _figure(WIDTH + 1.2, 3.6)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    single = len(runs) == 1
+    for i, (label, history) in enumerate(runs):
+        epochs = [h["epoch"] for h in history]
+        marker = {"marker": "o", "markersize": 3} if len(epochs) <= 15 else {}
+        if single:  # colours tell the curves apart
+            curves = [(loss_ax, "train_loss", BLUE, "-"), (loss_ax, "val_loss", VERMILLION, "-"),
+                      (metric_ax, "val_acc", BLUE, "-"), (metric_ax, "val_auc", VERMILLION, "-")]
+        else:  # colours tell the runs apart, line styles the curves
+            colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+            curves = [(loss_ax, "train_loss", colour, "-"), (loss_ax, "val_loss", colour, "--"),
+                      (metric_ax, "val_acc", colour, "-"), (metric_ax, "val_auc", colour, ":")]
+        for ax, key, colour, style in curves:
+            ax.plot(epochs, [h.get(key, math.nan) for h in history], color=colour, linestyle=style, lw=1.6, **marker)
+        if kept and kept.get(label):
+            h = history[kept[label] - 1]
+            metric_ax.plot([h["epoch"]], [h["val_acc"]], marker="*", markersize=12, color="black", zorder=5,
+                           linestyle="none")
+    names = {"train_loss": "training loss", "val_loss": "validation loss", "val_acc": "validation accuracy",
+             "val_auc": "validation AUC"}
+    if single:
+        handles = [Line2D([], [], color=c, label=names[k]) for k, c in
+                   (("train_loss", BLUE), ("val_loss", VERMILLION), ("val_acc", BLUE), ("val_auc", VERMILLION))]
+    else:
+        handles = [Line2D([], [], color="0.2", linestyle=st, label=names[k]) for k, st in
+                   (("train_loss", "-"), ("val_loss", "--"), ("val_acc", "-"), ("val_auc", ":"))]
+    if kept and any(kept.values()):
+        handles.append(Line2D([], [], marker="*", markersize=10, color="black", linestyle="none",
+                              label="kept epoch (best validation)"))
+    if not single:  # which colour is which run: upper right of the loss panel, where falling losses leave room
+        loss_ax.legend(handles=[Line2D([], [], color=RUN_COLOURS[i % len(RUN_COLOURS)], lw=3, label=label)
+                                for i, (label, _) in enumerate(runs)], loc="upper right")
+    # Below the axes: a legend inside would cover the curves, which end where they are best.
+    fig.legend(handles=handles, loc="outside lower center", ncol=3)
+    loss_ax.set(ylabel="Cross-entropy loss", title="Loss")
+    metric_ax.set(ylabel="Accuracy / AUC (0 to 1)", title="Validation metrics")
+    last = max([h["epoch"] for _, hist in runs for h in hist] + [max_epoch or 1])
+    for ax in (loss_ax, metric_ax):
+        _epoch_axis(ax, last)
+    fig.suptitle(title)
+    return fig
+
+
+def _epoch_axis(ax: Any, last: int) -> None:
+    """Whole epochs only, from 1 to ``last`` (matplotlib would label a one-epoch run 0.95, 0.975, ...)."""
+    ax.set_xlabel("Epoch")
+    ax.set_xlim(0.7, max(last, 1) + 0.3)
+    if last <= 12:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+@rc_context(STYLE)
+def confusion_figure(matrices: Sequence[Sequence[Sequence[int]]], names: Sequence[str], title: str) -> Figure:
+    """Row-normalised confusion matrix in % (mean over the given runs); counts too when there is one run."""
+    k = len(names)
+    shares = []
+    for m in matrices:
+        rows = [[100 * c / sum(row) if sum(row) else math.nan for c in row] for row in m]
+        shares.append(rows)
+    pct = [[statistics.fmean(s[i][j] for s in shares) for j in range(k)] for i in range(k)]
+    long_names = any(len(n) > 3 for n in names)
+    row_labels = [f"{n} ({i})" if long_names else n for i, n in enumerate(names)]
+    # Sized from its parts, so that neither a long class name nor the axis title is cut off and no empty band
+    # is left: the square matrix, the row names (about 0.07 in per character at 9 pt), the colour bar.
+    side = min(max(3.2, 0.45 * k), 7.0)
+    fig = _figure(side + 0.07 * max(map(len, row_labels)) + 1.9, side + 1.2)
+    ax = fig.subplots()
+    image = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    fontsize = 8 if k <= 10 else 7
+    for i in range(k):
+        for j in range(k):
+            if math.isnan(pct[i][j]) or pct[i][j] == 0:  # empty cells stay blank: the errors stand out
+                continue
+            text = f"{pct[i][j]:.0f}" if pct[i][j] >= 0.5 else "<1"
+            if len(matrices) == 1:
+                text += f"\n({matrices[0][i][j]})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                    color="white" if pct[i][j] > 55 else "black")
+    ax.set_xticks(range(k), labels=[str(i) for i in range(k)] if long_names else list(names))
+    ax.set_yticks(range(k), labels=row_labels)
+    ax.set_xlabel("Predicted class" + (" (number as on the left)" if long_names else ""))
+    ax.set_ylabel("True class")
+    ax.grid(False)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="% of the true class")
+    # A figure title, not an axes title: constrained layout keeps it clear of the colour bar.
+    fig.suptitle(textwrap.fill(title, 70))
+    return fig
+
+
+@rc_context(STYLE)
+def optimisation_history_figure(trials: list[FrozenTrial], metric: str, maximize: bool) -> Figure:
+    fig = _figure()
+    ax = fig.subplots()
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+               marker="x", color=ORANGE, s=28, label="pruned (last reported value)", zorder=3)
+    ax.scatter([t.number for t in done], [t.value for t in done], color=BLUE, s=22, label="complete", zorder=4)
+    best, xs, ys = None, [], []
+    for t in sorted(done, key=lambda t: t.number):
+        if best is None or (t.value > best if maximize else t.value < best):
+            best = t.value
+        xs.append(t.number)
+        ys.append(best)
+    if xs:
+        last = max(t.number for t in trials)
+        ax.step(xs + [last], ys + [ys[-1]], where="post", color="black", lw=1.5, label="best so far", zorder=5)
+    ax.set(xlabel="Trial number", ylabel=metric_label(metric).capitalize(),
+           title=f"Optimisation history: best {metric_label(metric)} so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right" if maximize else "upper right")
+    return fig
+
+
+@rc_context(STYLE)
+def importance_figure(importances: dict[str, float], n_trials: int) -> Figure:
+    names = list(importances)[::-1]  # most important on top
+    values = [importances[n] for n in names]
+    fig = _figure(WIDTH, 0.4 * len(names) + 1.4)
+    ax = fig.subplots()
+    ax.barh(names, values, color=BLUE, height=0.6)
+    for y, v in enumerate(values):
+        ax.text(v + 0.01, y, f"{v:.2f}", va="center", fontsize=9)
+    ax.set_xlim(0, max(values + [0.0]) * 1.15 + 0.02)
+    ax.set(xlabel="Importance (fANOVA: share of the variance of the objective)",
+           title=f"Hyperparameter importances ({n_trials} complete trials)")
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+@dataclass
+class _ParallelAxis:
+    name: str
+    position: Any  # value -> 0..1
+    ticks: list[tuple[float, str]]
+
+
+def _parallel_axis(name: str, dist: optuna.distributions.BaseDistribution) -> _ParallelAxis:
+    if isinstance(dist, CategoricalDistribution):
+        n = len(dist.choices)
+        where = {c: (i / (n - 1) if n > 1 else 0.5) for i, c in enumerate(dist.choices)}
+        return _ParallelAxis(name, lambda v: where.get(v, math.nan), [(p, _fmt(c)) for c, p in where.items()])
+    low, high, log = float(dist.low), float(dist.high), bool(getattr(dist, "log", False))
+    f = math.log10 if log else (lambda x: x)
+    span = (f(high) - f(low)) or 1.0
+    # Round values (decades on a log axis) rather than five arbitrary fractions of the range.
+    locator = LogLocator(base=10, subs=(1.0,)) if log else MaxNLocator(nbins=4, integer=isinstance(
+        dist, optuna.distributions.IntDistribution))
+    values = [v for v in locator.tick_values(low, high) if low * (1 - 1e-9) <= v <= high * (1 + 1e-9) + 1e-12]
+    if log and len(values) < 2:
+        values = [v for v in LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(low, high)
+                  if low * (1 - 1e-9) <= v <= high * (1 + 1e-9)]
+    values = values if len(values) >= 2 else [low, high]
+    position = lambda v: (f(float(v)) - f(low)) / span  # noqa: E731
+    return _ParallelAxis(name, position, [(position(v), _fmt(v, 2)) for v in values])
+
+
+@rc_context(STYLE)
+def parallel_figure(trials: list[FrozenTrial], metric: str, maximize: bool) -> Figure | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    names: list[str] = []
+    for t in done:
+        names += [n for n in t.params if n not in names]
+    if not done or not names:
+        return None
+    axes = [_parallel_axis(n, next(t.distributions[n] for t in done if n in t.distributions)) for n in names]
+    values = [t.value for t in done]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.005, hi + 0.005
+    axes.append(_ParallelAxis(metric_label(metric), lambda v: (v - lo) / (hi - lo),
+                              [(i / 4, f"{lo + (hi - lo) * i / 4:.3f}") for i in range(5)]))
+    missing = -0.12
+    fig = _figure(max(WIDTH, 1.05 * len(axes) + 1.8), 4.2)
+    ax = fig.subplots()
+    cmap = colormaps["viridis"]
+    norm = Normalize(lo, hi)
+    # Worst first, so that the best trials are drawn on top.
+    for t in sorted(done, key=lambda t: t.value if maximize else -t.value):
+        ys = [a.position(t.params[a.name]) if a.name in t.params else missing for a in axes[:-1]]
+        ys.append(axes[-1].position(t.value))
+        ax.plot(range(len(axes)), ys, color=cmap(norm(t.value)), lw=1.6, alpha=0.85)
+    unset = {a.name for t in done for a in axes[:-1] if a.name not in t.params}
+    for i, a in enumerate(axes):
+        ax.axvline(i, color="0.35", lw=0.8, zorder=1)
+        ticks = a.ticks + ([(missing, "not set")] if a.name in unset else [])
+        for pos, label in ticks:
+            # An opaque box: the lines pass behind the labels instead of through them.
+            ax.text(i - 0.05, pos, label, ha="right", va="center", fontsize=8, zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none"})
+    any_missing = bool(unset)
+    ax.set_xticks(range(len(axes)), labels=[a.name for a in axes])
+    ax.set_xlim(-0.75, len(axes) - 0.8)
+    ax.set_ylim(missing - 0.06 if any_missing else -0.06, 1.06)
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ("left", "bottom"):
+        ax.spines[spine].set_visible(False)
+    ax.tick_params(axis="x", length=0)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=metric_label(metric).capitalize(), shrink=0.9)
+    ax.set_title(f"Parallel coordinates of the {len(done)} complete trials (colour: {metric_label(metric)})")
+    return fig
+
+
+@rc_context(STYLE)
+def learning_curves_figure(trials: list[FrozenTrial], metric: str, best: FrozenTrial | None) -> Figure | None:
+    curves = [t for t in trials if t.intermediate_values]
+    if not curves:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    counts: Counter[str] = Counter()
+    for t in curves:
+        state = t.state.name.lower()
+        counts[state] += 1
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[s] for s in steps]
+        colour = STATE_COLOURS.get(state, "#999999")
+        style = ":" if state == "fail" else "-"
+        ax.plot(steps, ys, color=colour, lw=1.1, alpha=0.55 if state == "complete" else 0.8, linestyle=style)
+        if state == "pruned":
+            ax.plot(steps[-1], ys[-1], marker="x", color=colour, markersize=7, mew=1.8)
+    if best is not None:
+        steps = sorted(best.intermediate_values)
+        ax.plot(steps, [best.intermediate_values[s] for s in steps], color="black", lw=2.2, zorder=5)
+    handles = []
+    if counts["complete"]:
+        handles.append(Line2D([], [], color=BLUE, label=f"complete ({counts['complete']})"))
+    if counts["pruned"]:
+        handles.append(Line2D([], [], color=ORANGE, marker="x", mew=1.8,
+                              label=f"pruned ({counts['pruned']}); x: where it was stopped"))
+    for state in ("fail", "running"):
+        if counts[state]:
+            handles.append(Line2D([], [], color=STATE_COLOURS[state], linestyle=":" if state == "fail" else "-",
+                                  label=f"{state if state != 'fail' else 'failed'} ({counts[state]})"))
+    if best is not None:
+        handles.append(Line2D([], [], color="black", lw=2.2, label=f"best: trial {best.number}"))
+    ax.legend(handles=handles, loc="best")
+    _epoch_axis(ax, max(s for t in curves for s in t.intermediate_values))
+    ax.set(ylabel=metric_label(metric).capitalize(), title=f"Learning curves of all {len(curves)} trials")
+    return fig
+
+
+@rc_context(STYLE)
+def architecture_figure(per_arch: dict[str, list[FrozenTrial]], metric: str, maximize: bool) -> Figure:
+    archs = sorted(per_arch, key=lambda a: max(t.value for t in per_arch[a]) * (1 if maximize else -1))
+    fig = _figure(WIDTH, 0.55 * len(archs) + 1.5)
+    ax = fig.subplots()
+    for y, arch in enumerate(archs):
+        values = [t.value for t in per_arch[arch]]
+        top = max(values) if maximize else min(values)
+        ax.scatter(values, [y] * len(values), color=SKY, s=18, alpha=0.8, zorder=3)
+        ax.scatter([top], [y], color=BLUE, s=70, marker="D", zorder=4)
+        ax.annotate(f"{top:.4f}", (top, y), xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_yticks(range(len(archs)), labels=[f"{a} (n = {len(per_arch[a])})" for a in archs])
+    ax.set_ylim(-0.6, len(archs) - 0.3)
+    fig.legend(handles=[Line2D([], [], color=SKY, marker="o", linestyle="none", label="a complete trial"),
+                       Line2D([], [], color=BLUE, marker="D", linestyle="none", label="best of the architecture")],
+              loc="outside lower center", ncol=2)
+    ax.set(xlabel=metric_label(metric).capitalize(), title=f"Best {metric_label(metric)} per architecture")
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+@rc_context(STYLE)
+def states_figure(counts: dict[str, int]) -> Figure:
+    states = [s for s in STATES if counts.get(s) or s in ("complete", "pruned")][::-1]
+    fig = _figure(WIDTH, 0.42 * len(states) + 1.2)
+    ax = fig.subplots()
+    values = [counts.get(s, 0) for s in states]
+    ax.barh(states, values, color=[STATE_COLOURS[s] for s in states], height=0.6)
+    for y, v in enumerate(values):
+        ax.text(v + max(values + [1]) * 0.01, y, str(v), va="center", fontsize=9)
+    ax.set_xlim(0, max(values + [1]) * 1.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="Number of trials", title=f"Trial states ({sum(counts.values())} trials)")
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+@rc_context(STYLE)
+def pruning_figure(rows: list[tuple[int, str, int, int]], saved: int, budget: int) -> Figure:
+    """rows: (trial number, state, epochs run, epoch budget) of the finished trials."""
+    fig = _figure()
+    ax = fig.subplots()
+    numbers = [r[0] for r in rows]
+    run = [r[2] for r in rows]
+    spared = [max(0, r[3] - r[2]) for r in rows]
+    colours = [STATE_COLOURS[r[1]] for r in rows]
+    width = 0.8 if len(rows) < 80 else 1.0
+    ax.bar(numbers, run, color=colours, width=width)
+    ax.bar(numbers, spared, bottom=run, color="white", edgecolor="0.55", hatch="////", width=width, lw=0.5)
+    fig.legend(handles=[Patch(color=BLUE, label="epochs run, complete trial"),
+                       Patch(color=ORANGE, label="epochs run, pruned trial"),
+                       Patch(facecolor="white", edgecolor="0.55", hatch="////", label="epochs saved by pruning")],
+              loc="outside lower center", ncol=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    share = 100 * saved / budget if budget else 0.0
+    ax.set(xlabel="Trial number", ylabel="Epochs",
+           title=f"Epochs saved by pruning: {saved} of {budget} ({share:.0f} %)")
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
+@rc_context(STYLE)
+def per_class_figure(names: list[str], accs: list[list[float | None]], counts: list[int], overall: float,
+                     multi_label: bool) -> Figure:
+    """accs: per run, per class accuracy."""
+    k = len(names)
+    means, sds, points = [], [], []
+    for i in range(k):
+        vals = [run[i] for run in accs if run[i] is not None]
+        points.append(vals)
+        means.append(statistics.fmean(vals) if vals else math.nan)
+        sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    fig = _figure(WIDTH, 0.36 * k + 1.6)
+    ax = fig.subplots()
+    ys = list(range(k))
+    # Whiskers are clipped to [0, 1]: an accuracy cannot leave that range, whatever mean ± sd says.
+    spread = [[min(sd, m) for m, sd in zip(means, sds)], [min(sd, 1 - m) for m, sd in zip(means, sds)]]
+    ax.barh(ys, means, xerr=spread if len(accs) > 1 else None, color=BLUE, height=0.6,
+            error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
+    if len(accs) > 1:
+        for y, vals in zip(ys, points):
+            ax.scatter(vals, [y] * len(vals), color="black", s=8, zorder=4)
+    for y, m in zip(ys, means):  # the values in a column right of the axis: never on a bar or a whisker
+        if not math.isnan(m):
+            ax.text(1.03, y, f"{m:.2f}", va="center", fontsize=8)
+    what = "positives" if multi_label else "test images"
+    ax.set_yticks(ys, labels=[f"{n} (n = {c})" for n, c in zip(names, counts)])
+    ax.invert_yaxis()
+    ax.axvline(overall, color=VERMILLION, linestyle="--", lw=1.2)
+    handles = [Line2D([], [], color=VERMILLION, linestyle="--", label=f"overall test accuracy {overall:.3f}")]
+    if len(accs) > 1:
+        handles += [Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one run"),
+                    Line2D([], [], color="black", lw=1, label=f"± 1 sd over {len(accs)} runs")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3)
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.spines["bottom"].set_bounds(0, 1)
+    ax.set_xlabel("Accuracy on the class's " + ("labels (threshold 0.5)" if multi_label else "test images (recall)"))
+    fig.suptitle(f"Per-class test accuracy (n: {what} of the class)")  # centred on the figure, not the axes
+    ax.grid(axis="y", visible=False)
+    return fig
+
+
+@rc_context(STYLE)
+def test_metrics_figure(runs: list[tuple[str, float, float]], published: dict[str, tuple[float, float]] | None,
+                        ours: str) -> Figure:
+    """Dot plot of test ACC and AUC: each run, their mean ± sd, and the published methods when known."""
+    accs = [r[1] for r in runs]
+    aucs = [r[2] for r in runs]
+    rows = list(published or {})
+    rows_ours = f"{ours} (this work)"
+    labels = rows + [rows_ours]
+    fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
+    acc_ax, auc_ax = fig.subplots(1, 2, sharey=True)
+    for ax, mine, index, name in ((acc_ax, accs, 1, "Test accuracy"), (auc_ax, aucs, 0, "Test AUC")):
+        y_ours = len(rows)
+        if published:
+            ax.scatter([published[m][index] for m in rows], range(len(rows)), color="0.45", s=30, zorder=3)
+            for y, m in enumerate(rows):
+                ax.annotate(f"{published[m][index]:.3f}", (published[m][index], y), xytext=(0, -6),
+                            textcoords="offset points", ha="center", va="top", fontsize=7, color="0.35")
+        finite = [v for v in mine if math.isfinite(v)]
+        if finite:
+            mean = statistics.fmean(finite)
+            sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
+            # the whisker is clipped to [0, 1], where ACC and AUC live
+            ax.errorbar([mean], [y_ours], xerr=[[min(sd, mean)], [min(sd, 1 - mean)]] if len(finite) > 1 else None,
+                        fmt="D", color=BLUE, markersize=7, capsize=4, zorder=4)
+            ax.annotate(f"{mean:.3f}", (mean, y_ours), xytext=(0, -9), textcoords="offset points", ha="center",
+                        va="top", fontsize=8, color=BLUE)
+            if len(finite) > 1:
+                ax.scatter(finite, [y_ours] * len(finite), color="black", s=10, zorder=5)
+        values = finite + ([published[m][index] for m in rows] if published else [])
+        if finite:  # room for the whiskers too
+            values += [mean - sd, mean + sd]
+        if values:
+            low, high = min(values), max(values)
+            ax.set_xlim(max(0.0, low - 0.06 - (high - low) * 0.1), min(1.0, high) + 0.02)
+        ax.set_xlabel(name + " (0 to 1)")
+        ax.grid(axis="y", visible=False)
+    acc_ax.set_yticks(range(len(labels)), labels=labels)
+    acc_ax.set_ylim(len(labels) - 0.2, -0.6)  # top to bottom, with room for the value under the last row
+    for label in acc_ax.get_yticklabels():
+        if label.get_text() == rows_ours:
+            label.set_fontweight("bold")
+    handles = [Line2D([], [], color=BLUE, marker="D", linestyle="none",
+                      label=f"this work: mean{' ± sd' if len(runs) > 1 else ''} of {len(runs)} run"
+                            f"{'s' if len(runs) > 1 else ''}")]
+    if len(runs) > 1:
+        handles.append(Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one run"))
+    if published:
+        handles.append(Line2D([], [], color="0.45", marker="o", linestyle="none", label=benchmarks.SOURCE))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
+    fig.suptitle("Test accuracy and AUC" + (" beside the published MedMNIST v2 results" if published else ""))
+    return fig

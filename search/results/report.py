@@ -1,0 +1,480 @@
+"""`search report`: every figure and table of a study (and of its final runs) for a report, in one folder.
+
+    OUT/index.html            all figures and tables on one page; opens offline (no script, style or font fetched)
+    OUT/figures/NAME.png|pdf  each figure, PNG at 200 dpi and PDF (TrueType fonts embedded, as journals ask)
+    OUT/tables/NAME.md|tex    each table as Markdown (pandoc caption line) and LaTeX (booktabs)
+    OUT/trials.csv            every trial, as `search status --csv` writes it
+
+This module builds the sections (a study's search, its final runs) out of the figures (search/results/figures.py)
+and tables (search/results/tables.py), and writes the folder and the page. Optuna computes the hyperparameter
+importances (fANOVA). A figure that the data cannot support (too few trials, no confusion matrix in an old run) is
+left out with a note on the page saying why.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import statistics
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import optuna
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import SearchError
+from search.results import published as benchmarks
+from search.results.figures import (
+    STYLE,
+    architecture_figure,
+    confusion_figure,
+    history_figure,
+    importance_figure,
+    learning_curves_figure,
+    metric_label,
+    optimisation_history_figure,
+    parallel_figure,
+    per_class_figure,
+    pruning_figure,
+    states_figure,
+    test_metrics_figure,
+)
+from search.results.tables import Table
+from search.results.tables import fmt as _fmt
+from search.results.tables import pm as _pm
+from search.results.trials import STATES, trial_rows, write_csv
+from search.results.trials import ranked as ranked_trials
+from search.train.data import class_names
+from search.train.metrics import is_multi_label
+
+
+@dataclass
+class FigureItem:
+    name: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+@dataclass
+class Note:
+    title: str
+    text: str
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str = ""
+    items: list[FigureItem | Table | Note] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    label: str  # the folder, relative to the --run argument's parent
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def load_runs(dirs: Iterable[Path]) -> list[Run]:
+    """`search train` folders: a run (metrics.json) or a `--seeds` folder of runs (seed-*/metrics.json)."""
+    runs: list[Run] = []
+    for d in dirs:
+        if (d / "metrics.json").is_file():
+            found = [d]
+        else:
+            found = sorted((p.parent for p in d.glob("*/metrics.json")), key=lambda p: _natural(p.name))
+        if not found:
+            raise SearchError(f"--run {d}: no metrics.json there nor in its subfolders; pass a folder that "
+                              f"`search train` wrote (--out), or a `search train --seeds` folder")
+        for folder in found:
+            try:
+                metrics = json.loads((folder / "metrics.json").read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SearchError(f"{folder / 'metrics.json'} cannot be read: {err}") from None
+            label = folder.name if folder == d else f"{d.name}/{folder.name}"
+            runs.append(Run(label, folder, metrics))
+    datasets = sorted({r.metrics.get("dataset", "?") for r in runs})
+    if len(datasets) > 1:
+        raise SearchError(f"the runs are on different datasets ({', '.join(datasets)}); "
+                          f"report the runs of one dataset at a time")
+    return runs
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def study_section(study: optuna.Study) -> tuple[Section, Table]:
+    trials = study.get_trials(deepcopy=False)
+    metric = study.user_attrs.get("metric", "value")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = ranked_trials(study)
+    done = sorted(ranked, key=lambda t: t.number)
+    best = ranked[0] if ranked else None
+    counts = Counter(t.state.name.lower() for t in trials)
+    s = Section("search", "Search", _study_intro(study, trials, counts, best, metric))
+    n_done = len(done)
+
+    if done:
+        s.items.append(FigureItem("optimisation_history", "Optimisation history",
+                                  f"Each dot is a complete trial's best {metric_label(metric)} (its kept epoch); the "
+                                  f"line is the best so far. Pruned trials are shown at the last value they "
+                                  f"reported.", optimisation_history_figure(trials, metric, maximize)))
+    else:
+        s.items.append(Note("Optimisation history", "No complete trial yet: nothing to draw."))
+
+    importances, why = _importances(study, done)
+    if importances:
+        s.items.append(FigureItem(
+            "importances", "Hyperparameter importances",
+            f"fANOVA importances (Optuna's FanovaImportanceEvaluator, seed 0) over the {n_done} complete trials, "
+            f"for the parameters set in every one of them (conditional ones, set only for some, are left out). "
+            f"With few trials they are rough estimates.", importance_figure(importances, n_done)))
+    else:
+        s.items.append(Note("Hyperparameter importances", f"Left out: {why}."))
+
+    parallel = parallel_figure(trials, metric, maximize)
+    if parallel is not None:
+        s.items.append(FigureItem(
+            "parallel_coordinates", "Parallel coordinates",
+            "One line per complete trial through its parameter values (on each parameter's search range; log "
+            "scale where the space samples on a log scale) to its objective value; the best trials are yellow "
+            "and drawn on top. 'not set': a conditional parameter the trial did not use.", parallel))
+    else:
+        s.items.append(Note("Parallel coordinates", "Left out: no complete trial with parameters yet."))
+
+    curves = learning_curves_figure(trials, metric, best)
+    if curves is not None:
+        s.items.append(FigureItem(
+            "learning_curves", "Learning curves",
+            f"The {metric_label(metric)} each trial reported after every epoch (what the pruner saw). Pruned "
+            f"trials end with an x at the epoch where they were stopped.", curves))
+    else:
+        s.items.append(Note("Learning curves", "Left out: no trial has reported an epoch yet."))
+
+    per_arch: dict[str, list[FrozenTrial]] = {}
+    for t in done:
+        per_arch.setdefault(_architecture(t), []).append(t)
+    if per_arch:
+        s.items.append(FigureItem(
+            "best_per_architecture", "Best per architecture",
+            f"Every complete trial's {metric_label(metric)} by architecture (n: complete trials); the diamond "
+            f"and number mark the architecture's best.", architecture_figure(per_arch, metric, maximize)))
+    else:
+        s.items.append(Note("Best per architecture", "Left out: no complete trial yet."))
+    all_arch = Counter(_architecture(t) for t in trials)
+    pruned_arch = Counter(_architecture(t) for t in trials if t.state == TrialState.PRUNED)
+    arch_rows = []
+    for arch in sorted(per_arch, key=lambda a: -max(t.value for t in per_arch[a]) if maximize
+                       else min(t.value for t in per_arch[a])):
+        top = sorted(per_arch[arch], key=lambda t: -t.value if maximize else t.value)[0]
+        arch_rows.append([arch, str(all_arch[arch]), str(len(per_arch[arch])), str(pruned_arch[arch]),
+                          f"{top.value:.4f}", str(top.number)])
+    if arch_rows:
+        s.items.append(Table("best_per_architecture", f"Best {metric_label(metric)} per architecture",
+                             ["Architecture", "Trials", "Complete", "Pruned", f"Best {metric_label(metric)}",
+                              "Trial"], arch_rows, "lrrrrr"))
+
+    s.items.append(FigureItem("trial_states", "Trial states", "How the trials ended. Pruned: stopped early by the "
+                              "pruner; failed: an error or an interruption (the reason is in trials.csv).",
+                              states_figure(dict(counts))))
+    s.items.append(Table("trial_states", "Trials by state", ["State", "Trials"],
+                         [[st, str(counts.get(st, 0))] for st in STATES], "lr",
+                         footer=[["total", str(len(trials))]]))
+
+    rows, saved, budget, seconds_saved = _pruning_rows(study, trials)
+    if rows:
+        s.items.append(FigureItem(
+            "pruning_savings", "Epochs saved by pruning",
+            "Per finished trial, the epochs it ran and (hatched) the epochs of its budget it did not run because "
+            "the pruner stopped it.", pruning_figure(rows, saved, budget)))
+        run = budget - saved
+        s.items.append(Table(
+            "pruning_savings", "Epochs saved by pruning (complete and pruned trials)",
+            ["Finished trials", "Pruned", "Epoch budget", "Epochs run", "Epochs saved", "Saved (%)",
+             "Time saved (est.)"],
+            [[str(len(rows)), str(sum(r[1] == "pruned" for r in rows)), str(budget), str(run), str(saved),
+              f"{100 * saved / budget:.1f}" if budget else "0", _duration(seconds_saved)]], "rrrrrrr",
+            note="Time saved: each pruned trial's unrun epochs times its own mean epoch time."))
+    else:
+        s.items.append(Note("Epochs saved by pruning", "Left out: no finished trial yet."))
+
+    if ranked:
+        names: list[str] = []
+        for t in ranked[:10]:
+            names += [n for n in t.params if n not in names]
+        s.items.append(Table(
+            "top_trials", f"The {min(10, len(ranked))} best trials by {metric_label(metric)}",
+            ["Rank", "Trial", metric_label(metric).capitalize(), *names, "Epochs"],
+            [[str(i), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n)) for n in names),
+              str(t.user_attrs.get("epochs_run", ""))] for i, t in enumerate(ranked[:10], 1)],
+            "rrr" + "l" * len(names) + "r"))
+
+    columns, rows_all = trial_rows(study)
+    cells = [[_fmt(v, 4) if isinstance(v, float) else ("" if v is None else str(v)) for v in r] for r in rows_all]
+    for row in cells:  # a failure's reason can be a long message: trials.csv keeps it whole
+        row[-1] = row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."
+    trials_table = Table("trials", f"All {len(trials)} trials", columns, cells,
+                         "rlr" + "l" * (len(columns) - 6) + "rrl", note="The reasons of failed trials are cut to "
+                         "60 characters here; trials.csv has them whole.")
+    return s, trials_table
+
+
+def _study_intro(study: optuna.Study, trials: list[FrozenTrial], counts: Counter[str], best: FrozenTrial | None,
+                 metric: str) -> str:
+    dataset = html.escape(str(study.user_attrs.get("dataset", "?")))
+    parts = [f"Study <b>{html.escape(study.study_name)}</b> on <b>{dataset}</b>, objective: "
+             f"{html.escape(metric_label(metric))} ({study.direction.name.lower()}), "
+             f"{len(trials)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES) + "."]
+    if best is not None:
+        params = ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())
+        parts.append(f"Best: trial {best.number}, {html.escape(metric_label(metric))} {best.value:.4f} "
+                     f"({html.escape(params)}).")
+    parts.append("The test split is never used during the search: every number in this section is on the "
+                 "validation split.")
+    return " ".join(parts)
+
+
+def _architecture(t: FrozenTrial) -> str:
+    return str(t.params.get("architecture") or t.user_attrs.get("config", {}).get("architecture", "?"))
+
+
+def _importances(study: optuna.Study, done: list[FrozenTrial]) -> tuple[dict[str, float] | None, str]:
+    if len(done) < 2:
+        return None, f"importances need at least 2 complete trials; this study has {len(done)}"
+    if len({t.value for t in done}) < 2:
+        return None, "every complete trial has the same value, so no parameter explains any of its variance"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as err:
+        return None, f"Optuna could not compute them ({err})"
+    if not importances:
+        return None, "no parameter is set in every complete trial"
+    return importances, ""
+
+
+def _pruning_rows(study: optuna.Study, trials: list[FrozenTrial]) -> tuple[list[tuple[int, str, int, int]], int,
+                                                                            int, float]:
+    rows, seconds = [], 0.0
+    for t in trials:
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        budget = int(t.user_attrs.get("config", {}).get("epochs") or study.user_attrs.get("epochs") or 0)
+        run = int(t.user_attrs.get("epochs_run") or len(t.intermediate_values))
+        rows.append((t.number, t.state.name.lower(), run, max(budget, run)))
+        if t.state == TrialState.PRUNED:
+            seconds += max(0, budget - run) * float(t.user_attrs.get("epoch_seconds") or 0.0)
+    saved = sum(r[3] - r[2] for r in rows)
+    return rows, saved, sum(r[3] for r in rows), seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def runs_section(runs: list[Run], study_dataset: str | None) -> Section:
+    first = runs[0].metrics
+    dataset = first.get("dataset", "?")
+    archs = sorted({r.metrics.get("architecture", "?") for r in runs})
+    ours = " / ".join(archs)
+    intro = (f"{len(runs)} final run{'s' if len(runs) > 1 else ''} of <b>{html.escape(ours)}</b> on "
+             f"<b>{html.escape(dataset)}</b> (`search train`): each keeps the epoch with the best validation "
+             f"metric and is evaluated once on the test split.")
+    if study_dataset and study_dataset != dataset:
+        intro += (f" <b>Note:</b> the study searched on {html.escape(study_dataset)}, these runs are on "
+                  f"{html.escape(dataset)}.")
+    s = Section("final", "Final runs", intro)
+    s.items.append(FigureItem(
+        "training_curves", "Training curves",
+        "Training and validation loss (left) and validation accuracy and AUC (right) per epoch; the star marks "
+        "the epoch whose weights were kept and tested.",
+        history_figure([(r.label, r.metrics.get("history", [])) for r in runs],
+                       f"Training curves: {ours} on {dataset}",
+                       kept={r.label: r.metrics.get("best_epoch") for r in runs})))
+
+    task = first.get("task", "")
+    multi_label = is_multi_label(task)
+    with_classes = [r for r in runs if r.metrics.get("test_per_class_acc") is not None]
+    k = len(with_classes[0].metrics["test_per_class_acc"]) if with_classes else 0
+    names = class_names(dataset, k)
+    confusions = [r.metrics["test_confusion"] for r in with_classes if r.metrics.get("test_confusion")]
+    if confusions:
+        mean_of = f"mean of {len(confusions)} runs" if len(confusions) > 1 else "counts in brackets"
+        s.items.append(FigureItem(
+            "confusion_matrix", "Test confusion matrix",
+            f"Rows: true class, columns: predicted class; each cell is the % of the row's test images "
+            f"({mean_of}); blank cells: no image.",
+            confusion_figure(confusions, names, f"Test confusion matrix, % of each true class ({mean_of})")))
+    elif multi_label:
+        s.items.append(Note("Test confusion matrix", "Left out: a multi-label task has no single confusion "
+                                                     "matrix; see the per-class (per-label) accuracy."))
+    else:
+        s.items.append(Note("Test confusion matrix", "Left out: these runs' metrics.json has no test confusion "
+                                                     "matrix (written by an older `search train`); train again."))
+    if with_classes:
+        accs = [r.metrics["test_per_class_acc"] for r in with_classes]
+        counts = with_classes[0].metrics.get("test_class_counts") or [0] * k
+        overall = statistics.fmean(r.metrics["test_acc"] for r in with_classes)
+        s.items.append(FigureItem(
+            "per_class_accuracy", "Per-class test accuracy",
+            ("Accuracy of each label at threshold 0.5" if multi_label else
+             "Share of each class's test images predicted as that class (its recall)")
+            + (f"; bars: mean of {len(accs)} runs, whiskers: ± one standard deviation." if len(accs) > 1 else "."),
+            per_class_figure(names, accs, counts, overall, multi_label)))
+        named = names != [str(i) for i in range(k)]  # a Name column only where classes have names
+        s.items.append(Table(
+            "per_class_accuracy", "Per-class test accuracy" + (" (mean ± sd over runs)" if len(accs) > 1 else ""),
+            ["Class", *(["Name"] if named else []), "Test images" if not multi_label else "Positives", "Accuracy"],
+            [[str(i), *([names[i]] if named else []), str(counts[i]), _pm([a[i] for a in accs])] for i in range(k)],
+            "rlrr" if named else "rrr",
+            footer=[["all", *([""] if named else []), str(sum(counts)) if not multi_label else "",
+                     _pm([r.metrics["test_acc"] for r in with_classes])]]))
+
+    acc = [r.metrics["test_acc"] for r in runs]
+    auc = [r.metrics["test_auc"] for r in runs]
+    s.items.append(Table(
+        "test_metrics", "Test accuracy and AUC of each run",
+        ["Run", "Architecture", "Seed", "Kept epoch", "Val ACC", "Test ACC", "Test AUC"],
+        [[r.label, str(r.metrics.get("architecture", "?")), str(r.metrics.get("seed", "")),
+          f"{r.metrics.get('best_epoch', '?')} of {r.metrics.get('epochs', '?')}",
+          f"{r.metrics.get('val_acc', math.nan):.4f}", f"{r.metrics['test_acc']:.4f}",
+          f"{r.metrics['test_auc']:.4f}"] for r in runs], "llrrrrr",
+        footer=[["mean ± sd" if len(runs) > 1 else "mean", "", "", "", _pm([r.metrics.get("val_acc", math.nan)
+                                                                             for r in runs], 4),
+                 _pm(acc, 4), _pm(auc, 4)]],
+        note="sd: sample standard deviation (n - 1) over the runs." if len(runs) > 1 else ""))
+    published = benchmarks.published(dataset)
+    s.items.append(FigureItem(
+        "test_metrics", "Test ACC and AUC",
+        ("Each run (dots) and their mean ± sd (diamond)" if len(runs) > 1 else "The run's test accuracy and AUC")
+        + (f", beside the published results of {benchmarks.SOURCE} (grey)." if published else
+           f". No published MedMNIST v2 results are kept for {dataset}."),
+        test_metrics_figure([(r.label, r.metrics["test_acc"], r.metrics["test_auc"]) for r in runs], published,
+                            ours)))
+    if published:
+        rows = [[m, f"{v[1]:.3f}", f"{v[0]:.3f}"] for m, v in published.items()]
+        s.items.append(Table(
+            "benchmark", f"Test ACC and AUC on {dataset} beside {benchmarks.SOURCE}",
+            ["Method", "ACC", "AUC"], rows, "lrr",
+            footer=[[f"{ours}, this work ({len(runs)} run{'s' if len(runs) > 1 else ''})", _pm(acc), _pm(auc)]],
+            note=f"Published values: {benchmarks.CITATION}"))
+    else:
+        s.items.append(Note("Published benchmark", f"No published MedMNIST v2 values are kept for '{dataset}' "
+                                                   f"(search/results/published.py lists: "
+                                                   f"{', '.join(benchmarks.MEDMNIST_V2)})."))
+    return s
+
+
+def write_report(study: optuna.Study, run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Build every figure and table and write the folder; returns {"index": path, "figures": n, "tables": n}."""
+    runs = load_runs(run_dirs) if run_dirs else []
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"-o {out} is a file; choose a folder")
+    if not out.parent.exists():
+        raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o")
+    search, trials_table = study_section(study)
+    sections = [search]
+    if runs:
+        sections.append(runs_section(runs, study.user_attrs.get("dataset")))
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    n_fig = n_tab = 0
+    for section in sections:
+        for item in section.items:
+            if isinstance(item, FigureItem):
+                with rc_context(STYLE):
+                    item.figure.savefig(out / "figures" / f"{item.name}.png")
+                    item.figure.savefig(out / "figures" / f"{item.name}.pdf", metadata={"Creator": "search report"})
+                n_fig += 1
+            elif isinstance(item, Table):
+                (out / "tables" / f"{item.name}.md").write_text(item.markdown())
+                (out / "tables" / f"{item.name}.tex").write_text(item.latex())
+                n_tab += 1
+    (out / "tables" / "trials.md").write_text(trials_table.markdown())
+    (out / "tables" / "trials.tex").write_text(trials_table.latex())
+    write_csv(study, out / "trials.csv")
+    cite = bool(runs) and benchmarks.published(runs[0].metrics.get("dataset", "")) is not None
+    (out / "index.html").write_text(_page(study, sections, trials_table, cite))
+    return {"index": out / "index.html", "figures": n_fig, "tables": n_tab + 1}
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #1a1a1a; line-height: 1.5; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
+h3 { margin-top: 2rem; font-size: 1.1rem; }
+.meta { color: #555; font-size: 0.9rem; }
+figure { margin: 1rem 0 2rem; } figure img { width: 100%; max-width: 52rem; height: auto; display: block; }
+figcaption, .caption { font-size: 0.9rem; color: #333; margin-top: 0.4rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 0.3rem; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
+thead th { border-top: 2px solid #222; border-bottom: 1px solid #222; }
+tbody tr:last-child td { border-bottom: 2px solid #222; } tfoot td { border-bottom: 2px solid #222; }
+th, td { padding: 0.25rem 0.7rem; } .l { text-align: left; } .r { text-align: right; } .c { text-align: center; }
+.note { background: #fff8e1; border-left: 4px solid #E69F00; padding: 0.5rem 0.8rem; font-size: 0.9rem; }
+.files a { margin-right: 0.6rem; } pre { background: #f5f5f5; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
+nav ol { columns: 2; font-size: 0.9rem; } details { margin: 1rem 0; }
+"""
+
+
+def _page(study: optuna.Study, sections: list[Section], trials_table: Table, cite: bool) -> str:
+    fig_no = tab_no = 0
+    toc, body = [], []
+    for section in sections:
+        body.append(f'<section id="{section.id}"><h2>{html.escape(section.title)}</h2>')
+        if section.intro:
+            body.append(f"<p>{section.intro}</p>")
+        for item in section.items:
+            if isinstance(item, FigureItem):
+                fig_no += 1
+                anchor = f"fig-{item.name}"
+                toc.append(f'<li><a href="#{anchor}">Figure {fig_no}: {html.escape(item.title)}</a></li>')
+                body.append(
+                    f'<figure id="{anchor}"><h3>Figure {fig_no}. {html.escape(item.title)}</h3>'
+                    f'<img src="figures/{item.name}.png" alt="{html.escape(item.title)}">'
+                    f"<figcaption>{html.escape(item.caption)} <span class=\"files\">"
+                    f'<a href="figures/{item.name}.png">PNG</a><a href="figures/{item.name}.pdf">PDF</a>'
+                    f"</span></figcaption></figure>")
+            elif isinstance(item, Table):
+                tab_no += 1
+                anchor = f"tab-{item.name}"
+                toc.append(f'<li><a href="#{anchor}">Table {tab_no}: {html.escape(item.title)}</a></li>')
+                body.append(
+                    f'<div id="{anchor}"><h3>Table {tab_no}. {html.escape(item.title)}</h3>{item.html()}'
+                    f'<p class="caption">{html.escape(item.note)} <span class="files">'
+                    f'<a href="tables/{item.name}.md">Markdown</a><a href="tables/{item.name}.tex">LaTeX</a>'
+                    f"</span></p></div>")
+            else:
+                body.append(f'<h3>{html.escape(item.title)}</h3><p class="note">{html.escape(item.text)}</p>')
+        if section.id == "search":
+            body.append(f"<details><summary>{html.escape(trials_table.title)} (also as "
+                        f'<a href="trials.csv">CSV</a>, <a href="tables/trials.md">Markdown</a>, '
+                        f'<a href="tables/trials.tex">LaTeX</a>)</summary>{trials_table.html()}</details>')
+        body.append("</section>")
+    if cite:
+        body.append('<section id="citation"><h2>Citing the published values</h2>'
+                    f"<p>{html.escape(benchmarks.CITATION)}</p><pre>{html.escape(benchmarks.BIBTEX)}</pre>"
+                    "</section>")
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Report: {html.escape(study.study_name)}</title><style>{CSS}</style></head><body>"
+            f"<h1>Report: study {html.escape(study.study_name)}</h1>"
+            f'<p class="meta">Generated {stamp} by <code>search report</code> (Optuna {optuna.__version__}). '
+            f"Figures: PNG and PDF in figures/; tables: Markdown and LaTeX (booktabs) in tables/.</p>"
+            f"<nav><ol>{''.join(toc)}</ol></nav>{''.join(body)}</body></html>\n")
