@@ -113,7 +113,17 @@ def run(args: list[str], cwd: Path, timeout: float = 600, **kw) -> subprocess.Co
 
 
 def trials_of(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+    """The study's trials. Read while a `search` command may be creating the store's tables: opening the store
+    then races with it ("table ... already exists", a UNIQUE constraint on alembic_version), and the next try
+    finds the tables made (the product's own opener retries the same way, search/hpo/storage.py)."""
+    for attempt in range(20):
+        try:
+            return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
 
 
 def by_state(trials, *states) -> list:
@@ -260,8 +270,8 @@ def trials_so_far(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     if not db.exists():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials(deepcopy=False)
-    except (KeyError, sqlalchemy.exc.OperationalError):  # no study yet, or its tables are being created now
+        return trials_of(db, name)
+    except KeyError:  # no study yet
         return []
 
 
