@@ -102,7 +102,17 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
     from search.storage import resolve_url
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
+    _prepare_sizes(spec, skip_28=True)  # w.start checks (or downloads) the 28-px file itself
     raise SystemExit(w.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
+
+
+def _prepare_sizes(spec, *, skip_28: bool) -> None:  # type: ignore[no-untyped-def]
+    """Download or check each image size the study uses once, here, before any worker starts."""
+    from search import data
+
+    for size in spec.sizes():
+        if size != 28 or not skip_28:
+            data.prepare(spec.dataset, spec.data_dir, size=size)
 
 
 @main.command()
@@ -117,14 +127,14 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import os
 
-    from search import data, workers as w
+    from search import workers as w
     from search.engine import resolve_device
     from search.storage import resolve_url
 
     spec = _spec(study, data_dir=data_dir, trials=trials)
     dev = str(resolve_device(device))
     url = resolve_url(storage)
-    data.prepare(spec.dataset, spec.data_dir)
+    _prepare_sizes(spec, skip_28=False)
     w.ensure_study(spec, url)
     offset = seed if seed is not None else os.getpid()
     raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, seed_offset=offset, echo=click.echo))
