@@ -35,9 +35,10 @@ import tempfile
 import time
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -365,7 +366,7 @@ def section(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]]
     t0 = time.perf_counter()
     try:
         results[name] = fn()
-    except Exception as err:  # noqa: BLE001 - one failed section must not hide the others' figures
+    except Exception as err:
         logging.getLogger("gpu_proof").exception("section %s failed", name)
         results[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
     results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
@@ -433,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = _OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_proof.json and the logs")
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU: the same code path")
-    ap.add_argument("--mnist", type=Path, help="folder with the real MNIST t10k IDX files "
-                                               "(default: ../shared/data/mnist beside the repository)")
+    ap.add_argument("--mnist", type=Path, help="folder with the real MNIST t10k IDX files (default: "
+                                               "../shared/data/mnist beside the repository, or shared/data/mnist)")
     args = ap.parse_args(argv)
     plan = DRY if args.cpu_dry_run else FULL
     if not plan.dry and not torch.cuda.is_available():
@@ -443,7 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import real_mnist
 
-    shared = args.mnist or real_mnist.SHARED
+    # --mnist, else ../shared/data/mnist beside the repository, else shared/data/mnist inside it (a copy carried
+    # to a machine that has only the working tree)
+    shared = args.mnist or next((p for p in (real_mnist.SHARED, REPO / "shared" / "data" / "mnist")
+                                 if (p / "t10k-images-idx3-ubyte.gz").is_file()), real_mnist.SHARED)
     args.out.mkdir(parents=True, exist_ok=True)
     quiet(args.out)
     device = torch.device("cpu" if plan.dry else "cuda:0")
