@@ -68,7 +68,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if name == "fp16":
         if not cuda:
-            raise SearchError(f"precision fp16 needs a CUDA GPU (device is {device}); valid on the CPU: auto, bf16, fp32")
+            raise SearchError(f"precision fp16 needs a CUDA GPU (device is {device}); "
+                              f"valid on the CPU: auto, bf16, fp32")
         return torch.float16
     raise SearchError(f"precision '{name}' is not known; valid: auto, bf16, fp16, fp32")
 

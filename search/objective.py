@@ -3,10 +3,10 @@
 Each trial records, as user attributes: `worker` ("host:pid"), `device` (the physical card, e.g.
 "cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)", or "cpu"), `config` (the full TrainConfig, which
 `search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`;
-a diverged, failed or interrupted run records `reason`. A CUDA out-of-memory error fails only its trial, with
-the reason "CUDA out of memory at batch_size N"; the worker releases the memory and goes on with the next trial. Once trained, it also uploads its learning curve (and,
+a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
 when complete, its validation confusion matrix) to the artifact store (search/artifacts.py). The test split is
-never touched here.
+never touched here. A CUDA out-of-memory error fails only its trial, with the reason "CUDA out of memory at
+batch_size N"; the worker releases the memory and goes on with the next trial.
 """
 from __future__ import annotations
 
