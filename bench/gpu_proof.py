@@ -467,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     quiet(args.out)
     device = torch.device("cpu" if plan.dry else "cuda:0")
+    if plan.dry:
+        # One thread: the tiny dry-run batches gain nothing from more, and on a shared 2-core machine OpenMP's
+        # spinning threads made a 5-step epoch take seconds.
+        torch.set_num_threads(1)
     from search.engine import device_label
 
     t0 = time.perf_counter()
