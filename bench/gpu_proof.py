@@ -106,7 +106,8 @@ def check_pytest(out: Path, plan: Plan) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}",
            "tests/test_gpu.py"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=plan.timeout_s)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), check=False, capture_output=True, text=True,
+                          timeout=plan.timeout_s)
     (out / "pytest-gpu.log").write_text(proc.stdout + proc.stderr)
     suite = ET.parse(xml).getroot() if xml.exists() else None
     suite = suite.find("testsuite") if suite is not None and suite.tag == "testsuites" else suite
@@ -271,7 +272,7 @@ def packing_run(work: Path, out: Path, plan: Plan, root: Path, workers: int, tag
     cmd = [sys.executable, "-m", "search", "start", "--study", str(spec), "--workers", str(workers),
            "--storage", f"sqlite:///{db}"] + (["--devices", "cpu"] if plan.dry else [])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=plan.timeout_s)
+    proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True, timeout=plan.timeout_s)
     wall = time.perf_counter() - t0
     (out / f"packing-{tag}.log").write_text(proc.stdout + proc.stderr)
     trials = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials if db.exists() else []
@@ -295,12 +296,12 @@ def start_mps(work: Path) -> tuple[dict[str, str] | None, str]:
     logs.mkdir()
     env = child_env(CUDA_MPS_PIPE_DIRECTORY=str(pipes), CUDA_MPS_LOG_DIRECTORY=str(logs))
     try:
-        proc = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([control, "-d"], env=env, check=False, capture_output=True, text=True, timeout=30)
         if proc.returncode != 0:
             why = (proc.stderr or proc.stdout).strip()
             return None, f"nvidia-cuda-mps-control -d failed ({proc.returncode}): {why}"
         probe = subprocess.run([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda'); print('ok')"],
-                               env=env, capture_output=True, text=True, timeout=120)
+                               env=env, check=False, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
         stop_mps(env)
         return None, f"MPS could not be started: {type(err).__name__}: {err}"
@@ -312,7 +313,8 @@ def start_mps(work: Path) -> tuple[dict[str, str] | None, str]:
 
 def stop_mps(env: dict[str, str]) -> None:
     try:
-        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=env, capture_output=True, text=True, timeout=60)
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=env, check=False, capture_output=True,
+                       text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         pass  # the daemon exits with the machine; the figures are what matters here
 
