@@ -112,7 +112,7 @@ class Objective:
             artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,
                                          metric=self.spec.metric, max_epochs=self.spec.epochs,
                                          best_epoch=result.best_epoch, confusion=confusion, class_names=names)
-        except Exception as err:  # noqa: BLE001 - a full disk or a bad folder must not lose the trial's result
+        except Exception as err:  # a full disk or a bad folder must not lose the trial's result
             log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
                         type(err).__name__, err)
 
