@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from models import register_model
+from models import register_model, registry
 from search.errors import SearchError
 from search.hpo.objective import Objective
 from search.hpo.storage import open_storage
@@ -62,9 +62,17 @@ class _OomProbe(nn.Module):
         return self.net(x)
 
 
-@register_model("oom_probe_test", reference="tests/test_gpu.py")
 def oom_probe_test(*, in_channels: int, num_classes: int, dropout: float = 0.5) -> nn.Module:
     return _OomProbe(in_channels=in_channels, num_classes=num_classes, dropout=dropout)
+
+
+@pytest.fixture
+def oom_probe_registered():
+    """The probe is in the model registry for one test only: other tests check the registry's exact names."""
+    register_model("oom_probe_test", reference="tests/test_gpu.py")(oom_probe_test)
+    yield
+    registry._REGISTRY.pop("oom_probe_test")  # our own registry has no public removal; tests alone need one
+    registry.MODEL_REFERENCES.pop("oom_probe_test")
 
 
 def _run_like_a_worker(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial:
@@ -76,7 +84,8 @@ def _run_like_a_worker(study: optuna.Study, objective: Objective) -> optuna.tria
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=[gpu, needs_cuda])])
-def test_out_of_memory_fails_its_trial_with_the_batch_size_and_the_worker_goes_on(tmp_path, device):
+def test_out_of_memory_fails_its_trial_with_the_batch_size_and_the_worker_goes_on(tmp_path, device,
+                                                                                  oom_probe_registered):
     spec_file = tmp_path / "oom.yaml"
     spec_file.write_text("name: oom\ndataset: digits\nepochs: 1\ntrials: 3\nsampler: {name: random, seed: 0}\n"
                          "pruner: {name: none}\nspace:\n  batch_size: {type: categorical, choices: [16, 64]}\n"
