@@ -11,10 +11,23 @@ numerically safer step, so the models stop at the logits.
 Each architecture module registers its builders with :func:`register_model` (models/registry.py) when it is
 imported; :func:`build_model` validates the arguments and raises :class:`ModelError` (a ``ValueError``) with one
 line naming the valid choices. Nothing here imports the search service.
+
+``size`` is the input side in pixels (28, 64, 128 or 224, the MedMNIST+ sizes). Every model accepts every size;
+builders that take a ``size`` argument change their layers with it (the ResNets and Xception use the paper's
+downsampling stem above 28 px), the others pool their last feature map to what their head expects.
 """
 from __future__ import annotations
 
 from models import alexnet, resnet, simple_cnn, xception  # noqa: F401  (imported to register their builders)
-from models.registry import MODEL_REFERENCES, ModelError, build_model, list_models, pretrained_models, register_model
+from models.registry import (
+    MODEL_REFERENCES,
+    SIZES,
+    ModelError,
+    build_model,
+    list_models,
+    pretrained_models,
+    register_model,
+)
 
-__all__ = ["MODEL_REFERENCES", "ModelError", "build_model", "list_models", "pretrained_models", "register_model"]
+__all__ = ["MODEL_REFERENCES", "SIZES", "ModelError", "build_model", "list_models", "pretrained_models",
+           "register_model"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers import Dropout
+from models.layers import Dropout, PoolTo
 from models.registry import ModelError, register_model
 
 __all__ = ["AlexNet28", "alexnet"]
@@ -15,7 +15,8 @@ class AlexNet28(nn.Module):
 
     The ImageNet stem (11x11 conv, stride 4) would shrink a 28x28 image to almost nothing, so the first conv is
     3x3 with stride 1; the rest keeps the original kernels and its overlapping 3x3 stride-2 max-pools, padded so
-    the map goes 28 -> 14 -> 7 -> 4 and the classifier sees 256 x 4 x 4 features.
+    the map goes 28 -> 14 -> 7 -> 4 and the classifier sees 256 x 4 x 4 features. Larger inputs (64, 128, 224 px)
+    keep the same layers; their final map is average-pooled to 4 x 4 (as torchvision's AlexNet pools to 6 x 6).
 
     ``hidden`` is the FC width. ImageNet's 4096 is sized for 1000 classes from 224-pixel images; for 28-pixel
     inputs and about ten classes 1024 is plenty and keeps a trial's time and memory sane.
@@ -37,6 +38,7 @@ class AlexNet28(nn.Module):
             nn.Conv2d(256, 256, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            PoolTo(4),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),

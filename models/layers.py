@@ -18,3 +18,21 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         keep = torch.rand_like(x) >= self.p
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class PoolTo(nn.Module):
+    """Average-pool the feature map to ``side`` x ``side`` when it is larger; a no-op when it already is.
+
+    It lets a network whose head was sized for 28-pixel inputs take 64, 128 or 224 pixels with the same layers and
+    parameters: at 28 pixels it does nothing (the network is exactly the specified one), above it it averages the
+    larger final map down to the size the head expects.
+    """
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.side, self.side):
+            return x
+        return nn.functional.adaptive_avg_pool2d(x, self.side)

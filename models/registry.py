@@ -26,7 +26,10 @@ Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Builder)
 
 # Arguments build_model passes itself; anything else a builder accepts is an architecture option.
-_COMMON_ARGS = frozenset({"in_channels", "num_classes", "dropout", "pretrained"})
+_COMMON_ARGS = frozenset({"in_channels", "num_classes", "dropout", "pretrained", "size"})
+
+#: Input sides in pixels that every architecture accepts (MedMNIST+: 28, 64, 128, 224).
+SIZES = (28, 64, 128, 224)
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,10 @@ def build_model(
     num_classes: int,
     dropout: float = 0.5,
     pretrained: bool = False,
+    size: int = 28,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build architecture ``name`` for ``in_channels`` x 28 x 28 inputs and ``num_classes`` logits.
+    """Build architecture ``name`` for ``in_channels`` x ``size`` x ``size`` inputs and ``num_classes`` logits.
 
     ``dropout`` is the classifier's dropout rate; how each architecture uses it is in its builder's docstring.
     Extra keyword arguments are architecture options (for example ``middle_repeats`` for xception).
@@ -97,9 +101,13 @@ def build_model(
     # bool is an int subclass: reject it so `dropout: true` in YAML is not read as p=1.
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if isinstance(size, bool) or size not in SIZES:
+        raise ModelError(f"size must be one of {', '.join(map(str, SIZES))} (pixels), got {size!r}")
     _check_options(name, entry.builder, kwargs)
     if entry.pretrained:
         kwargs["pretrained"] = pretrained
+    if "size" in inspect.signature(entry.builder).parameters:
+        kwargs["size"] = size
     return entry.builder(in_channels=in_channels, num_classes=num_classes, dropout=float(dropout), **kwargs)
 
 

@@ -1,4 +1,10 @@
-"""torchvision's ResNets with MedMNIST's 28-pixel stem, or ImageNet-pretrained at 224 pixels."""
+"""torchvision's ResNets with MedMNIST's 28-pixel stem, or ImageNet-pretrained at 224 pixels.
+
+Above 28 px (``size`` 64, 128 or 224, the MedMNIST+ files) the ResNets keep torchvision's standard ImageNet stem
+(7x7 stride-2 conv and 3x3 stride-2 max-pool), as MedMNIST's own 224-px benchmark does; at 28 px they use the
+3x3 stride-1 stem without max-pool. Pretrained ResNets always see 224 px: ``size: 224`` reads the 224-px files
+directly, smaller sizes are resized on the device by :class:`ImageNetInput`.
+"""
 from __future__ import annotations
 
 import os
@@ -36,7 +42,8 @@ class ImageNetInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.net(x)
 
 
@@ -58,14 +65,18 @@ def _resnet(
     num_classes: int,
     dropout: float,
     pretrained: bool,
+    size: int = 28,
 ) -> nn.Module:
     if pretrained:
         return _pretrained(name, builder, weights, in_channels=in_channels, num_classes=num_classes, dropout=dropout)
     model = builder(weights=None)
-    # MedMNIST's 28-px benchmark stem: the ImageNet 7x7/2 conv plus 3x3/2 pool would cut 28 px to 7 before layer1.
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if size <= 28:
+        # MedMNIST's 28-px benchmark stem: the ImageNet 7x7/2 conv plus 3x3/2 pool would cut 28 px to 7 before layer1.
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    else:  # the standard ImageNet stem (64 px reaches layer1 at 16x16, 224 px at 56x56), for any channel count
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits convs
-    model.maxpool = nn.Identity()
     model.fc = _new_head(model.fc.in_features, num_classes, dropout)
     return model
 
@@ -98,45 +109,50 @@ def _pretrained(
 
 
 @register_model("resnet18", reference=_REFERENCE, pretrained=True)
-def resnet18(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
+def resnet18(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
+             size: int = 28) -> nn.Module:
     """ResNet-18; ``dropout`` precedes the final linear layer."""
     return _resnet(
         "resnet18", tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained,
+        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
     )
 
 
 @register_model("resnet34", reference=_REFERENCE, pretrained=True)
-def resnet34(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
+def resnet34(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
+             size: int = 28) -> nn.Module:
     """ResNet-34; ``dropout`` precedes the final linear layer."""
     return _resnet(
         "resnet34", tv.resnet34, tv.ResNet34_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained,
+        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
     )
 
 
 @register_model("resnet50", reference=_REFERENCE, pretrained=True)
-def resnet50(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
+def resnet50(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
+             size: int = 28) -> nn.Module:
     """ResNet-50; ``dropout`` precedes the final linear layer."""
     return _resnet(
         "resnet50", tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained,
+        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
     )
 
 
 @register_model("resnet101", reference=_REFERENCE, pretrained=True)
-def resnet101(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
+def resnet101(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
+              size: int = 28) -> nn.Module:
     """ResNet-101; ``dropout`` precedes the final linear layer."""
     return _resnet(
         "resnet101", tv.resnet101, tv.ResNet101_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained,
+        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
     )
 
 
 @register_model("resnet152", reference=_REFERENCE, pretrained=True)
-def resnet152(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False) -> nn.Module:
+def resnet152(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
+              size: int = 28) -> nn.Module:
     """ResNet-152; ``dropout`` precedes the final linear layer."""
     return _resnet(
         "resnet152", tv.resnet152, tv.ResNet152_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained,
+        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
     )

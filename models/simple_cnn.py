@@ -1,10 +1,15 @@
-"""The origin report's two small CNNs (``models-spec.md``), for grey or RGB 28x28 inputs."""
+"""The origin report's two small CNNs (``models-spec.md``), for grey or RGB 28x28 inputs.
+
+Larger inputs (64, 128, 224 px) run through the same layers; :class:`~models.layers.PoolTo` averages the last
+feature map down to the size the report's head expects (7x7 for v1, 3x3 for v2), so the parameter count and
+the head do not change with the input size, and at 28 px the network is exactly the report's.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from models.layers import Dropout
+from models.layers import Dropout, PoolTo
 from models.registry import register_model
 
 __all__ = ["SimpleCNNv1", "SimpleCNNv2", "simple_cnn_v1", "simple_cnn_v2"]
@@ -26,6 +31,7 @@ class SimpleCNNv1(nn.Module):
             nn.Conv2d(32, 64, kernel_size=5, padding=2),
             nn.LeakyReLU(),
             nn.MaxPool2d(2),
+            PoolTo(7),  # 28 px: already 7x7; larger inputs are averaged down to it
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -61,6 +67,7 @@ class SimpleCNNv2(nn.Module):
             _conv_block(in_channels, 32, dropout / 2),
             _conv_block(32, 64, dropout / 2),
             _conv_block(64, 128, dropout / 2),
+            PoolTo(3),  # 28 px: already 3x3; larger inputs are averaged down to it
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),

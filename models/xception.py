@@ -66,19 +66,23 @@ class Xception(nn.Module):
     Of the original's five stride-2 steps (stem conv and four pools), this keeps three: the stem convs and the
     first entry block use stride 1, so the map goes 28 -> 28 -> 14 -> 7 (middle flow) -> 4, and global average
     pooling still sees a 4x4 map. Strides do not change parameter count: about 22.9M at 1000 classes, as the paper.
+    Above 28 px (``size`` 64, 128, 224) the stem conv and the first entry block take the paper's stride 2 again,
+    so a 224-px image reaches the middle flow at 14x14 as in the paper, not at 56x56.
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, dropout: float = 0.5, middle_repeats: int = 8) -> None:
+    def __init__(self, *, in_channels: int, num_classes: int, dropout: float = 0.5, middle_repeats: int = 8,
+                 size: int = 28) -> None:
         super().__init__()
+        stride = 1 if size <= 28 else 2
         self.entry = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(in_channels, 32, kernel_size=3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(32),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
             # The stem already ends in ReLU, so the first block does not start with one (as in the paper).
-            _PoolBlock(64, 128, 128, stride=1, relu_first=False),
+            _PoolBlock(64, 128, 128, stride=stride, relu_first=False),
             _PoolBlock(128, 256, 256, stride=2, relu_first=True),
             _PoolBlock(256, 728, 728, stride=2, relu_first=True),
         )
@@ -102,8 +106,10 @@ class Xception(nn.Module):
 
 
 @register_model("xception", reference="Chollet 2017, adapted to 28 px")
-def xception(*, in_channels: int, num_classes: int, dropout: float = 0.5, middle_repeats: int = 8) -> Xception:
+def xception(*, in_channels: int, num_classes: int, dropout: float = 0.5, middle_repeats: int = 8,
+             size: int = 28) -> Xception:
     """Xception for 28x28 inputs; ``middle_repeats`` middle-flow blocks (paper: 8); ``dropout`` before the linear."""
     if isinstance(middle_repeats, bool) or not isinstance(middle_repeats, int) or middle_repeats < 0:
         raise ModelError(f"xception middle_repeats must be a non-negative integer, got {middle_repeats!r}")
-    return Xception(in_channels=in_channels, num_classes=num_classes, dropout=dropout, middle_repeats=middle_repeats)
+    return Xception(in_channels=in_channels, num_classes=num_classes, dropout=dropout, middle_repeats=middle_repeats,
+                    size=size)

@@ -154,6 +154,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
     raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
 
 
+
 @main.command()
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
 @storage_option("Study store URL shared by all workers")
@@ -169,14 +170,12 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
     from search.hpo import supervisor
     from search.hpo import worker as w
     from search.hpo.urls import resolve_url
-    from search.train import data
     from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials)
     dev = str(resolve_device(device))
     url = resolve_url(storage)
-    with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
-        data.prepare(spec.dataset, spec.data_dir)
+    supervisor.prepare_data(spec)
     supervisor.ensure_study(spec, url)
     offset = seed if seed is not None else os.getpid()
     raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, seed_offset=offset, echo=click.echo))

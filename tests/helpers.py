@@ -23,8 +23,10 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def write_medmnist_npz(path: Path, *, channels: int, classes: int, counts=(120, 40, 40), multi_label: bool = False,
-                       seed: int = 0) -> Path:
-    """A MedMNIST-layout file: keys {train,val,test}_{images,labels}, uint8 N x 28 x 28 (x 3), labels N x 1.
+                       seed: int = 0, size: int = 28) -> Path:
+    """A MedMNIST-layout file: keys {train,val,test}_{images,labels}, uint8 N x S x S (x 3), labels N x 1.
+
+    ``size`` is the image side S (MedMNIST+ writes <flag>_64.npz etc. in the same layout).
 
     Each class has its own mean brightness pattern, so a model can learn it.
     """
@@ -37,7 +39,7 @@ def write_medmnist_npz(path: Path, *, channels: int, classes: int, counts=(120, 
         else:
             labels = rng.integers(0, classes, size=(n, 1)).astype(np.uint8)
             base = labels.astype(np.float64) * (200 / max(1, classes - 1))
-        shape = (n, 28, 28) if channels == 1 else (n, 28, 28, channels)
+        shape = (n, size, size) if channels == 1 else (n, size, size, channels)
         noise = rng.normal(0, 20, size=shape)
         images = np.clip(base.reshape((n,) + (1,) * (len(shape) - 1)) + 30 + noise, 0, 255).astype(np.uint8)
         arrays[f"{split}_images"] = images

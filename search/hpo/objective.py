@@ -1,19 +1,23 @@
 """trial -> TrainConfig -> engine.fit: report the study metric each epoch and prune when the pruner says so.
 
-Each trial records, as user attributes: `worker` ("host:pid"), `device`, `config` (the full TrainConfig, which
+Each trial records, as user attributes: `worker` ("host:pid"), `device` (the physical card, e.g.
+"cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)", or "cpu"), `config` (the full TrainConfig, which
 `search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`;
 a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
-when complete, its validation confusion matrix) to the artifact store (search/results/artifacts.py). The test split is
-never touched here.
+when complete, its validation confusion matrix) to the artifact store (search/results/artifacts.py). The test
+split is never touched here. A CUDA out-of-memory error fails only its trial, with the reason "CUDA out of memory
+at batch_size N"; the worker releases the memory and goes on with the next trial.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from pathlib import Path
 from typing import Callable
 
 import optuna
+import torch
 
 from search.hpo.studies import StudySpec, trial_config
 from search.hpo.urls import worker_id
@@ -22,6 +26,8 @@ from search.train import engine
 
 log = logging.getLogger("search")
 _UNSET = object()
+# torch >= 2.5 names the accelerator-independent class; torch.cuda.OutOfMemoryError is the same class there.
+OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 class Objective:
@@ -30,6 +36,7 @@ class Objective:
     def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None) -> None:
         self.spec, self.device, self.on_start = spec, device, on_start
         self._artifacts: object | Path | None = _UNSET  # the artifact folder, found at the first trial
+        self._batch_size: int | None = None  # of the trial running now
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -40,15 +47,23 @@ class Objective:
         except (optuna.TrialPruned, Diverged):
             raise
         except Exception as err:  # recorded with the trial; Optuna marks it FAIL
-            trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
-            raise
+            if not is_out_of_memory(err):
+                trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
+                raise
+            reason = f"CUDA out of memory at batch_size {self._batch_size}"
+        # Out of the except block, the error and its traceback are gone, and with them the frames that held the
+        # trial's model, optimizer state and activations: free them now, so the next trial finds the card empty.
+        release_memory()
+        trial.set_user_attr("reason", reason)
+        raise OutOfMemory(reason)
 
     def _run(self, trial: optuna.Trial) -> float:
         if self.on_start is not None:
             self.on_start(trial.number)  # the supervisor must know which trial to fail if this process dies
         trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("device", self.device)
+        trial.set_user_attr("device", engine.device_label(engine.resolve_device(self.device)))
         cfg = trial_config(self.spec, trial)
+        self._batch_size = cfg.batch_size
         trial.set_user_attr("config", cfg.to_dict())  # device 'auto': the exported file runs anywhere
         pruned = False
 
@@ -97,10 +112,30 @@ class Objective:
             artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,
                                          metric=self.spec.metric, max_epochs=self.spec.epochs,
                                          best_epoch=result.best_epoch, confusion=confusion, class_names=names)
-        except Exception as err:  # noqa: BLE001 - a full disk or a bad folder must not lose the trial's result
+        except Exception as err:  # a full disk or a bad folder must not lose the trial's result
             log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
                         type(err).__name__, err)
 
 
 class Diverged(RuntimeError):
     """A trial whose loss became NaN or infinite: recorded as FAIL with its reason."""
+
+
+class OutOfMemory(RuntimeError):
+    """A trial that ran out of GPU memory: recorded as FAIL with its reason; the worker goes on."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's out-of-memory error, or cuDNN / cuBLAS failing to allocate (they raise a plain RuntimeError)."""
+    if isinstance(err, OUT_OF_MEMORY):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("CUDA out of memory", "CUDNN_STATUS_NOT_ENOUGH_MEMORY", "CUBLAS_STATUS_ALLOC_FAILED"))
+
+
+def release_memory() -> None:
+    """Collect the garbage of a failed trial and hand the CUDA allocator's cached blocks back to the card."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -237,13 +237,6 @@ def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, clean)
 
 
-def _trial_id(trial: FrozenTrial) -> int:
-    # Optuna 4.x keeps a trial's storage id private (FrozenTrial._trial_id), and the storage's public methods
-    # need it to write to a trial that another process started; Study.tell fails a trial by number but cannot
-    # record its reason.
-    return trial._trial_id
-
-
 def fail_running(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int,
                  reason: str) -> FrozenTrial | None:
     """Mark trial `number` FAIL with `reason` if it is still RUNNING; return it as it is now (None: no such trial)."""
@@ -252,7 +245,10 @@ def fail_running(storage: optuna.storages.BaseStorage, study: optuna.Study, numb
         return None
     trial = trials[number]
     if trial.state == TrialState.RUNNING:
-        storage.set_trial_user_attr(_trial_id(trial), "reason", reason)
-        storage.set_trial_state_values(_trial_id(trial), TrialState.FAIL)
+        # The storage's public calls write to a trial that another process started, by its storage id.
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                                   number)
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         trial = study.get_trials(deepcopy=False)[number]
     return trial

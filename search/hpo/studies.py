@@ -76,6 +76,15 @@ class StudySpec:
         return {**self.fixed, "dataset": self.dataset, "data_dir": self.data_dir, "epochs": self.epochs,
                 "metric": self.metric}
 
+    def sizes(self) -> list[int]:
+        """The image sizes (pixels) its trials may use: the searched choices, else the fixed one, else 28."""
+        param = self.space.get("size")
+        if param is not None and param.type == "categorical":
+            return sorted(set(param.choices or ()))
+        if param is not None:  # type int: every step from low to high
+            return list(range(int(param.low), int(param.high) + 1, int(param.step or 1)))
+        return [self.fixed.get("size", 28)]
+
 
 # --- finding study files ------------------------------------------------------------------------------------
 

@@ -316,16 +316,22 @@ def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
     return study
 
 
+def prepare_data(spec: StudySpec) -> None:
+    """Download or check the dataset once for each image size the study uses, before any worker starts."""
+    from search.train import data
+
+    with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
+        for size in spec.sizes():
+            data.prepare(spec.dataset, spec.data_dir, size=size)
+
+
 def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
           echo: Callable[[str], None]) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
-    from search.train import data
-
     try:
         interrupt.check()
         plan_devices(workers, devices)  # a bad --devices fails before anything is written
-        with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
-            data.prepare(spec.dataset, spec.data_dir)  # download or check once, before any worker starts
+        prepare_data(spec)
         ensure_study(spec, storage_url)
         interrupt.check()
     except KeyboardInterrupt:  # interrupt.Stop

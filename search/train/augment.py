@@ -116,9 +116,22 @@ def _crop(x: Tensor, generator: torch.Generator, pad: int = CROP_PAD) -> Tensor:
     return padded[images, channels, rows, cols]  # one gather for the whole batch
 
 
+_CONSTANTS: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+
+
+def _constant(name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A colour constant on ``device``, copied there once: no host-to-device copy per batch on a GPU."""
+    key = (name, device, dtype)
+    if key not in _CONSTANTS:
+        source = {"luma": torch.tensor(_LUMA, dtype=torch.float64).view(1, 3, 1, 1), "to_yiq": _RGB_TO_YIQ,
+                  "to_rgb": _YIQ_TO_RGB}[name]
+        _CONSTANTS[key] = source.to(device=device, dtype=dtype)
+    return _CONSTANTS[key]
+
+
 def _grey(x: Tensor) -> Tensor:
     """ITU-R 601 luma, (N, 3, H, W) -> (N, 1, H, W)."""
-    weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    weights = _constant("luma", x.device, x.dtype)
     return (x * weights).sum(dim=1, keepdim=True)
 
 
@@ -130,8 +143,8 @@ def _hue_matrices(turns: Tensor) -> Tensor:
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
     rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
-    to_yiq = _RGB_TO_YIQ.to(device=turns.device, dtype=turns.dtype)
-    to_rgb = _YIQ_TO_RGB.to(device=turns.device, dtype=turns.dtype)
+    to_yiq = _constant("to_yiq", turns.device, turns.dtype)
+    to_rgb = _constant("to_rgb", turns.device, turns.dtype)
     return to_rgb @ rotation @ to_yiq
 
 

@@ -21,6 +21,8 @@ from search.errors import SearchError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 METRICS = ("val_acc", "val_auc")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SIZES = (28, 64, 128, 224)  # MedMNIST+ ships every 2D dataset at these sizes (<flag>.npz, <flag>_64.npz, ...)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     pretrained: bool = False
+    # CUDA mixed precision: auto = bf16 where the card supports it, else fp32 (fp32 on the CPU, bf16 there is
+    # CPU autocast); fp16 runs with a gradient scaler and needs CUDA. See engine.resolve_precision.
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
+    size: int = 28  # image side in pixels: 28, 64, 128 or 224 (MedMNIST+; mnist and digits are 28 only)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -121,7 +128,7 @@ def validate(cfg: TrainConfig) -> None:
     # which commands that only read a study (status, export) never need.
     from models import list_models
     from search.train.augment import parse_policy
-    from search.train.data import list_datasets
+    from search.train.data import get_info, list_datasets
 
     for key in KEYS:
         object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))
@@ -130,6 +137,12 @@ def validate(cfg: TrainConfig) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("metric", cfg.metric, METRICS)
+    _choice("precision", cfg.precision, PRECISIONS)
+    if cfg.size not in SIZES:
+        raise SearchError(f"size must be one of {', '.join(map(str, SIZES))} (pixels), got {cfg.size}")
+    sizes = get_info(cfg.dataset).sizes
+    if cfg.size not in sizes:
+        raise SearchError(f"size {cfg.size} does not exist for {cfg.dataset}; valid: {', '.join(map(str, sizes))}")
     if cfg.epochs < 1:
         raise SearchError(f"epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 2:

@@ -1,8 +1,11 @@
 """Dataset registry: MedMNIST 2D flags, MNIST and scikit-learn's digits, as uint8 tensors on the device.
 
-Each split is read once per process and kept on the training device as uint8 (N, C, 28, 28) images and int64
+Each split is read once per process and kept on the training device as uint8 (N, C, S, S) images and int64
 labels (float 0/1 label matrices for multi-label tasks). Normalisation and augmentation happen batched on the
 device in the engine, so the training loop never touches Python per image, PIL or a DataLoader.
+
+Sizes: S is 28 for every dataset; MedMNIST+ also ships each 2D flag at 64, 128 and 224 pixels as
+``<flag>_64.npz`` etc. in the same layout, read (and downloaded) by medmnist's own ``size=`` argument.
 
 File locations: ``data_dir`` of the config, else $SEARCH_DATA_DIR, else medmnist's default root (~/.medmnist).
 Missing files are downloaded with medmnist's and torchvision's own code (MD5 checked on download only).
@@ -37,7 +40,8 @@ class DatasetInfo:
     channels: int
     num_classes: int
     task: str  # medmnist's task names: multi-class, binary-class, multi-label, binary-class, ordinal-regression
-    read: Callable[[Path, bool], Arrays]  # (root, download) -> arrays
+    read: Callable[..., Arrays]  # (root, download, size) -> arrays
+    sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
 
     @property
     def multi_label(self) -> bool:
@@ -46,7 +50,7 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, C, 28, 28) on the device
+    images: torch.Tensor  # uint8 (N, C, S, S) on the device
     labels: torch.Tensor  # int64 (N,), or float (N, K) for multi-label tasks
 
     def __len__(self) -> int:
@@ -64,7 +68,7 @@ class Data:
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
-_CACHE: dict[tuple[str, str, str], Data] = {}
+_CACHE: dict[tuple[str, str, str, int], Data] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
@@ -105,19 +109,24 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
     return Path(DEFAULT_ROOT)
 
 
-def prepare(name: str, data_dir: str | None = None) -> Arrays:
+def _read(info: DatasetInfo, root: Path, size: int) -> Arrays:
+    if size not in info.sizes:
+        raise SearchError(f"size {size} does not exist for {info.name}; valid: {', '.join(map(str, info.sizes))}")
+    return _checked(info, info.read(root, True, size), size)
+
+
+def prepare(name: str, data_dir: str | None = None, size: int = 28) -> Arrays:
     """Make sure the dataset's files are present (downloading them if missing) and readable."""
-    info = get_info(name)
-    return _checked(info, info.read(data_root(data_dir), True))
+    return _read(get_info(name), data_root(data_dir), size)
 
 
-def load(name: str, data_dir: str | None, device: torch.device) -> Data:
-    """The dataset on ``device``, read once per process and cached."""
+def load(name: str, data_dir: str | None, device: torch.device, size: int = 28) -> Data:
+    """The dataset at ``size`` pixels on ``device``, read once per process and cached."""
     root = data_root(data_dir)
-    key = (name, str(root.resolve()), str(device))
+    key = (name, str(root.resolve()), str(device), size)
     if key not in _CACHE:
         info = get_info(name)
-        arrays = _checked(info, info.read(root, True))
+        arrays = _read(info, root, size)
         splits = {s: _to_split(info, *arrays[s], device) for s in SPLITS}
         # Statistics of the training images, computed once on the host in float64 for accuracy.
         train = arrays["train"][0].reshape(len(arrays["train"][0]), -1, info.channels)
@@ -144,10 +153,10 @@ def _to_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, device:
     return Split(x.to(device), y.to(device))
 
 
-def _checked(info: DatasetInfo, arrays: Arrays) -> Arrays:
+def _checked(info: DatasetInfo, arrays: Arrays, size: int = 28) -> Arrays:
     for split in SPLITS:
         images, labels = arrays[split]
-        want = (28, 28) if info.channels == 1 else (28, 28, info.channels)
+        want = (size, size) if info.channels == 1 else (size, size, info.channels)
         if images.dtype != np.uint8 or images.shape[1:] != want:
             raise SearchError(f"{info.name}: {split} images have dtype {images.dtype} and shape {images.shape}; "
                               f"expected uint8 (N, {', '.join(map(str, want))})")
@@ -164,23 +173,28 @@ def _checked(info: DatasetInfo, arrays: Arrays) -> Arrays:
 # --- MedMNIST 2D ------------------------------------------------------------------------------------------
 
 
-def _medmnist_reader(flag: str) -> Callable[[Path, bool], Arrays]:
-    def read(root: Path, download: bool) -> Arrays:
+def medmnist_file(flag: str, size: int = 28) -> str:
+    """medmnist's file name for ``flag`` at ``size`` pixels: pathmnist.npz, pathmnist_64.npz, ..."""
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def _medmnist_reader(flag: str) -> Callable[..., Arrays]:
+    def read(root: Path, download: bool, size: int = 28) -> Arrays:
         import medmnist
         from medmnist.info import INFO
 
         info = INFO[flag]
-        path = root / f"{flag}.npz"
+        path = root / medmnist_file(flag, size)
         if not path.is_file():
             if not download:
                 raise SearchError(f"{path} not found")
-            _medmnist_download(flag, root, path)
+            _medmnist_download(flag, root, path, size)
         cls = getattr(medmnist, info["python_class"])
         arrays: Arrays = {}
         try:
             for split in SPLITS:
                 # medmnist's own class reads the file; download=False so the MD5 is not re-hashed on every run.
-                ds = cls(split=split, root=str(root), download=False)
+                ds = cls(split=split, root=str(root), download=False, size=size)
                 arrays[split] = (np.asarray(ds.imgs), np.asarray(ds.labels))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
             raise SearchError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
@@ -194,21 +208,22 @@ def _medmnist_reader(flag: str) -> Callable[[Path, bool], Arrays]:
     return read
 
 
-def _medmnist_download(flag: str, root: Path, path: Path) -> None:
+def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> None:
     import medmnist
     from medmnist.info import INFO
 
     info = INFO[flag]
+    suffix = "" if size == 28 else f"_{size}"  # medmnist's keys: url, MD5, url_64, MD5_64, ...
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        getattr(medmnist, info["python_class"])(split="train", root=str(root), download=True)
+        getattr(medmnist, info["python_class"])(split="train", root=str(root), download=True, size=size)
     except Exception as err:  # medmnist wraps every download failure in a bare RuntimeError
         path.unlink(missing_ok=True)
         if created:
             shutil.rmtree(root, ignore_errors=True)
-        raise SearchError(f"{flag}: {path} is missing and the download from {info['url']} failed "
-                          f"({type(err).__name__}); place {path.name} (MD5 {info['MD5']}) in {root}, or set "
+        raise SearchError(f"{flag}: {path} is missing and the download from {info['url' + suffix]} failed "
+                          f"({type(err).__name__}); place {path.name} (MD5 {info['MD5' + suffix]}) in {root}, or set "
                           f"data_dir / $SEARCH_DATA_DIR to the folder that holds it") from None
 
 
@@ -222,7 +237,7 @@ def _register_medmnist() -> None:
         if cls is None or not issubclass(cls, MedMNIST2D):
             continue  # the 3D volumes are not 28x28 images
         register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
-                                     _medmnist_reader(flag)))
+                                     _medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,)))))
 
 
 # --- MNIST -----------------------------------------------------------------------------------------------
@@ -272,7 +287,7 @@ def _find_mnist(root: Path) -> dict[str, Path] | None:
     return None
 
 
-def _read_mnist(root: Path, download: bool) -> Arrays:
+def _read_mnist(root: Path, download: bool, size: int = 28) -> Arrays:
     files = _find_mnist(root)
     if files is None:
         if not download:
@@ -320,7 +335,7 @@ register_dataset(DatasetInfo("mnist", 1, 10, "multi-class", _read_mnist))
 DIGITS_SPLIT_SEED = 0
 
 
-def _read_digits(root: Path, download: bool) -> Arrays:
+def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -7,14 +7,17 @@ the device, step, and evaluate on val. `on_epoch(epoch, metrics)` may stop the r
 Speed notes (figures from bench/epoch_speed.py):
 - The whole split lives on the device as uint8; a batch is one index_select, no DataLoader, no PIL, no host copy.
 - The training loss is summed on the device and read once per epoch, so the CPU never waits for the GPU mid-epoch.
-- On CUDA: bf16 autocast, channels_last and fused optimizers (Tensor Cores; fewer kernel launches).
+- On CUDA: bf16 autocast (`precision`), channels_last and fused optimizers (Tensor Cores; fewer kernel launches);
+  `compile: true` adds torch.compile. bench/gpu_proof.py measures all of it on a GPU in one command.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +34,7 @@ from search.train.config import TrainConfig, atomic_write
 from search.train.data import Data, Split, load
 from search.train.metrics import evaluate_scores, is_multi_label, predict
 
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
 
 
@@ -47,6 +50,63 @@ def resolve_device(name: str) -> torch.device:
             raise SearchError(f"device '{name}' does not exist; valid: cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return dev
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None means plain float32.
+
+    auto: bf16 on a CUDA card that supports it, else fp32 (always fp32 on the CPU). bf16 is accepted on the CPU
+    too (CPU autocast; slower than fp32 on CPUs without bf16 instructions). fp16 needs CUDA: it trains with a
+    gradient scaler, which this project runs only there.
+    """
+    cuda = device.type == "cuda"
+    if name == "fp32" or (name == "auto" and not (cuda and torch.cuda.is_bf16_supported())):
+        return None
+    if name in ("auto", "bf16"):
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise SearchError(f"precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                              f"valid here: auto, fp16, fp32")
+        return torch.bfloat16
+    if name == "fp16":
+        if not cuda:
+            raise SearchError(f"precision fp16 needs a CUDA GPU (device is {device}); "
+                              f"valid on the CPU: auto, bf16, fp32")
+        return torch.float16
+    raise SearchError(f"precision '{name}' is not known; valid: auto, bf16, fp16, fp32")
+
+
+def physical_gpu(index: int, visible: str | None) -> str:
+    """The card that CUDA's device ``index`` is, as the machine names it: "GPU 2" when CUDA_VISIBLE_DEVICES=2.
+
+    ``visible`` is the value of CUDA_VISIBLE_DEVICES (None or "" when unset: every card, in CUDA's order). A UUID
+    entry (GPU-..., MIG-...) is returned as it is.
+    """
+    entries = [e.strip() for e in (visible or "").split(",") if e.strip()]
+    if index < len(entries):
+        entry = entries[index]
+        return f"GPU {entry}" if entry.isdigit() else entry
+    return f"GPU {index}"
+
+
+def device_label(device: torch.device) -> str:
+    """Which card a worker trains on: "cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)"; "cpu" else.
+
+    Every supervised worker sees its card as cuda:0 through CUDA_VISIBLE_DEVICES; this names the physical one.
+    """
+    if device.type != "cuda":
+        return str(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    details = [props.name]
+    if all(hasattr(props, k) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        details.append(f"PCI {props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
+    return f"cuda:{index} = {physical_gpu(index, os.environ.get('CUDA_VISIBLE_DEVICES'))} ({', '.join(details)})"
+
+
+def _grad_scaler(enabled: bool) -> Any:
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
 @dataclass
@@ -86,16 +146,32 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # weight init and dropout
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)  # shuffling and augmentation
         cuda = device.type == "cuda"
+        if cuda:
+            # cuDNN times its convolution algorithms once per input shape and keeps the fastest; a trial's shapes
+            # are fixed (drop-last batches), so this pays from the first epoch. Runs agree within a tolerance,
+            # not bit for bit (tests/test_gpu.py states it).
+            torch.backends.cudnn.benchmark = True
         # channels_last: cuDNN picks NHWC Tensor Core kernels, and oneDNN on the CPU runs simple_cnn_v2's
         # training step 1.7x faster (910 vs 590 images/s on one core here). bf16 halves memory traffic on CUDA.
         self.memory_format = torch.channels_last
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+        self.amp_dtype = resolve_precision(cfg.precision, device)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        self.autocast = torch.autocast(device.type, dtype=self.amp_dtype or torch.float32,
+                                       enabled=self.amp_dtype is not None)
+        # fp16's narrow range needs loss scaling; bf16 has float32's range and needs none.
+        self.scaler = _grad_scaler(self.amp_dtype == torch.float16)
         try:
             self.model = build_model(cfg.architecture, in_channels=info.channels, num_classes=info.num_classes,
-                                     dropout=cfg.dropout, pretrained=cfg.pretrained)
+                                     dropout=cfg.dropout, pretrained=cfg.pretrained, size=cfg.size)
         except ModelError as err:  # models knows nothing of search; here its user errors become ours
             raise SearchError(str(err)) from None
         self.model.to(device=device, memory_format=self.memory_format)
+        self.compiled = bool(cfg.compile and cuda)
+        if self.compiled:
+            # In place (nn.Module.compile), so state_dict keys stay those of the plain model. Inductor warns that
+            # TF32 is off; that is the meaning of precision fp32, and the warning would reach the user's terminal.
+            warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")
+            self.model.compile()
         self.augment = make_augment(cfg.augmentation, channels=info.channels)
         if info.multi_label:
             smooth = cfg.label_smoothing
@@ -121,8 +197,14 @@ class Trainer:
         with self.autocast:
             loss = self.loss_fn(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            # Fused optimizers take the scale and the inf check inside their kernel: no host sync per step.
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
 
@@ -151,10 +233,11 @@ class Trainer:
         """`evaluate`, plus the (N, K) class probabilities on the device: a confusion matrix needs no second pass."""
         self.model.eval()
         logits = []
-        for i in range(0, len(split), EVAL_BATCH):
+        step = max(self.cfg.batch_size, EVAL_BATCH * 28 * 28 // (self.cfg.size * self.cfg.size))
+        for i in range(0, len(split), step):
             interrupt.check()
             with self.autocast:
-                logits.append(self.model(self.inputs(split.images[i:i + EVAL_BATCH], train=False)).float())
+                logits.append(self.model(self.inputs(split.images[i:i + step], train=False)).float())
         out = torch.cat(logits)
         task = self.data.info.task
         if self.data.info.multi_label:
@@ -200,7 +283,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     """Train `cfg`; keep the weights of the epoch with the best `cfg.metric` on the validation split."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
     trainer = Trainer(cfg, data, device)
     key = cfg.metric.removeprefix("val_")
     result = FitResult(trainer, "completed", None, {})
@@ -262,6 +345,7 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
         "seconds": round(result.seconds, 3), "params": result.params,
         "images_per_second": round(result.images_per_second, 1),
         "device": str(result.trainer.device), "dataset": cfg.dataset, "architecture": cfg.architecture,
+        "precision": result.trainer.precision, "compiled": result.trainer.compiled, "size": cfg.size,
         "seed": cfg.seed, "task": data.info.task,
         # from the same test pass as test_acc: rows are true classes, columns predicted ones
         "test_confusion": per_class["confusion"], "test_per_class_acc": per_class["per_class_acc"],
