@@ -147,10 +147,16 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
           devices: str | None, data_dir: str | None, seed: int | None) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
-    from search.hpo import supervisor
     from search.hpo.urls import resolve_url
 
-    spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
+    try:
+        # Loading torch and Optuna takes seconds and writes nothing: a Ctrl-C meanwhile stops it at once.
+        with interrupt.raising():
+            from search.hpo import supervisor
+
+            spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
+    except KeyboardInterrupt:  # interrupt.Stop
+        raise Interrupted.before_start(interrupt.requested()) from None
     raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
 
 

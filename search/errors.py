@@ -27,3 +27,9 @@ class Interrupted(SearchError):
     (128 + SIGINT), as a shell reports a command that Ctrl-C ended."""
 
     exit_code = 130
+
+    @classmethod
+    def before_start(cls, signame: str | None) -> Interrupted:
+        """The stop of a search that had not started a trial yet."""
+        return cls(f"interrupted ({signame}) before any trial started; nothing was run. "
+                   f"Run the same command again to start.")

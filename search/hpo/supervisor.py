@@ -329,13 +329,12 @@ def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | Non
           echo: Callable[[str], None]) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     try:
-        interrupt.check()
-        plan_devices(workers, devices)  # a bad --devices fails before anything is written
+        with interrupt.raising():  # loads torch: seconds, and nothing written yet
+            plan_devices(workers, devices)  # a bad --devices fails before anything is written
         prepare_data(spec)
         ensure_study(spec, storage_url)
         interrupt.check()
     except KeyboardInterrupt:  # interrupt.Stop
-        raise Interrupted(f"interrupted ({interrupt.requested()}) before any trial started; nothing was run. "
-                          f"Run the same command again to start.") from None
+        raise Interrupted.before_start(interrupt.requested()) from None
     return Supervisor(spec, storage_url, workers=workers, trials=spec.trials, timeout=spec.timeout,
                       devices=devices, seed_offset=0, echo=echo).run()
