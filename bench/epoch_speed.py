@@ -100,8 +100,10 @@ def engine(root: Path, device: torch.device, steps: int, warmup: int) -> tuple[f
     return steps * 128 / seconds, flops * steps / seconds / 1e9, load_seconds
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The measured matrix-product rate of ``device`` in ``dtype`` (GFLOP/s): the ceiling a training step is
+    compared to (bench/gpu_proof.py asks for bf16)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)

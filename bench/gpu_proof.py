@@ -124,16 +124,9 @@ def check_pytest(out: Path, plan: Plan) -> dict[str, Any]:
 
 def matmul_tflops(device: torch.device, n: int, reps: int = 10) -> float:
     """The measured bf16 matrix-product rate of ``device`` (TFLOP/s), the ceiling the engine is compared to."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    from epoch_speed import matmul_gflops  # bench/ is on sys.path (above)
+
+    return matmul_gflops(device, n, reps, dtype=torch.bfloat16) / 1000
 
 
 def reference_epoch(root: Path, device: torch.device, arch: str, batch: int) -> dict[str, float]:

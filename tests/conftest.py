@@ -8,7 +8,11 @@ from typing import Iterator
 import pytest
 
 from tests import pg
-from tests.helpers import Searched, search_tiny, write_medmnist_npz
+from tests.helpers import Searched, search_tiny, sigint_as_in_a_terminal, write_medmnist_npz
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    sigint_as_in_a_terminal()  # the signal tests send Ctrl-C to the commands they start, as a terminal would
 
 
 @pytest.fixture

@@ -207,6 +207,14 @@ def search_tiny(tmp_path_factory) -> Searched:
     return Searched(root, trials, train.stdout, root / "out")
 
 
+def sigint_as_in_a_terminal() -> None:
+    """A command a terminal runs in the foreground has SIGINT at its default. This process may have it ignored
+    (started in the background by a shell), and ignored signals stay ignored in the commands it starts, which
+    would then rightly ignore Ctrl-C: undo that before starting them."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # --- Ctrl-C: a command in its own process group, stopped as a terminal stops it (tests/test_ctrl_c.py, bench/ctrl_c.py)
 
 STOP_LIMIT_S = 30  # the promise: stopped within 30 s of the signal
@@ -238,6 +246,7 @@ class Interruptible:
 
     @classmethod
     def start(cls, args: list[str], cwd: Path) -> Interruptible:
+        sigint_as_in_a_terminal()
         proc = subprocess.Popen(search_cmd() + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=cli_env(), start_new_session=True)
         run = cls(proc)
