@@ -207,6 +207,21 @@ def search_tiny(tmp_path_factory) -> Searched:
     return Searched(root, trials, train.stdout, root / "out")
 
 
+def _wait_for_exec(pid: int, word: str, timeout: float = 10) -> None:
+    """Until the child runs the command (its /proc cmdline names it). Before that it is still a copy of this
+    process between fork and exec: a signal there is a property of this harness (a terminal's shell resets SIGINT
+    in that instant), not of the command under test."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if word.encode() in cmdline.read_bytes().split(b"\0"):
+                return
+        except OSError:  # gone already: the caller sees its exit
+            return
+        time.sleep(0.001)
+
+
 def sigint_as_in_a_terminal() -> None:
     """A command a terminal runs in the foreground has SIGINT at its default. This process may have it ignored
     (started in the background by a shell), and ignored signals stay ignored in the commands it starts, which
@@ -250,6 +265,8 @@ class Interruptible:
         proc = subprocess.Popen(search_cmd() + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=cli_env(), start_new_session=True)
         run = cls(proc)
+        _wait_for_exec(proc.pid, args[0])
+        run.started = time.monotonic()
         for stream, lines in ((proc.stdout, run.out), (proc.stderr, run.err)):
             threading.Thread(target=lambda s=stream, ls=lines: ls.extend(iter(s.readline, "")), daemon=True).start()
         return run
@@ -293,6 +310,12 @@ def running(db: Path, name: str) -> bool:
 
 def assert_clean_stop(run: Interruptible, seconds: float, db: Path, name: str) -> None:
     """The outcome the user is promised, whatever the moment."""
+    if run.proc.returncode == -signal.SIGINT and not run.text():
+        # The signal came before the interpreter ran a line of ours (its own start-up, a few ms): SIGINT's default
+        # action ended it, nothing was printed or written, and a shell reports exit status 130 (128 + 2).
+        assert not trials_so_far(db, name) or not [t for t in trials_so_far(db, name)
+                                                   if t.state == TrialState.RUNNING]
+        return
     assert run.proc.returncode == 130, run.text()
     assert seconds < STOP_LIMIT_S, f"stopped {seconds:.1f} s after the signal"
     errors = [line for line in run.err if line.strip()]
