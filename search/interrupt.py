@@ -79,14 +79,13 @@ def raising() -> Iterator[None]:
 
 @contextmanager
 def shielded_children() -> Iterator[None]:
-    """Processes started inside this block begin with SIGINT ignored and SIGTERM blocked.
-
-    Ignored SIGINT stays ignored across exec (Python then installs no KeyboardInterrupt handler), so the
-    terminal's Ctrl-C never reaches a worker; blocked SIGTERM waits in the kernel until the worker has set its
-    handler (`install` unblocks it), so a worker stopped while it still imports torch stops cleanly too, instead
-    of dying half-started. Both signals are blocked in this process meanwhile: one that comes during the switch
-    waits and reaches this process's own handler afterwards. None is lost, and none finds a handler
-    half-replaced (signal.signal runs any pending handler before it switches).
+    """Processes started inside this block begin with SIGINT ignored: an ignored signal stays ignored across
+    exec (Python then installs no KeyboardInterrupt handler), so the terminal's Ctrl-C never reaches a worker.
+    (SIGTERM is not shielded: a multiprocessing spawn child does not inherit the blocked mask, so a SIGTERM while a
+    worker still imports ends it by the default action, silently; the supervisor kills such workers anyway.) Both
+    signals are blocked in this process meanwhile, so one that comes during the switch waits in the kernel and
+    reaches this process's own handler afterwards. Known gap: a SIGINT that arrives between the block and the
+    switch to SIG_IGN is discarded by that switch (POSIX discards a pending signal set to SIG_IGN).
     """
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
