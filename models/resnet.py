@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import WeightsEnum
-from torchvision.models import resnet as tv
 
 from models.layers import Dropout
 from models.registry import ModelError, register_model
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 __all__ = ["ImageNetInput", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -58,8 +59,6 @@ def _new_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequenti
 
 def _resnet(
     name: str,
-    builder: Callable[..., tv.ResNet],
-    weights: WeightsEnum,
     *,
     in_channels: int,
     num_classes: int,
@@ -67,6 +66,12 @@ def _resnet(
     pretrained: bool,
     size: int = 28,
 ) -> nn.Module:
+    # torchvision is imported here, not at the top: importing it loads its detection ops and torch._dynamo
+    # (2 s on a small CPU), which every `search` process would pay at start, whatever model it trains.
+    from torchvision.models import resnet as tv
+
+    builder = getattr(tv, name)
+    weights = getattr(tv, f"ResNet{name.removeprefix('resnet')}_Weights").IMAGENET1K_V1
     if pretrained:
         return _pretrained(name, builder, weights, in_channels=in_channels, num_classes=num_classes, dropout=dropout)
     model = builder(weights=None)
@@ -83,7 +88,7 @@ def _resnet(
 
 def _pretrained(
     name: str,
-    builder: Callable[..., tv.ResNet],
+    builder: Callable[..., nn.Module],
     weights: WeightsEnum,
     *,
     in_channels: int,
@@ -112,47 +117,37 @@ def _pretrained(
 def resnet18(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
              size: int = 28) -> nn.Module:
     """ResNet-18; ``dropout`` precedes the final linear layer."""
-    return _resnet(
-        "resnet18", tv.resnet18, tv.ResNet18_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
-    )
+    return _resnet("resnet18", in_channels=in_channels, num_classes=num_classes, dropout=dropout,
+                   pretrained=pretrained, size=size)
 
 
 @register_model("resnet34", reference=_REFERENCE, pretrained=True)
 def resnet34(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
              size: int = 28) -> nn.Module:
     """ResNet-34; ``dropout`` precedes the final linear layer."""
-    return _resnet(
-        "resnet34", tv.resnet34, tv.ResNet34_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
-    )
+    return _resnet("resnet34", in_channels=in_channels, num_classes=num_classes, dropout=dropout,
+                   pretrained=pretrained, size=size)
 
 
 @register_model("resnet50", reference=_REFERENCE, pretrained=True)
 def resnet50(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
              size: int = 28) -> nn.Module:
     """ResNet-50; ``dropout`` precedes the final linear layer."""
-    return _resnet(
-        "resnet50", tv.resnet50, tv.ResNet50_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
-    )
+    return _resnet("resnet50", in_channels=in_channels, num_classes=num_classes, dropout=dropout,
+                   pretrained=pretrained, size=size)
 
 
 @register_model("resnet101", reference=_REFERENCE, pretrained=True)
 def resnet101(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
               size: int = 28) -> nn.Module:
     """ResNet-101; ``dropout`` precedes the final linear layer."""
-    return _resnet(
-        "resnet101", tv.resnet101, tv.ResNet101_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
-    )
+    return _resnet("resnet101", in_channels=in_channels, num_classes=num_classes, dropout=dropout,
+                   pretrained=pretrained, size=size)
 
 
 @register_model("resnet152", reference=_REFERENCE, pretrained=True)
 def resnet152(*, in_channels: int, num_classes: int, dropout: float = 0.5, pretrained: bool = False,
               size: int = 28) -> nn.Module:
     """ResNet-152; ``dropout`` precedes the final linear layer."""
-    return _resnet(
-        "resnet152", tv.resnet152, tv.ResNet152_Weights.IMAGENET1K_V1,
-        in_channels=in_channels, num_classes=num_classes, dropout=dropout, pretrained=pretrained, size=size,
-    )
+    return _resnet("resnet152", in_channels=in_channels, num_classes=num_classes, dropout=dropout,
+                   pretrained=pretrained, size=size)

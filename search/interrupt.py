@@ -7,9 +7,9 @@ Long work polls instead, at safe points: the training loop checks once per batch
 per loop turn, a worker between trials. Blocking calls that cannot poll (serving the dashboard, a download) run
 inside `raising()`, where the first signal raises at once.
 
-Worker processes start with SIGINT ignored (`shielded_children`): the terminal's Ctrl-C reaches the whole
-process group, and the supervisor alone decides how its workers stop (SIGTERM, which they record like this). A
-worker therefore never sees two signals for one Ctrl-C, and never prints a traceback for one.
+Worker processes start with both signals blocked (`shielded_children`) and then ignore SIGINT
+(`install_in_worker`): the terminal's Ctrl-C reaches the whole process group, and the supervisor alone decides
+how its workers stop (SIGTERM, which they record like this). A worker never prints a traceback for a Ctrl-C.
 
 This module imports nothing of the project: every floor may use it.
 """
@@ -40,17 +40,25 @@ def _on_signal(signum: int, _frame: Any) -> None:
         raise Stop(_received)
 
 
-def install() -> None:
-    """Record SIGINT and SIGTERM from now on. A signal the process inherited as ignored stays ignored: a worker
-    started by the supervisor (SIGINT), or a command started in the background by a shell. A stop signal that
-    the process inherited as blocked (a worker: see `shielded_children`) is unblocked once its handler is set,
-    so one that came during start-up is recorded now."""
+def install(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+    """Record ``signals`` (SIGINT and SIGTERM) from now on. A signal the process inherited as ignored stays ignored
+    (a command started in the background by a shell). A recorded signal that the process inherited as blocked (a
+    worker: see `shielded_children`) is unblocked once its handler is set, so one that came during start-up is
+    recorded now."""
     installed = set()
-    for signum in STOP_SIGNALS:
+    for signum in signals:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _on_signal)
             installed.add(signum)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, installed)
+
+
+def install_in_worker() -> None:
+    """A worker process's first line: deaf to SIGINT (the terminal's Ctrl-C is the supervisor's to handle; one
+    that came during start-up is discarded), SIGTERM recorded."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    install((signal.SIGTERM,))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def requested() -> str | None:
@@ -79,18 +87,23 @@ def raising() -> Iterator[None]:
 
 @contextmanager
 def shielded_children() -> Iterator[None]:
-    """Processes started inside this block begin with SIGINT ignored: an ignored signal stays ignored across
-    exec (Python then installs no KeyboardInterrupt handler), so the terminal's Ctrl-C never reaches a worker.
-    (SIGTERM is not shielded: a multiprocessing spawn child does not inherit the blocked mask, so a SIGTERM while a
-    worker still imports ends it by the default action, silently; the supervisor kills such workers anyway.) Both
-    signals are blocked in this process meanwhile, so one that comes during the switch waits in the kernel and
-    reaches this process's own handler afterwards. Known gap: a SIGINT that arrives between the block and the
-    switch to SIG_IGN is discarded by that switch (POSIX discards a pending signal set to SIG_IGN).
+    """Processes started inside this block begin with SIGINT and SIGTERM blocked, and a worker's first line
+    (`install_in_worker`) ignores SIGINT and records SIGTERM: until then neither can interrupt its start-up (torch
+    and Optuna loading), so it never prints a traceback for a Ctrl-C. Both are blocked in this thread meanwhile:
+    one that comes now is taken by another thread (whose C-level handler flags it for this one) or waits in the
+    kernel until the block ends; either way this process's handler records it. No
+    handler is changed here: setting SIG_IGN, even briefly, would discard a signal already pending (POSIX), and a
+    Ctrl-C would be lost: this process has other threads (torch's), and a signal that one of them takes while
+    the handler is SIG_IGN is dropped.
+
+    multiprocessing's resource tracker unblocks both signals in the calling thread when it starts (on the first
+    spawn of a process's life), which would end the block before the worker is spawned: it is started first.
     """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -4,8 +4,8 @@ A supervised worker talks to its supervisor over one pipe, in the messages below
 ticket (the supervisor alone keeps the budget exact), says which trial it started (so the supervisor can fail that
 trial if this process dies), and reports each finished trial.
 
-Stopping (search/interrupt.py): a supervised worker starts with SIGINT ignored and SIGTERM blocked; it records
-SIGTERM from its first line on and stops at the next safe point (a batch boundary, or while it waits for a
+Stopping (search/interrupt.py): a supervised worker starts with SIGINT and SIGTERM blocked; from its first line
+on it ignores SIGINT, records SIGTERM and stops at the next safe point (a batch boundary, or while it waits for a
 ticket). Its running trial is then FAIL with reason "interrupted" (Optuna fails a trial whose objective raised a
 KeyboardInterrupt, and re-raises it).
 """
@@ -95,7 +95,7 @@ def set_threads(device: str, threads: int) -> None:
 def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
                threads: int) -> None:
     """A supervised worker's process: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
-    interrupt.install()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT stays ignored
+    interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
     quiet_logs()
     from search.hpo.objective import Objective
 
