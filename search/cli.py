@@ -8,14 +8,9 @@ from pathlib import Path
 
 import click
 
-from search import __version__, interrupt
+from search import __version__, interrupt, quiet
 from search.errors import Interrupted, SearchError
 from search.hpo.urls import DEFAULT_STORAGE
-
-
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 class _OneLineErrors(click.Group):
@@ -61,6 +56,11 @@ def _stops_at_once(fn):  # type: ignore[no-untyped-def]
     return run
 
 
+ALLOW_CHANGES = click.option(
+    "--allow-changes", is_flag=True,
+    help="Go on with a study although its file differs from the definition it was created with (recorded).")
+
+
 def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
     """The --storage option of every command that opens the study store; only the first words of its help differ."""
     return click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}).")
@@ -70,15 +70,8 @@ def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-de
 @click.version_option(__version__, prog_name="search")
 def main() -> None:
     """Hyperparameter search for image classifiers on MNIST and MedMNIST, built on Optuna."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_OneLine())
-    log = logging.getLogger("search")
-    if not log.handlers:
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress lines say what happens
+    quiet.our_log()
+    quiet.libraries()
 
 
 @main.command()
@@ -144,8 +137,9 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @click.option("--devices", help="GPU indices to use, e.g. 0,1; or cpu.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
+@ALLOW_CHANGES
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
-          devices: str | None, data_dir: str | None, seed: int | None) -> None:
+          devices: str | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
     from search.hpo.urls import resolve_url
 
@@ -157,7 +151,8 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
             spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None
-    raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo))
+    raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo,
+                                      allow_changes=allow_changes))
 
 
 
@@ -165,11 +160,16 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
 @storage_option("Study store URL shared by all workers")
 @click.option("--trials", type=click.IntRange(min=1), help="Stop once the study has this many finished trials.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for training on the CPU (default: $OMP_NUM_THREADS, else all cores); give each of "
+                   "K workers on one host its share: cores / K.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + pid).")
-def worker(study: str, storage: str | None, trials: int | None, device: str, data_dir: str | None,
-           seed: int | None) -> None:
+@ALLOW_CHANGES
+def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
+           threads: int | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import os
 
@@ -178,13 +178,14 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
     from search.hpo.urls import resolve_url
     from search.train.engine import resolve_device
 
-    spec = _spec(study, data_dir=data_dir, trials=trials)
+    spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout)
     dev = str(resolve_device(device))
     url = resolve_url(storage)
     supervisor.prepare_data(spec)
-    supervisor.ensure_study(spec, url)
+    supervisor.ensure_study(spec, url, allow_changes=allow_changes)
     offset = seed if seed is not None else os.getpid()
-    raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, seed_offset=offset, echo=click.echo))
+    raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset,
+                                  echo=click.echo))
 
 
 @main.command()
@@ -192,12 +193,17 @@ def worker(study: str, storage: str | None, trials: int | None, device: str, dat
 @storage_option()
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every trial (state, value, parameters, epochs run, seconds) to this CSV file.")
+@click.option("--trial", type=click.IntRange(min=0),
+              help="One trial: its state, parameters, values per epoch, reason, worker, device and log's end.")
 @_stops_at_once
-def status(study: str, storage: str | None, csv_file: Path | None) -> None:
-    """Counts by state, the best trial, the top 5 and the best per architecture."""
+def status(study: str, storage: str | None, csv_file: Path | None, trial: int | None) -> None:
+    """Counts by state, the best trial, the top 5 and the best per architecture; or one trial in detail."""
     from search.results import trials as export
 
     loaded = export.load(study, storage)
+    if trial is not None:
+        click.echo(export.trial_detail(loaded, trial, storage))
+        return
     written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
     click.echo(export.summary(loaded))
     if written is not None:

@@ -93,6 +93,7 @@ def test_kill_9_of_a_worker_fails_its_trial_once_retries_it_and_replaces_the_wor
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) >= 3  # the two first workers and the replacement
     assert "started replacement" in out
+    assert "Warning" not in out and "Traceback" not in out  # no library warning reaches the terminal
 
 
 def test_sigint_stops_within_30_s_and_the_rerun_resumes(tmp_path):

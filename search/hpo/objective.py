@@ -19,10 +19,11 @@ from typing import Callable
 import optuna
 import torch
 
+from search.hpo import trial_log
 from search.hpo.studies import StudySpec, trial_config
 from search.hpo.urls import worker_id
 from search.results import artifacts
-from search.train import engine
+from search.train import checkpoint, engine
 
 log = logging.getLogger("search")
 _UNSET = object()
@@ -37,20 +38,32 @@ class Objective:
         self.spec, self.device, self.on_start = spec, device, on_start
         self._artifacts: object | Path | None = _UNSET  # the artifact folder, found at the first trial
         self._batch_size: int | None = None  # of the trial running now
+        self._checkpoint: Path | None = None  # of the trial running now
+        self.trial_number: int | None = None  # the trial running now, or the last one
 
     def __call__(self, trial: optuna.Trial) -> float:
-        try:
-            return self._run(trial)
-        except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
-            trial.set_user_attr("reason", "interrupted")
-            raise
-        except (optuna.TrialPruned, Diverged):
-            raise
-        except Exception as err:  # recorded with the trial; Optuna marks it FAIL
-            if not is_out_of_memory(err):
-                trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
+        self.trial_number = trial.number
+        interrupted = False  # then the checkpoint outlives the trial (its retry resumes from it), and no log is kept
+        with trial_log.capture() as log:
+            try:
+                return self._run(trial)
+            except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
+                interrupted = True
+                trial.set_user_attr("reason", "interrupted")
                 raise
-            reason = f"CUDA out of memory at batch_size {self._batch_size}"
+            except (optuna.TrialPruned, Diverged):
+                raise
+            except Exception as err:  # recorded with the trial; Optuna marks it FAIL
+                log.traceback()
+                if not is_out_of_memory(err):
+                    trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
+                    raise
+                reason = f"CUDA out of memory at batch_size {self._batch_size}"
+            finally:
+                if not interrupted:
+                    if self._checkpoint is not None:
+                        self._checkpoint.unlink(missing_ok=True)
+                    self._upload_log(trial, log)
         # Out of the except block, the error and its traceback are gone, and with them the frames that held the
         # trial's model, optimizer state and activations: free them now, so the next trial finds the card empty.
         release_memory()
@@ -65,6 +78,7 @@ class Objective:
         cfg = trial_config(self.spec, trial)
         self._batch_size = cfg.batch_size
         trial.set_user_attr("config", cfg.to_dict())  # device 'auto': the exported file runs anywhere
+        resume = self._resume(trial, cfg.to_dict())
         pruned = False
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
@@ -75,12 +89,13 @@ class Objective:
             pruned = trial.should_prune()
             return pruned
 
-        result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch)
+        result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
+                            resume=resume)
         trial.set_user_attr("params", result.params)
-        trial.set_user_attr("epochs_run", len(result.history))
-        if result.history:
-            trial.set_user_attr("epoch_seconds", round(sum(h["seconds"] for h in result.history)
-                                                       / len(result.history), 3))
+        trial.set_user_attr("epochs_run", result.epochs_trained)
+        own = result.history[result.resumed_at - 1:]
+        if own:
+            trial.set_user_attr("epoch_seconds", round(sum(h["seconds"] for h in own) / len(own), 3))
             trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
         outcome = "diverged" if result.outcome == "diverged" else "pruned" if pruned else "complete"
         self._upload(trial, result, outcome)
@@ -92,12 +107,50 @@ class Objective:
         return result.best[self.spec.metric]
 
 
-    def _upload(self, trial: optuna.Trial, result: engine.FitResult, outcome: str) -> None:
-        """Once per trial, after training: its files for the dashboard. Never fails the trial."""
+    def _folder(self, trial: optuna.Trial) -> Path | None:
         if self._artifacts is _UNSET:
             self._artifacts = artifacts.artifact_dir(artifacts.storage_url(trial.storage))
-        folder = self._artifacts
-        if not isinstance(folder, Path) or not result.history:
+        return self._artifacts if isinstance(self._artifacts, Path) else None
+
+    def _resume(self, trial: optuna.Trial, config: dict) -> dict | None:
+        """Where this trial checkpoints its epochs; the state to resume from when it retries a stopped trial.
+
+        A retry (search/hpo/storage.py: retry_once) takes over the checkpoint of the trial it retries, by renaming
+        it: if the retry is stopped too, its own retry finds it. One that cannot be used is reported in one line
+        and the retry starts from epoch 1.
+        """
+        folder = self._folder(trial)
+        self._checkpoint = checkpoint_path(folder, self.spec.name, trial.number) if folder is not None else None
+        origin = trial.user_attrs.get("retry_of")
+        if origin is None:
+            return None
+        trial.set_user_attr("resumed_from_trial", origin)
+        old = checkpoint_path(folder, self.spec.name, origin) if folder is not None else None
+        state = None
+        if old is not None and self._checkpoint is not None and old.exists():
+            old.replace(self._checkpoint)
+            try:
+                state = checkpoint.load(self._checkpoint, config)
+            except checkpoint.CheckpointError as err:
+                log.warning("trial %d: %s; it starts again from epoch 1", trial.number, err)
+                trial.set_user_attr("resume_note", str(err))
+        trial.set_user_attr("resumed_at_epoch", state["epoch"] + 1 if state else 1)
+        return state
+
+    def _upload_log(self, trial: optuna.Trial, log: trial_log.TrialLog) -> None:
+        folder = self._folder(trial)
+        if folder is None:
+            return
+        try:
+            artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", log.text())
+        except Exception as err:  # as for the learning curve: never at the cost of the trial's result
+            logging.getLogger("search").warning("trial %d: its log could not be saved to %s: %s", trial.number,
+                                                folder, err)
+
+    def _upload(self, trial: optuna.Trial, result: engine.FitResult, outcome: str) -> None:
+        """Once per trial, after training: its files for the dashboard. Never fails the trial."""
+        folder = self._folder(trial)
+        if folder is None or not result.history:
             return
         try:
             confusion = names = None
@@ -115,6 +168,11 @@ class Objective:
         except Exception as err:  # a full disk or a bad folder must not lose the trial's result
             log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
                         type(err).__name__, err)
+
+
+def checkpoint_path(folder: Path, study: str, number: int) -> Path:
+    """A trial's checkpoint: in the artifact folder, so that every worker that can reach one reaches the other."""
+    return folder / "checkpoints" / study / f"trial-{number}.pt"
 
 
 class Diverged(RuntimeError):

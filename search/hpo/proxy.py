@@ -14,7 +14,6 @@ or encrypted: keep it on 127.0.0.1 or a private network. The workers' side (grpc
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Callable
 
 import optuna
@@ -38,12 +37,10 @@ def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> Non
                                             host)
     echo(f"gRPC storage proxy for {mask(url)} on {host}:{port}; workers use --storage grpc://{host}:{port} "
          f"(Ctrl-C to stop)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            # get_storage wraps the RDB store in Optuna's trial cache, as run_grpc_proxy_server's docs ask.
-            optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(rdb), host=host, port=port)
-        except RuntimeError as err:  # grpc: "Failed to bind to address ..."
-            raise SearchError(f"cannot listen on {host}:{port} ({err}); choose another --port") from None
-        except KeyboardInterrupt:
-            echo("storage proxy stopped")
+    try:
+        # get_storage wraps the RDB store in Optuna's trial cache, as run_grpc_proxy_server's docs ask.
+        optuna.storages.run_grpc_proxy_server(optuna.storages.get_storage(rdb), host=host, port=port)
+    except RuntimeError as err:  # grpc: "Failed to bind to address ..."
+        raise SearchError(f"cannot listen on {host}:{port} ({err}); choose another --port") from None
+    except KeyboardInterrupt:
+        echo("storage proxy stopped")

@@ -11,8 +11,10 @@ in the ones shipped with the package (``studies/`` in the repository, installed 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -75,6 +77,16 @@ class StudySpec:
         """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
         return {**self.fixed, "dataset": self.dataset, "data_dir": self.data_dir, "epochs": self.epochs,
                 "metric": self.metric}
+
+    def definition(self) -> dict[str, Any]:
+        """What the study is, as stored with it when it is created (JSON): a start from a file that differs is
+        refused (search/hpo/supervisor.py: ensure_study). Not part of it: the name, the budget and timeout (a
+        start may raise them), the sampler seed (each worker has its own), and data_dir (where this machine keeps
+        the files: workers on other machines read the same dataset from other folders)."""
+        value = {"dataset": self.dataset, "metric": self.metric, "direction": self.direction, "epochs": self.epochs,
+                 "space": {name: dataclasses.asdict(p) for name, p in self.space.items()}, "fixed": self.fixed,
+                 "sampler": {k: v for k, v in self.sampler.items() if k != "seed"}, "pruner": self.pruner}
+        return json.loads(json.dumps(value, default=str))  # tuples become lists, as the store gives them back
 
     def sizes(self) -> list[int]:
         """The image sizes (pixels) its trials may use: the searched choices, else the fixed one, else 28."""

@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
@@ -27,7 +28,7 @@ from optuna.trial import TrialState
 from search import interrupt
 from search.errors import Interrupted, SearchError
 from search.hpo import worker
-from search.hpo.storage import FINISHED, fail_running
+from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
 
@@ -138,13 +139,12 @@ class Supervisor:
     def _worker_name(self, slot: Slot) -> str:
         return f"worker {slot.index} (pid {slot.process.pid})"
 
-    def _fail_trial(self, number: int, reason: str, *, retry: bool) -> None:
-        """Mark a RUNNING trial FAIL with `reason`; queue its parameters once more if `retry`."""
+    def _fail_trial(self, number: int, reason: str, *, interrupted: bool = False) -> None:
+        """Mark a RUNNING trial FAIL with `reason` (a FAIL one stays as it is); queue it to run again, resuming from
+        its checkpoint."""
         trial = fail_running(self.storage, self.study, number, reason)
-        if retry and trial is not None and trial.state == TrialState.FAIL:
-            from search.hpo.storage import retry_once
-
-            retry_once(self.study, trial)
+        if trial is not None and trial.state == TrialState.FAIL:
+            retry_once(self.study, trial, interrupted=interrupted)
 
     # -- the loop
 
@@ -186,10 +186,17 @@ class Supervisor:
             else:
                 p.failed += 1
                 p.fail_streak += 1
-                self.echo(f"trial {msg.number} failed: {msg.reason or 'no reason recorded'}")
+                self.echo(f"trial {msg.number} failed: {msg.reason or 'no reason recorded'} "
+                          f"(details: {self._status_command(msg.number)})")
                 if p.fail_streak >= FAIL_STREAK_BASE + FAIL_STREAK_PER_WORKER * len(self.slots):
                     self.abort = f"{p.fail_streak} trials in a row failed; the last: {msg.reason}"
             self._show()
+
+    def _status_command(self, number: int) -> str:
+        from search.hpo.urls import mask, resolve_url
+
+        where = "" if self.storage_url == resolve_url(None) else f" --storage {mask(self.storage_url)}"
+        return f"search status --study {self.spec.name}{where} --trial {number}"
 
     def _on_death(self, slot: Slot) -> None:
         slot.process.join()
@@ -202,9 +209,10 @@ class Supervisor:
         self.progress.deaths += 1
         reason = f"{self._worker_name(slot)} died ({how})"
         if slot.trial is not None:
-            self._fail_trial(slot.trial, reason, retry=True)
+            self._fail_trial(slot.trial, reason)
             self.progress.failed += 1
-            self.echo(f"trial {slot.trial} failed: {reason}; its parameters are queued once more")
+            self.echo(f"trial {slot.trial} failed: {reason}; it is queued once more and will resume from its last "
+                      f"finished epoch")
         else:
             self.echo(f"{reason}")
         if self.progress.deaths > DEATHS_PER_WORKER * len(self.slots):
@@ -284,13 +292,15 @@ class Supervisor:
                 slot.process.join()
         mine = {worker_id(s.process.pid) for s in started}
         stopped = {s.trial for s in started if s.trial is not None}  # a worker failed its own, or we do below
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") in mine or t.number in stopped:
-                self._fail_trial(t.number, "interrupted", retry=False)
-                stopped.add(t.number)
+        stopped |= {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("worker") in mine}
+        for number in sorted(stopped):  # each is queued again and resumes from its last finished epoch
+            self._fail_trial(number, "interrupted", interrupted=True)
         done = self.already + self.progress.finished
         if stopped:
-            what = f"running trials {', '.join(map(str, sorted(stopped)))} were marked FAIL (interrupted)"
+            numbers = ", ".join(map(str, sorted(stopped)))
+            what = (f"trial {numbers} was stopped and will resume from its last finished epoch" if len(stopped) == 1
+                    else f"trials {numbers} were stopped and will resume from their last finished epochs")
         else:
             what = "no trial was running" if self.progress.finished or self.progress.failed else "no trial had started"
         raise Interrupted(f"interrupted ({signame}); {what}; {done}/{self.trials} finished. "
@@ -300,8 +310,13 @@ class Supervisor:
 # --- entry points for the CLI ----------------------------------------------------------------------------
 
 
-def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
-    """Create the study in the store, or load it; record what `status` and `export` need to read it alone."""
+def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = False) -> optuna.Study:
+    """Create the study in the store, or load it; record what `status` and `export` need to read it alone.
+
+    The study's definition is stored with it. Starting it again from a file that differs would mix two searches
+    in one study: refused with the keys that changed, before anything is written, unless ``allow_changes`` (the
+    new definition is then stored, and the change recorded with its time in `definition_changes`).
+    """
     from search.hpo.storage import open_storage
 
     storage = open_storage(storage_url)
@@ -310,6 +325,18 @@ def ensure_study(spec: StudySpec, storage_url: str) -> optuna.Study:
     if study.direction.name.lower() != spec.direction:
         raise SearchError(f"study '{spec.name}' exists in the store with direction "
                           f"{study.direction.name.lower()}, but {spec.path} says {spec.direction}")
+    new, old = spec.definition(), study.user_attrs.get("definition")
+    changed = sorted(k for k in {**new, **(old or {})} if old is not None and old.get(k) != new.get(k))
+    if changed and not allow_changes:
+        raise SearchError(f"{spec.path} differs from the definition study '{spec.name}' was created with "
+                          f"({', '.join(changed)} changed); give the study a new name to start a new one, or add "
+                          f"--allow-changes to go on with this one knowingly")
+    if changed:
+        log = study.user_attrs.get("definition_changes", [])
+        study.set_user_attr("definition_changes",
+                            [*log, {"at": datetime.now().isoformat(timespec="seconds"), "changed": changed}])
+    if old != new:
+        study.set_user_attr("definition", new)
     for key, value in (("dataset", spec.dataset), ("metric", spec.metric), ("epochs", spec.epochs)):
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
@@ -326,13 +353,13 @@ def prepare_data(spec: StudySpec) -> None:
 
 
 def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
-          echo: Callable[[str], None]) -> int:
+          echo: Callable[[str], None], allow_changes: bool = False) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     try:
         with interrupt.raising():  # loads torch: seconds, and nothing written yet
             plan_devices(workers, devices)  # a bad --devices fails before anything is written
         prepare_data(spec)
-        ensure_study(spec, storage_url)
+        ensure_study(spec, storage_url, allow_changes=allow_changes)
         interrupt.check()
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None

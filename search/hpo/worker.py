@@ -11,9 +11,8 @@ KeyboardInterrupt, and re-raises it).
 """
 from __future__ import annotations
 
-import logging
 import os
-import warnings
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Callable
@@ -21,9 +20,9 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import interrupt
+from search import interrupt, quiet
 from search.errors import Interrupted
-from search.hpo.storage import FINISHED
+from search.hpo.storage import FINISHED, retry_once
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
 from search.hpo.urls import worker_id
 
@@ -69,15 +68,6 @@ def drain(conn: Connection) -> list[Message]:
 # --- a worker process -----------------------------------------------------------------------------------
 
 
-def quiet_logs() -> None:
-    # The supervisor prints progress and each failure's reason (kept in the trial's `reason`); Optuna's per-trial
-    # lines and tracebacks from N workers would bury it.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
-    # Study files opt into experimental sampler options knowingly (pathmnist: TPE group=True): not per worker.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
 def open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:
     from search.hpo.storage import open_storage
 
@@ -96,7 +86,7 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
                threads: int) -> None:
     """A supervised worker's process: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
     interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
-    quiet_logs()
+    quiet.libraries(worker=True)
     from search.hpo.objective import Objective
 
     try:
@@ -127,21 +117,28 @@ def _answer(conn: Connection) -> str:
 
 
 def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
-               echo: Callable[[str], None]) -> int:
+               echo: Callable[[str], None], threads: int | None = None) -> int:
     """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
     MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
     from search.hpo.objective import Objective
 
     interrupt.install()  # the CLI did already; a no-op then
-    quiet_logs()
-    if "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice (N workers on one host) and torch follows it
+    quiet.libraries(worker=True)
+    if threads is not None:
+        set_threads(device, threads)
+    elif "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice and torch follows it
         set_threads(device, os.cpu_count() or 1)
     study = open_study(spec, storage_url, seed_offset)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done >= trials:
         echo(f"study '{spec.name}' already has {done} finished trials (budget {trials}); nothing to do")
         return 0
-    echo(f"worker {worker_id()} on {device}: joining study '{spec.name}' ({done}/{trials} finished)")
+    where = device
+    if device == "cpu":
+        import torch
+
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    echo(f"worker {worker_id()} on {where}: joining study '{spec.name}' ({done}/{trials} finished)")
 
     def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         value = f"{t.value:.4f}" if t.value is not None else "-"
@@ -152,13 +149,24 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
         if interrupt.requested():
             study.stop()
 
+    objective = Objective(spec, device)
     try:
         interrupt.check()
-        study.optimize(Objective(spec, device), n_trials=None, timeout=spec.timeout, catch=(Exception,),
+        began = time.monotonic()
+        study.optimize(objective, n_trials=None, timeout=spec.timeout, catch=(Exception,),
                        gc_after_trial=False, callbacks=[
                            optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
         interrupt.check()
+        if spec.timeout is not None and time.monotonic() - began >= spec.timeout:
+            done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            echo(f"timeout of {spec.timeout:g} s reached with {done}/{trials} finished trials")
     except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
-        raise Interrupted(f"interrupted ({interrupt.requested()}): a trial in progress was marked FAIL "
-                          f"(interrupted); run the same command to go on") from None
+        what = "no trial was running"
+        number = objective.trial_number
+        if number is not None:
+            trial = study.get_trials(deepcopy=False)[number]
+            if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
+                retry_once(study, trial, interrupted=True)  # the next worker resumes it from its checkpoint
+                what = f"trial {number} was stopped and will resume from its last finished epoch"
+        raise Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on") from None
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FrozenTrial
 
 from search import env
 from search.hpo.urls import sqlite_path
@@ -58,6 +59,31 @@ def storage_url(storage: Any) -> str | None:
 def open_store(folder: Path) -> FileSystemArtifactStore:
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(folder)
+
+
+def upload_text(trial: optuna.Trial, folder: Path, name: str, text: str) -> None:
+    """Upload ``text`` as the trial's artifact ``name``."""
+    store = open_store(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text)
+        upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
+
+
+def read_text(trial: FrozenTrial, storage: Any, folder: Path | None, name: str) -> str | None:
+    """The text of the trial's artifact ``name``; None when it has none or the folder cannot be reached."""
+    if folder is None:
+        return None
+    from optuna.artifacts import get_all_artifact_meta
+
+    for meta in get_all_artifact_meta(trial, storage=storage):
+        if meta.filename == name:
+            try:
+                with FileSystemArtifactStore(folder).open_reader(meta.artifact_id) as f:
+                    return f.read().decode(errors="replace")
+            except Exception:  # removed, or another machine's folder: the caller says the log is missing
+                return None
+    return None
 
 
 def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[str, float]], outcome: str,

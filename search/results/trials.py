@@ -103,6 +103,38 @@ def write_csv(study: optuna.Study, out: Path) -> int:
     return len(rows)
 
 
+LOG_LINES = 30  # of a trial's log, in `search status --trial N`
+
+
+def trial_detail(study: optuna.Study, number: int, storage_url: str | None) -> str:
+    """`search status --trial N`: state, parameters, values per epoch, reason, worker, device, the end of its log."""
+    from search.results import artifacts
+
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        valid = f"0..{len(trials) - 1}" if trials else "none yet"
+        raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
+    t = trials[number]
+    attrs = t.user_attrs
+    value = f" {t.value:.4f}" if t.value is not None else ""
+    lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {_params(t) or '-'}",
+             "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
+                                     or "-")]
+    for key in ("reason", "worker", "device", "epochs_run", "resumed_from_trial", "resumed_at_epoch", "resume_note"):
+        if key in attrs:
+            lines.append(f"{key.replace('_', ' ')}: {attrs[key]}")
+    url = resolve_url(storage_url)
+    name = f"trial-{number}-log.txt"
+    text = artifacts.read_text(t, open_storage(url, must_exist=True, heartbeat=False), artifacts.artifact_dir(url),
+                               name)
+    if text is None:
+        lines.append(f"log: none ({name} is not in the artifact folder; set ${artifacts.ENV} where workers wrote it)")
+    else:
+        tail = text.rstrip("\n").splitlines()[-LOG_LINES:]
+        lines += [f"last {len(tail)} lines of {name}:", *("  " + line for line in tail)]
+    return "\n".join(lines)
+
+
 def _params(t: FrozenTrial) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
 

@@ -17,7 +17,6 @@ import math
 import os
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from torch import nn
 from models import ModelError, build_model
 from search import interrupt
 from search.errors import SearchError
+from search.train import checkpoint as checkpoint_mod
 from search.train import config as config_mod
 from search.train.augment import make_augment
 from search.train.config import TrainConfig, atomic_write
@@ -115,9 +115,15 @@ class FitResult:
     outcome: str  # "completed", "stopped" (on_epoch asked), "diverged" (non-finite loss)
     best_epoch: int | None  # 1-based; None when no epoch finished with a finite loss
     best: dict[str, float]  # the validation metrics of the best epoch
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # every epoch, those before a resume too
     seconds: float = 0.0
     reason: str | None = None
+    resumed_at: int = 1  # the first epoch this run trained itself (> 1 when it resumed from a checkpoint)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs this run trained itself: a resumed run does not count those of the run it continues."""
+        return max(0, len(self.history) - (self.resumed_at - 1))
 
     @property
     def model(self) -> nn.Module:
@@ -129,9 +135,10 @@ class FitResult:
 
     @property
     def images_per_second(self) -> float:
-        if not self.history:
+        own = self.history[self.resumed_at - 1:]
+        if not own:
             return 0.0
-        return sum(h["images_per_second"] for h in self.history) / len(self.history)
+        return sum(h["images_per_second"] for h in own) / len(own)
 
 
 class Trainer:
@@ -168,9 +175,8 @@ class Trainer:
         self.model.to(device=device, memory_format=self.memory_format)
         self.compiled = bool(cfg.compile and cuda)
         if self.compiled:
-            # In place (nn.Module.compile), so state_dict keys stay those of the plain model. Inductor warns that
-            # TF32 is off; that is the meaning of precision fp32, and the warning would reach the user's terminal.
-            warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")
+            # In place (nn.Module.compile), so state_dict keys stay those of the plain model. (Inductor's note that
+            # TF32 is off is silenced in search/quiet.py.)
             self.model.compile()
         self.augment = make_augment(cfg.augmentation, channels=info.channels)
         if info.multi_label:
@@ -279,8 +285,15 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: in
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = False) -> FitResult:
-    """Train `cfg`; keep the weights of the epoch with the best `cfg.metric` on the validation split."""
+def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = False,
+        checkpoint: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
+    """Train `cfg`; keep the weights of the epoch with the best `cfg.metric` on the validation split.
+
+    ``checkpoint``: after every epoch, the run's state is saved there (search/train/checkpoint.py), before
+    `on_epoch` hears of the epoch. ``resume``: a state loaded from such a file; the run goes on at the epoch after
+    it, exactly as if never stopped, and first hands `on_epoch` the epochs it resumes from, in order (a search
+    reports them to its pruner, which may stop the run there).
+    """
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
@@ -288,13 +301,23 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     key = cfg.metric.removeprefix("val_")
     result = FitResult(trainer, "completed", None, {})
     best_state: dict[str, torch.Tensor] | None = None
+    if resume is not None:
+        checkpoint_mod.restore(trainer, resume)
+        result.history, result.best_epoch, result.best = resume["history"], resume["best_epoch"], resume["best"]
+        best_state, result.resumed_at = resume["best_state"], resume["epoch"] + 1
+        for metrics in result.history:
+            if on_epoch is not None and on_epoch(int(metrics["epoch"]), metrics):
+                result.outcome = "stopped"
+                break
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=trainer.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(result.resumed_at, cfg.epochs + 1):
+            if result.outcome == "stopped":
+                break
             if bar is not None:
                 bar.reset()
                 bar.set_description(f"epoch {epoch}/{cfg.epochs}")
@@ -318,6 +341,8 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
                 result.best_epoch = epoch
                 result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
                 best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            if checkpoint is not None:
+                checkpoint_mod.save(checkpoint, trainer, result, best_state, epoch)
             if on_epoch is not None and on_epoch(epoch, metrics):
                 result.outcome = "stopped"
                 break
