@@ -32,11 +32,12 @@ def test_every_finished_trial_carries_its_learning_curve_and_a_complete_one_its_
     for t in done:
         files = files_of(searched, t)
         n = t.number
-        expected = {f"trial-{n}-learning-curve.png", f"trial-{n}-learning-curve.csv"}
+        expected = {f"trial-{n}-learning-curve.png", f"trial-{n}-learning-curve.csv", f"trial-{n}-log.txt"}
         if t.state == TrialState.COMPLETE:
             expected.add(f"trial-{n}-confusion-val.png")
         assert set(files) == expected, (t.state, set(files))
         assert all(data.startswith(PNG) for name, data in files.items() if name.endswith(".png"))
+        assert "Traceback" not in files[f"trial-{n}-log.txt"].decode()  # a log, and no failure in it
         rows = list(csv.DictReader(io.StringIO(files[f"trial-{n}-learning-curve.csv"].decode())))
         assert [int(r["epoch"]) for r in rows] == list(range(1, t.user_attrs["epochs_run"] + 1))
         # the curve is the one the pruner saw
@@ -77,6 +78,7 @@ def test_a_store_that_cannot_be_written_does_not_fail_the_trial(tmp_path, monkey
     assert trial.state == TrialState.COMPLETE and trial.value == trial.intermediate_values[1]
     assert get_all_artifact_meta(trial, storage=study._storage) == []
     assert any("trial 0: its learning curve could not be saved" in r.getMessage() for r in caplog.records)
+    assert any("the checkpoint could not be written" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("url, explicit, env, expected", [

@@ -34,8 +34,11 @@ OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cu
 class Objective:
     """Callable for Optuna: trains one trial on ``device`` and returns its best validation metric."""
 
-    def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None) -> None:
-        self.spec, self.device, self.on_start = spec, device, on_start
+    def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None,
+                 on_epoch: Callable[[int, int, int, float, float], None] | None = None) -> None:
+        """``on_start(number)``: a trial starts; ``on_epoch(number, epoch, epochs, value, images_per_second)``:
+        it finished an epoch (a supervised worker tells its supervisor both)."""
+        self.spec, self.device, self.on_start, self.on_epoch = spec, device, on_start, on_epoch
         self._artifacts: object | Path | None = _UNSET  # the artifact folder, found at the first trial
         self._batch_size: int | None = None  # of the trial running now
         self._checkpoint: Path | None = None  # of the trial running now
@@ -61,8 +64,7 @@ class Objective:
                 reason = f"CUDA out of memory at batch_size {self._batch_size}"
             finally:
                 if not interrupted:
-                    if self._checkpoint is not None:
-                        self._checkpoint.unlink(missing_ok=True)
+                    self._forget_checkpoint()
                     self._upload_log(trial, log)
         # Out of the except block, the error and its traceback are gone, and with them the frames that held the
         # trial's model, optimizer state and activations: free them now, so the next trial finds the card empty.
@@ -86,6 +88,8 @@ class Objective:
             value = metrics[self.spec.metric]
             if math.isfinite(value):
                 trial.report(value, epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(trial.number, epoch, cfg.epochs, value, metrics["images_per_second"])
             pruned = trial.should_prune()
             return pruned
 
@@ -136,6 +140,13 @@ class Objective:
                 trial.set_user_attr("resume_note", str(err))
         trial.set_user_attr("resumed_at_epoch", state["epoch"] + 1 if state else 1)
         return state
+
+    def _forget_checkpoint(self) -> None:
+        try:
+            if self._checkpoint is not None:
+                self._checkpoint.unlink(missing_ok=True)
+        except OSError:  # the folder could not be written either: there is nothing to delete
+            pass
 
     def _upload_log(self, trial: optuna.Trial, log: trial_log.TrialLog) -> None:
         folder = self._folder(trial)

@@ -7,9 +7,13 @@ memory, crash) is noticed at once: its RUNNING trial is marked FAIL with the rea
 once more, and a replacement worker starts. On Ctrl-C or SIGTERM it stops the workers, marks every trial they
 left RUNNING as FAIL ("interrupted") and exits; the same command resumes the study.
 
-Stopping (search/interrupt.py): signals are only recorded, and polled at safe points. Workers start with SIGINT
-ignored, so a terminal's Ctrl-C reaches the supervisor alone; it sends each live worker one SIGTERM, which the
-worker's training loop sees at the next batch. A worker that already exited is simply joined.
+Progress (search/hpo/progress.py): a line per worker (trial, epoch, latest value, images/s) and the totals with an
+ETA, redrawn in place on a terminal; elsewhere, a line per finished trial and a summary every 30 s.
+
+Stopping (search/interrupt.py): signals are only recorded, and polled at safe points. Workers start with both
+stop signals blocked and ignore SIGINT from their first line, so a terminal's Ctrl-C is the supervisor's alone;
+it sends each live worker one SIGTERM, which the worker's training loop sees at the next batch. A worker that
+already exited is simply joined. Each stopped trial is queued again and resumes from its checkpoint.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.errors import Interrupted, SearchError
-from search.hpo import worker
+from search.hpo import progress, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -54,6 +58,7 @@ class Slot:
     trial: int | None = None  # number of the trial it runs now
     stopped: bool = False  # was told to stop
     ready: bool = False  # has asked for its first ticket: it runs our code, with its SIGTERM handler set
+    line: progress.WorkerLine = field(default_factory=progress.WorkerLine)  # what it does now, for the display
 
 
 def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str, str], int]]:
@@ -95,7 +100,9 @@ class Supervisor:
                  devices: str | None, seed_offset: int, echo: Callable[[str], None]) -> None:
         from search.hpo.storage import open_storage
 
-        self.spec, self.storage_url, self.echo = spec, storage_url, echo
+        self.spec, self.storage_url = spec, storage_url
+        self.board = progress.Board(echo)  # the workers' lines, redrawn in place on a terminal
+        self.echo = self.board.say  # permanent lines go above them
         self.storage = open_storage(storage_url)
         self.study = optuna.load_study(study_name=spec.name, storage=self.storage)
         self.already = len(self.study.get_trials(deepcopy=False, states=FINISHED))
@@ -174,8 +181,11 @@ class Supervisor:
             slot.waiting = slot.ready = True
         elif isinstance(msg, worker.Started):
             slot.trial = msg.number
+            slot.line = progress.WorkerLine(trial=msg.number)
+        elif isinstance(msg, worker.Epoch):
+            slot.line = progress.WorkerLine(msg.number, msg.epoch, msg.epochs, msg.value, msg.images_per_second)
         elif isinstance(msg, worker.Done):
-            slot.ticket, slot.trial = False, None
+            slot.ticket, slot.trial, slot.line = False, None, progress.WorkerLine()
             if msg.state in ("COMPLETE", "PRUNED"):
                 p.finished += 1
                 p.fail_streak = 0
@@ -222,15 +232,27 @@ class Supervisor:
         if not self._closing():
             self.echo(f"started replacement {self._worker_name(self._replace(slot))}")
 
-    def _show(self) -> None:
+    def _totals(self) -> str:
         p = self.progress
         running = sum(s.ticket for s in self.slots)
-        hours = max(time.monotonic() - p.started, 1e-9) / 3600
-        self.echo(f"[{time.monotonic() - p.started:6.0f} s] finished {self.already + p.finished}/{self.trials} "
-                  f"(pruned {p.pruned}), failed {p.failed}, running {running} | best {p.best} | "
-                  f"{p.finished / hours:.0f} trials/h")
+        seconds = max(time.monotonic() - p.started, 1e-9)
+        return (f"[{seconds:6.0f} s] finished {self.already + p.finished}/{self.trials} (pruned {p.pruned}), "
+                f"failed {p.failed}, running {running} | best {p.best} | {p.finished * 3600 / seconds:.0f} trials/h"
+                f" | ETA {progress.eta(p.finished, self.budget - p.finished, seconds)}")
+
+    def _show(self) -> None:
+        self.echo(self._totals())
+
+    def _show_workers(self) -> None:
+        self.board.show([s.line.text(f"worker {s.index}", self.spec.metric) for s in self.slots], self._totals())
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.board.close()
+
+    def _run(self) -> int:
         if self.budget <= 0:
             self.echo(f"study '{self.spec.name}' already has {self.already} finished trials "
                       f"(budget {self.trials}); nothing to do")
@@ -248,6 +270,8 @@ class Supervisor:
                 return self._shutdown()
             self._dispatch()
             self._poll(timeout=0.5)
+            self._show_workers()
+        self.board.close()
         if interrupt.requested():  # it came as the last workers finished: report it the same way
             return self._shutdown()
         if self.abort is not None:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from search import interrupt, quiet
 from search.errors import Interrupted
+from search.hpo import progress
 from search.hpo.storage import FINISHED, retry_once
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
 from search.hpo.urls import worker_id
@@ -50,8 +51,19 @@ class Done:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class Epoch:
+    """worker -> supervisor: trial `number` finished epoch `epoch` of `epochs` (for the progress lines)."""
+
+    number: int
+    epoch: int
+    epochs: int
+    value: float
+    images_per_second: float
+
+
 GO, STOP = "go", "stop"  # supervisor -> worker, the answers to a Ticket
-Message = Ticket | Started | Done
+Message = Ticket | Started | Done | Epoch
 
 
 def drain(conn: Connection) -> list[Message]:
@@ -92,7 +104,8 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
     try:
         set_threads(device, threads)
         study = open_study(spec, storage_url, seed_offset)
-        objective = Objective(spec, device, on_start=lambda number: conn.send(Started(number)))
+        objective = Objective(spec, device, on_start=lambda number: conn.send(Started(number)),
+                              on_epoch=lambda *progress: conn.send(Epoch(*progress)))
         while True:
             interrupt.check()
             conn.send(Ticket())
@@ -140,27 +153,36 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
         where = f"cpu ({torch.get_num_threads()} threads)"
     echo(f"worker {worker_id()} on {where}: joining study '{spec.name}' ({done}/{trials} finished)")
 
+    board = progress.Board(echo)  # this worker's line: redrawn on a terminal, every 30 s elsewhere
+    began = time.monotonic()
+
+    def show(line: progress.WorkerLine) -> None:
+        board.show([line.text(f"worker {worker_id()}", spec.metric)],
+                   f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
+
     def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         value = f"{t.value:.4f}" if t.value is not None else "-"
         extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
-        echo(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
+        board.say(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
 
     def stop_between_trials(study: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
         if interrupt.requested():
             study.stop()
 
-    objective = Objective(spec, device)
+    objective = Objective(spec, device, on_start=lambda n: show(progress.WorkerLine(trial=n)),
+                          on_epoch=lambda *p: show(progress.WorkerLine(*p)))
     try:
         interrupt.check()
-        began = time.monotonic()
         study.optimize(objective, n_trials=None, timeout=spec.timeout, catch=(Exception,),
                        gc_after_trial=False, callbacks=[
                            optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
         interrupt.check()
+        board.close()
         if spec.timeout is not None and time.monotonic() - began >= spec.timeout:
             done = len(study.get_trials(deepcopy=False, states=FINISHED))
             echo(f"timeout of {spec.timeout:g} s reached with {done}/{trials} finished trials")
     except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
+        board.close()
         what = "no trial was running"
         number = objective.trial_number
         if number is not None:

@@ -13,9 +13,11 @@ Speed notes (figures from bench/epoch_speed.py):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,7 +312,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
                 result.outcome = "stopped"
                 break
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # elsewhere (a pipe, a log file) one plain line per epoch, no redraws
         from tqdm import tqdm
 
         bar = tqdm(total=trainer.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
@@ -337,12 +339,21 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
             if bar is not None:
                 bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {val['acc']:.4f} val_auc {val['auc']:.4f}")
                 bar.refresh()
+            elif progress:
+                print(f"epoch {epoch}/{cfg.epochs}: loss {train_loss:.4f} val_acc {val['acc']:.4f} "
+                      f"val_auc {val['auc']:.4f} ({metrics['images_per_second']:,.0f} images/s)", file=sys.stderr,
+                      flush=True)
             if result.best_epoch is None or val[key] > result.best[cfg.metric]:
                 result.best_epoch = epoch
                 result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
                 best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
             if checkpoint is not None:
-                checkpoint_mod.save(checkpoint, trainer, result, best_state, epoch)
+                try:
+                    checkpoint_mod.save(checkpoint, trainer, result, best_state, epoch)
+                except OSError as err:  # a full disk or a bad folder: the run goes on, only without a safety net
+                    logging.getLogger("search").warning("the checkpoint could not be written to %s (%s); this run "
+                                                        "goes on without checkpoints", checkpoint, err)
+                    checkpoint = None
             if on_epoch is not None and on_epoch(epoch, metrics):
                 result.outcome = "stopped"
                 break

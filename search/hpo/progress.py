@@ -1,0 +1,84 @@
+"""What `search start` shows while it runs: a line per worker (its trial, epoch k/n, latest validation value,
+images/s) and the totals (finished, pruned, failed, running, best, trials/h, ETA of the study).
+
+On a terminal those lines are redrawn in place (tqdm bars that hold only text, below the permanent lines: each
+finished or failed trial). Elsewhere (docker logs, CI, `| tee`) there is no control character at all: the
+permanent lines as they come, and the workers' lines with the totals every 30 s, so a long trial still shows
+that the search is alive.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SUMMARY_EVERY_S = 30.0
+
+
+@dataclass
+class WorkerLine:
+    trial: int | None = None
+    epoch: int = 0
+    epochs: int = 0
+    value: float | None = None
+    images_per_second: float | None = None
+
+    def text(self, name: str, metric: str) -> str:
+        if self.trial is None:
+            return f"{name}: waiting for a trial"
+        if not self.epoch:
+            return f"{name}: trial {self.trial}, starting"
+        value = f"{metric} {self.value:.4f}" if self.value is not None else f"{metric} -"
+        speed = f", {self.images_per_second:,.0f} images/s" if self.images_per_second else ""
+        return f"{name}: trial {self.trial}, epoch {self.epoch}/{self.epochs}, {value}{speed}"
+
+
+def eta(finished: int, remaining: int, seconds: float) -> str:
+    """The study's time to go at this run's pace so far."""
+    if finished <= 0 or remaining <= 0:
+        return "-"
+    left = remaining * seconds / finished
+    return f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+
+
+class Board:
+    def __init__(self, echo: Callable[[str], None], live: bool | None = None) -> None:
+        self.echo = echo
+        self.live = sys.stdout.isatty() if live is None else live
+        self.bars: list[Any] = []
+        self.last_summary = time.monotonic()
+
+    def say(self, text: str) -> None:
+        """A permanent line (a finished trial, a failure, a stop)."""
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+        else:
+            self.echo(text)
+
+    def show(self, lines: list[str], totals: str) -> None:
+        """The workers' lines and the totals, as they stand now."""
+        if not self.live:
+            if time.monotonic() - self.last_summary >= SUMMARY_EVERY_S:
+                self.last_summary = time.monotonic()
+                self.echo(f"{totals} || " + "; ".join(lines))
+            return
+        from tqdm import tqdm
+
+        texts = [*lines, totals]
+        # The size as the terminal reports it now; one that reports none counts as 120 x 24 (tqdm would print
+        # nothing at all there).
+        size = shutil.get_terminal_size((120, 24))
+        while len(self.bars) < len(texts):
+            self.bars.append(tqdm(bar_format="{desc}", position=len(self.bars), leave=False, file=sys.stdout,
+                                  ncols=size.columns, nrows=max(size.lines, len(texts) + 1)))
+        for bar, text in zip(self.bars, texts):
+            bar.set_description_str(text, refresh=True)
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+        self.bars = []
