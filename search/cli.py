@@ -166,16 +166,17 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
               help="CPU threads for training on the CPU (default: $OMP_NUM_THREADS, else all cores); give each of "
                    "K workers on one host its share: cores / K.")
 @click.option("--data-dir", help="Folder holding the dataset files.")
-@click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + pid).")
+@click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + a number derived from "
+                                      "its host name and pid).")
 @ALLOW_CHANGES
 def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
            threads: int | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
-    import os
+    import zlib
 
     from search.hpo import supervisor
     from search.hpo import worker as w
-    from search.hpo.urls import resolve_url
+    from search.hpo.urls import resolve_url, worker_id
     from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout)
@@ -183,7 +184,8 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
     url = resolve_url(storage)
     supervisor.prepare_data(spec)
     supervisor.ensure_study(spec, url, allow_changes=allow_changes)
-    offset = seed if seed is not None else os.getpid()
+    # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
+    offset = seed if seed is not None else zlib.crc32(worker_id().encode())
     raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset,
                                   echo=click.echo))
 

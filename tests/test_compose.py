@@ -220,6 +220,14 @@ def test_the_data_volume_is_where_search_looks_for_data():
                        for v in service["volumes"]), name
 
 
+def test_workers_and_the_dashboard_share_the_artifact_volume():
+    for name in ("worker", "supervisor", "dashboard"):
+        service = SERVICES[name]
+        folder = service["environment"]["SEARCH_ARTIFACTS"]
+        mounts = [v.split(":") for v in service["volumes"]]
+        assert any(volume in COMPOSE["volumes"] and path == folder for volume, path in mounts), name
+
+
 def _run_init(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
     entry = as_list(SERVICES["init"]["entrypoint"])
     assert entry[0] == "python"
