@@ -204,7 +204,9 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
 
     loaded = export.load(study, storage)
     if trial is not None:
-        click.echo(export.trial_detail(loaded, trial, storage))
+        from search.results import detail
+
+        click.echo(detail.describe(loaded, trial, storage))
         return
     written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
     click.echo(export.summary(loaded))

@@ -65,9 +65,9 @@ def summary(study: optuna.Study, top: int = 5) -> str:
     if not best:
         return "\n".join(lines + ["no complete trial yet"])
     b = best[0]
-    lines.append(f"best {metric} {b.value:.4f} (trial {b.number}): {_params(b)}")
+    lines.append(f"best {metric} {b.value:.4f} (trial {b.number}): {params_text(b)}")
     lines.append(f"top {min(top, len(best))}:")
-    lines += [f"  #{i} trial {t.number:>4}  {t.value:.4f}  {_params(t)}" for i, t in enumerate(best[:top], 1)]
+    lines += [f"  #{i} trial {t.number:>4}  {t.value:.4f}  {params_text(t)}" for i, t in enumerate(best[:top], 1)]
     per_arch: dict[str, FrozenTrial] = {}
     for t in best:
         per_arch.setdefault(str(t.user_attrs.get("config", {}).get("architecture", "?")), t)
@@ -103,39 +103,7 @@ def write_csv(study: optuna.Study, out: Path) -> int:
     return len(rows)
 
 
-LOG_LINES = 30  # of a trial's log, in `search status --trial N`
-
-
-def trial_detail(study: optuna.Study, number: int, storage_url: str | None) -> str:
-    """`search status --trial N`: state, parameters, values per epoch, reason, worker, device, the end of its log."""
-    from search.results import artifacts
-
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        valid = f"0..{len(trials) - 1}" if trials else "none yet"
-        raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
-    t = trials[number]
-    attrs = t.user_attrs
-    value = f" {t.value:.4f}" if t.value is not None else ""
-    lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {_params(t) or '-'}",
-             "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
-                                     or "-")]
-    for key in ("reason", "worker", "device", "epochs_run", "resumed_from_trial", "resumed_at_epoch", "resume_note"):
-        if key in attrs:
-            lines.append(f"{key.replace('_', ' ')}: {attrs[key]}")
-    url = resolve_url(storage_url)
-    name = f"trial-{number}-log.txt"
-    text = artifacts.read_text(t, open_storage(url, must_exist=True, heartbeat=False), artifacts.artifact_dir(url),
-                               name)
-    if text is None:
-        lines.append(f"log: none ({name} is not in the artifact folder; set ${artifacts.ENV} where workers wrote it)")
-    else:
-        tail = text.rstrip("\n").splitlines()[-LOG_LINES:]
-        lines += [f"last {len(tail)} lines of {name}:", *("  " + line for line in tail)]
-    return "\n".join(lines)
-
-
-def _params(t: FrozenTrial) -> str:
+def params_text(t: FrozenTrial) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
 
 

@@ -9,14 +9,11 @@ metrics and weights. It is read with ``weights_only=True``: data, never code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from search.train.config import atomic_write
-
-if TYPE_CHECKING:
-    from search.train.engine import FitResult, Trainer
 
 VERSION = 1
 
@@ -25,8 +22,8 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used (unreadable, truncated, another version or configuration): one line."""
 
 
-def save(path: Path, trainer: Trainer, result: FitResult, best_state: dict[str, torch.Tensor] | None,
-         epoch: int) -> None:
+def save(path: Path, trainer: Any, result: Any, best_state: dict[str, torch.Tensor] | None, epoch: int) -> None:
+    """``trainer`` and ``result``: the engine's Trainer and FitResult (not imported: the engine imports this)."""
     cuda = trainer.device.type == "cuda"
     state = {
         "version": VERSION, "config": _identity(trainer.cfg.to_dict()), "epoch": epoch,
@@ -56,7 +53,7 @@ def load(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def restore(trainer: Trainer, state: dict[str, Any]) -> None:
+def restore(trainer: Any, state: dict[str, Any]) -> None:
     """Put ``trainer`` where it was when ``state`` was saved (the caller restores the history and best epoch)."""
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])  # moves the state to the parameters' device

@@ -1,0 +1,39 @@
+"""`search status --trial N`: one trial in detail, with the end of its log (the artifact trial-N-log.txt)."""
+from __future__ import annotations
+
+import optuna
+
+from search.errors import SearchError
+from search.hpo.storage import open_storage
+from search.hpo.urls import resolve_url
+from search.results import artifacts
+from search.results.trials import params_text
+
+LOG_LINES = 30  # of a trial's log, in `search status --trial N`
+
+
+def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
+    """`search status --trial N`: state, parameters, values per epoch, reason, worker, device, the end of its log."""
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        valid = f"0..{len(trials) - 1}" if trials else "none yet"
+        raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
+    t = trials[number]
+    attrs = t.user_attrs
+    value = f" {t.value:.4f}" if t.value is not None else ""
+    lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {params_text(t) or '-'}",
+             "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
+                                     or "-")]
+    for key in ("reason", "worker", "device", "epochs_run", "resumed_from_trial", "resumed_at_epoch", "resume_note"):
+        if key in attrs:
+            lines.append(f"{key.replace('_', ' ')}: {attrs[key]}")
+    url = resolve_url(storage_url)
+    name = f"trial-{number}-log.txt"
+    text = artifacts.read_text(t, open_storage(url, must_exist=True, heartbeat=False), artifacts.artifact_dir(url),
+                               name)
+    if text is None:
+        lines.append(f"log: none ({name} is not in the artifact folder; set ${artifacts.ENV} where workers wrote it)")
+    else:
+        tail = text.rstrip("\n").splitlines()[-LOG_LINES:]
+        lines += [f"last {len(tail)} lines of {name}:", *("  " + line for line in tail)]
+    return "\n".join(lines)
