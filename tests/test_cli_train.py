@@ -1,5 +1,6 @@
 """`search train`: the happy path as a real process, and every bad input as one line with exit status 2."""
 import json
+import re
 import subprocess
 
 import pytest
@@ -28,7 +29,10 @@ def test_train_writes_metrics_model_and_config(tmp_path):
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["config"]["epochs"] == 2 and saved["config"]["augmentation"] == "crop"
     assert config.load(out / "config.yaml") == config.from_dict(saved["config"])
-    assert "epoch 2/2" in proc.stderr  # the per-epoch progress bar
+    # Into a pipe: one plain line per epoch, no progress-bar frames (no carriage return, no escape sequence)
+    epochs = re.findall(r"^epoch (\d)/2: loss \S+ val_acc \S+ val_auc \S+ \([\d,]+ images/s\)$", proc.stderr, re.M)
+    assert epochs == ["1", "2"], proc.stderr
+    assert not re.search(r"[\r\x1b\x08]", proc.stdout + proc.stderr)
     # a second run into the same folder would overwrite a finished run: refused
     again = subprocess.run(search_cmd() + ["train", str(cfg), "--out", str(out)], capture_output=True, text=True,
                            env=cli_env(), timeout=120)

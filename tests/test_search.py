@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +34,8 @@ def test_two_workers_reach_the_budget_exactly_and_prune(tmp_path):
         assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
     pruned = by_state(trials, TrialState.PRUNED)[0]
     assert pruned.user_attrs["epochs_run"] < 3
-    assert "finished 8/8" in proc.stdout
+    assert "finished 8/8" in proc.stdout and "| ETA " in proc.stdout
+    assert not re.search(r"[\r\x1b\x08]", proc.stdout + proc.stderr)  # into a pipe: plain lines only
 
     # A second run of the same command finds the budget done; --trials raises it and resumes the same study.
     again = run(["start", "--study", str(spec), "--workers", "2", "--trials", "10"], tmp_path)
