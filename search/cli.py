@@ -238,12 +238,24 @@ def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | 
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
               show_default=True)
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
+@click.option("--weights", is_flag=True,
+              help="Also write the trial's kept weights beside the file (OUT with .pt), as `search train` saves "
+                   "model.pt (needs keep_best_weights: true in the study file).")
 @_stops_at_once
-def export_cmd(study: str, storage: str | None, out: Path, rank: int) -> None:
+def export_cmd(study: str, storage: str | None, out: Path, rank: int, weights: bool) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
+    from search.results import detail
     from search.results import trials as export
+    from search.train.config import atomic_write
 
-    cfg, trial = export.export(export.load(study, storage), out, rank)
+    loaded = export.load(study, storage)
+    model = detail.kept_weights(loaded, rank, storage) if weights else None  # missing: one line, nothing written
+    cfg, trial = export.export(loaded, out, rank)
+    if model is not None:
+        atomic_write(out.with_suffix(".pt"), lambda path: path.write_bytes(model))
+        click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}, its weights -> "
+                   f"{out.with_suffix('.pt')}")
+        return
     click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}; "
                f"train it with: search train {out}")
 

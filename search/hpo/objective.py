@@ -108,7 +108,23 @@ class Objective:
             raise Diverged(result.reason)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        return result.best[self.spec.metric]
+        value = result.best[self.spec.metric]
+        if self.spec.keep_best_weights:
+            self._keep_weights(trial, result, cfg.to_dict(), value)
+        return value
+
+    def _keep_weights(self, trial: optuna.Trial, result: engine.FitResult, config: dict, value: float) -> None:
+        """The best epoch's weights, as the artifact ``trial-N-model.pt`` (the format of `search train`'s model.pt),
+        when this trial completes as the best so far: a trial that is not the best now never becomes the best
+        later, so only the improvements are kept."""
+        best = [t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        folder = self._folder(trial)
+        if folder is None or (best and value <= max(best)):
+            return
+        try:
+            artifacts.upload_model(trial, folder, result.model.state_dict(), config)
+        except Exception as err:  # never at the cost of the trial's result
+            log.warning("trial %d: its weights could not be kept in %s: %s", trial.number, folder, err)
 
 
     def _folder(self, trial: optuna.Trial) -> Path | None:

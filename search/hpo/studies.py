@@ -28,7 +28,7 @@ from search.hpo.space import STUDY_KEYS, Param, parse_space, suggest
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
-                   "sampler", "pruner", "space", "fixed")
+                   "sampler", "pruner", "space", "fixed", "keep_best_weights")
 REQUIRED = ("name", "dataset")
 # Both metrics (val_acc, val_auc) are higher-is-better and the engine keeps the highest epoch.
 DIRECTIONS = ("maximize",)
@@ -72,6 +72,7 @@ class StudySpec:
     space: dict[str, Param]
     fixed: dict[str, Any]
     path: Path  # the file it came from
+    keep_best_weights: bool = False  # a trial that completes as the best so far keeps its weights (`export --weights`)
 
     def base_config(self) -> dict[str, Any]:
         """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
@@ -226,12 +227,15 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
                            minimum=0)
     pruner = _named(raw.get("pruner"), source=source, key="pruner", default=DEFAULT_PRUNER, valid=PRUNERS)
+    keep = raw.get("keep_best_weights", False)
+    if not isinstance(keep, bool):
+        raise SearchError(f"{source}: keep_best_weights must be true or false, got {keep!r}")
 
     space = parse_space(raw.get("space"), source=source)
     fixed = _parse_fixed(raw.get("fixed"), source=source, space=space)
     spec = StudySpec(name=name, dataset=dataset, data_dir=data_dir, metric=metric, direction=direction,
                      epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
-                     fixed=fixed, path=path.resolve())
+                     fixed=fixed, path=path.resolve(), keep_best_weights=keep)
     _check_configs(spec, source=source)
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker
     make_pruner(spec)

@@ -70,8 +70,19 @@ def upload_text(trial: optuna.Trial, folder: Path, name: str, text: str) -> None
         upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
 
 
-def read_text(trial: FrozenTrial, storage: Any, folder: Path | None, name: str) -> str | None:
-    """The text of the trial's artifact ``name``; None when it has none or the folder cannot be reached."""
+def upload_model(trial: optuna.Trial, folder: Path, state_dict: dict[str, Any], config: dict[str, Any]) -> None:
+    """Upload a trial's weights as ``trial-N-model.pt``: ``{"state_dict", "config"}``, as `search train` saves."""
+    import torch
+
+    store = open_store(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}-model.pt"
+        torch.save({"state_dict": state_dict, "config": config}, path)
+        upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
+
+
+def read_bytes(trial: FrozenTrial, storage: Any, folder: Path | None, name: str) -> bytes | None:
+    """The trial's artifact ``name``; None when it has none or the folder cannot be reached."""
     if folder is None:
         return None
     from optuna.artifacts import get_all_artifact_meta
@@ -80,10 +91,16 @@ def read_text(trial: FrozenTrial, storage: Any, folder: Path | None, name: str) 
         if meta.filename == name:
             try:
                 with FileSystemArtifactStore(folder).open_reader(meta.artifact_id) as f:
-                    return f.read().decode(errors="replace")
-            except Exception:  # removed, or another machine's folder: the caller says the log is missing
+                    return f.read()
+            except Exception:  # removed, or another machine's folder: the caller says it is missing
                 return None
     return None
+
+
+def read_text(trial: FrozenTrial, storage: Any, folder: Path | None, name: str) -> str | None:
+    """The text of the trial's artifact ``name``; None when it has none or the folder cannot be reached."""
+    data = read_bytes(trial, storage, folder, name)
+    return None if data is None else data.decode(errors="replace")
 
 
 def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[str, float]], outcome: str,

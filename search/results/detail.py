@@ -1,4 +1,5 @@
-"""`search status --trial N`: one trial in detail, with the end of its log (the artifact trial-N-log.txt)."""
+"""One trial's details and files: `search status --trial N` (with the end of its log, the artifact
+trial-N-log.txt) and `search export --weights` (its kept weights, the artifact trial-N-model.pt)."""
 from __future__ import annotations
 
 import optuna
@@ -7,7 +8,7 @@ from search.errors import SearchError
 from search.hpo.storage import open_storage
 from search.hpo.urls import resolve_url
 from search.results import artifacts
-from search.results.trials import params_text
+from search.results.trials import params_text, ranked
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`
 
@@ -37,3 +38,20 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
         tail = text.rstrip("\n").splitlines()[-LOG_LINES:]
         lines += [f"last {len(tail)} lines of {name}:", *("  " + line for line in tail)]
     return "\n".join(lines)
+
+
+def kept_weights(study: optuna.Study, rank: int, storage_url: str | None) -> bytes:
+    """The kept weights of the rank-th best trial (`search export --weights`); one line if there are none."""
+    trials = ranked(study)
+    if not 1 <= rank <= len(trials):
+        raise SearchError(f"--rank {rank} is out of range; valid: 1..{len(trials)}" if trials else
+                          f"study '{study.study_name}' has no finished (complete) trial yet; nothing to export")
+    trial = trials[rank - 1]
+    url = resolve_url(storage_url)
+    data = artifacts.read_bytes(trial, open_storage(url, must_exist=True, heartbeat=False),
+                                artifacts.artifact_dir(url), f"trial-{trial.number}-model.pt")
+    if data is None:
+        raise SearchError(f"trial {trial.number}'s weights were not kept: the study file keeps the best trials' "
+                          f"weights with keep_best_weights: true; without --weights, export the configuration and "
+                          f"train it with search train")
+    return data
