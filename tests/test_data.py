@@ -1,5 +1,7 @@
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,7 +52,9 @@ def test_data_dir_then_env_then_default(tmp_path, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(tmp_path / "env"))
     assert data.data_root(None) == tmp_path / "env"
     monkeypatch.delenv("SEARCH_DATA_DIR")
-    assert data.data_root(None) == data.Path(os.path.expanduser("~/.medmnist"))
+    from medmnist.info import DEFAULT_ROOT
+
+    assert data.data_root(None) == data.Path(os.path.expanduser("~/.medmnist")) == data.Path(DEFAULT_ROOT)
 
 
 def test_truncated_npz_is_a_clear_error(pathmnist_dir):
@@ -127,3 +131,18 @@ def test_digits_is_real_and_split_fixed():
 def test_unknown_dataset_lists_valid_ones():
     with pytest.raises(SearchError, match="dataset 'cifar10' is not known; valid: .*digits.*mnist.*pathmnist"):
         data.get_info("cifar10")
+
+
+def test_digits_are_scikit_learns_and_a_digits_run_loads_neither_scikit_learn_nor_medmnist():
+    from sklearn.datasets import load_digits
+
+    images, target = data.digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+    code = ("import sys; from search.train import data; from search.train.config import TrainConfig; "
+            "TrainConfig(dataset='digits'); data.prepare('digits'); "
+            "print(sorted(m for m in ('sklearn', 'medmnist', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"  # about 2 s less start-up for every digits or MNIST process
+    assert "pathmnist" in data.list_datasets() and data.class_names("pathmnist", 9)[0] == "adipose"

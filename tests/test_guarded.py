@@ -29,10 +29,11 @@ def test_an_edited_study_file_is_refused_naming_the_changed_key_and_nothing_is_w
     assert len(trials_of(tmp_path / "search.db", "guard")) == len(before)
     assert run(["worker", "--study", str(spec), "--trials", "2"], tmp_path).returncode == 2  # the same for a worker
 
-    forced = run(["start", "--study", str(spec), "--trials", "2", "--allow-changes"], tmp_path)
+    # The budget is reached already: --allow-changes stores the new definition, and nothing trains.
+    forced = run(["start", "--study", str(spec), "--trials", "1", "--allow-changes"], tmp_path)
     assert forced.returncode == 0, forced.stdout + forced.stderr
     attrs = _attrs(tmp_path, "guard")
     assert attrs["definition"]["epochs"] == 2
     assert [c["changed"] for c in attrs["definition_changes"]] == [["epochs"]] and attrs["definition_changes"][0]["at"]
-    again = run(["start", "--study", str(spec), "--trials", "2", "--seed", "7"], tmp_path)
+    again = run(["start", "--study", str(spec), "--trials", "1", "--seed", "7"], tmp_path)
     assert again.returncode == 0, again.stderr  # the new definition holds now; a seed changes nothing

@@ -206,9 +206,11 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SearchError(f"{source}: name {name!r} may contain only letters, digits, '-', '_' and '.'")
-    from search.train.data import list_datasets  # the registry is the truth; imported late as config does
+    from search.train.data import is_dataset, list_datasets  # the registry is the truth; imported late
 
-    dataset = _choice(raw["dataset"], source=source, key="dataset", valid=list_datasets())
+    dataset = raw["dataset"]
+    if not (isinstance(dataset, str) and is_dataset(dataset)):  # the whole list only for the message
+        dataset = _choice(dataset, source=source, key="dataset", valid=list_datasets())
     data_dir = data_dir if data_dir is not None else raw.get("data_dir")
     if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
         raise SearchError(f"{source}: data_dir must be a path string, got {data_dir!r}")

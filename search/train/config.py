@@ -128,11 +128,12 @@ def validate(cfg: TrainConfig) -> None:
     # which commands that only read a study (status, export) never need.
     from models import list_models
     from search.train.augment import parse_policy
-    from search.train.data import get_info, list_datasets
+    from search.train.data import get_info, is_dataset, list_datasets
 
     for key in KEYS:
         object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))
-    _choice("dataset", cfg.dataset, list_datasets())
+    if not is_dataset(cfg.dataset):  # the whole list (with MedMNIST's) only for the message
+        _choice("dataset", cfg.dataset, list_datasets())
     _choice("architecture", cfg.architecture, list_models())
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("schedule", cfg.schedule, SCHEDULES)

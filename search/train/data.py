@@ -13,6 +13,7 @@ Missing files are downloaded with medmnist's and torchvision's own code (MD5 che
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ class DatasetInfo:
     task: str  # medmnist's task names: multi-class, binary-class, multi-label, binary-class, ordinal-regression
     read: Callable[..., Arrays]  # (root, download, size) -> arrays
     sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
+    labels: tuple[str, ...] | None = None  # the class names (MedMNIST's); None: the class numbers
 
     @property
     def multi_label(self) -> bool:
@@ -76,26 +78,40 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
     return info
 
 
+_medmnist_registered = False
+
+
+def _with_medmnist() -> None:
+    """MedMNIST's datasets join the registry when a name is not found among the others, or for the whole list:
+    importing medmnist loads scikit-learn's metrics and pandas (about 2 s of every process's start on a small
+    CPU), which a digits or MNIST run never needs."""
+    global _medmnist_registered
+    if not _medmnist_registered:
+        _medmnist_registered = True
+        _register_medmnist()
+
+
 def list_datasets() -> list[str]:
+    _with_medmnist()
     return sorted(_REGISTRY)
 
 
-def get_info(name: str) -> DatasetInfo:
+def is_dataset(name: str) -> bool:
     if name not in _REGISTRY:
+        _with_medmnist()
+    return name in _REGISTRY
+
+
+def get_info(name: str) -> DatasetInfo:
+    if not is_dataset(name):
         raise SearchError(f"dataset '{name}' is not known; valid: {', '.join(list_datasets())}")
     return _REGISTRY[name]
 
 
 def class_names(dataset: str, k: int) -> list[str]:
     """MedMNIST's label names for the dataset's k classes; the class numbers for digits, MNIST or unknown names."""
-    try:
-        from medmnist import INFO
-
-        labels = INFO.get(dataset, {}).get("label", {})
-    except ImportError:
-        labels = {}
-    names = [labels.get(str(i)) for i in range(k)]
-    return [str(n) for n in names] if all(names) else [str(i) for i in range(k)]
+    labels = _REGISTRY[dataset].labels if is_dataset(dataset) else None
+    return list(labels) if labels is not None and len(labels) == k else [str(i) for i in range(k)]
 
 
 def data_root(data_dir: str | os.PathLike | None) -> Path:
@@ -104,9 +120,9 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
     from_env = env.path("SEARCH_DATA_DIR")
     if from_env is not None:
         return from_env
-    from medmnist.info import DEFAULT_ROOT
-
-    return Path(DEFAULT_ROOT)
+    # medmnist's own default (medmnist.info.DEFAULT_ROOT), not imported from it: importing medmnist costs ~2 s,
+    # which a digits or MNIST run would pay for a path. tests/test_data.py checks that the two agree.
+    return Path.home() / ".medmnist"
 
 
 def _read(info: DatasetInfo, root: Path, size: int) -> Arrays:
@@ -236,8 +252,10 @@ def _register_medmnist() -> None:
         cls = getattr(medmnist, info["python_class"], None)
         if cls is None or not issubclass(cls, MedMNIST2D):
             continue  # the 3D volumes are not 28x28 images
+        names = [info["label"].get(str(i)) for i in range(len(info["label"]))]
         register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
-                                     _medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,)))))
+                                     _medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,))),
+                                     tuple(map(str, names)) if all(names) else None))
 
 
 # --- MNIST -----------------------------------------------------------------------------------------------
@@ -335,14 +353,26 @@ register_dataset(DatasetInfo("mnist", 1, 10, "multi-class", _read_mnist))
 DIGITS_SPLIT_SEED = 0
 
 
-def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
-    from sklearn.datasets import load_digits
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 8x8 digits (values 0..16) and their labels: scikit-learn's copy of the UCI file, read as its
+    load_digits reads it, without importing scikit-learn (which costs every worker about 1.5 s of start-up)."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():  # a scikit-learn that keeps it elsewhere: its own loader
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    small = torch.from_numpy(bunch.images).float().unsqueeze(1) * (255.0 / 16.0)
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
+def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
+    images, target = digits_arrays()
+    small = torch.from_numpy(images).float().unsqueeze(1) * (255.0 / 16.0)
     images = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
     images = images.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
-    labels = bunch.target.astype(np.int64)[:, None]
+    labels = target.astype(np.int64)[:, None]
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
     n_val = n_test = len(images) * 15 // 100
     parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
@@ -350,4 +380,3 @@ def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
 
 
 register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits))
-_register_medmnist()
