@@ -47,7 +47,7 @@ def test_a_run_resumed_from_its_epoch_2_checkpoint_is_the_uninterrupted_run_bit_
     heard: list[int] = []
     resumed = engine.fit(CFG, checkpoint=path, resume=state, on_epoch=lambda epoch, _m: heard.append(epoch))
     assert heard == [1, 2, 3, 4]  # the epochs it resumes from first, then its own
-    assert resumed.resumed_at == 3 and resumed.epochs_trained == 2
+    assert resumed.resumed_at == 3 and len(resumed.trained) == 2
     keys = ("train_loss", "val_acc", "val_auc", "val_loss", "lr")
     assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]
     assert resumed.best_epoch == straight.best_epoch

@@ -47,7 +47,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_number = trial.number
         interrupted = False  # then the checkpoint outlives the trial (its retry resumes from it), and no log is kept
-        with trial_log.capture() as log:
+        with trial_log.capture() as captured:
             try:
                 return self._run(trial)
             except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
@@ -57,7 +57,7 @@ class Objective:
             except (optuna.TrialPruned, Diverged):
                 raise
             except Exception as err:  # recorded with the trial; Optuna marks it FAIL
-                log.traceback()
+                captured.traceback()
                 if not is_out_of_memory(err):
                     trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
                     raise
@@ -65,7 +65,7 @@ class Objective:
             finally:
                 if not interrupted:
                     self._forget_checkpoint()
-                    self._upload_log(trial, log)
+                    self._upload_log(trial, captured)
         # Out of the except block, the error and its traceback are gone, and with them the frames that held the
         # trial's model, optimizer state and activations: free them now, so the next trial finds the card empty.
         release_memory()
@@ -96,8 +96,8 @@ class Objective:
         result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
                             resume=resume)
         trial.set_user_attr("params", result.params)
-        trial.set_user_attr("epochs_run", result.epochs_trained)
-        own = result.history[result.resumed_at - 1:]
+        own = result.trained
+        trial.set_user_attr("epochs_run", len(own))
         if own:
             trial.set_user_attr("epoch_seconds", round(sum(h["seconds"] for h in own) / len(own), 3))
             trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
@@ -117,9 +117,12 @@ class Objective:
         """The best epoch's weights, as the artifact ``trial-N-model.pt`` (the format of `search train`'s model.pt),
         when this trial completes as the best so far: a trial that is not the best now never becomes the best
         later, so only the improvements are kept."""
-        best = [t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+        try:
+            best: float | None = trial.study.best_value  # of the complete trials so far (this one is still running)
+        except ValueError:  # none yet
+            best = None
         folder = self._folder(trial)
-        if folder is None or (best and value <= max(best)):
+        if folder is None or (best is not None and value <= best):
             return
         try:
             artifacts.upload_model(trial, folder, result.model.state_dict(), config)
@@ -164,15 +167,14 @@ class Objective:
         except OSError:  # the folder could not be written either: there is nothing to delete
             pass
 
-    def _upload_log(self, trial: optuna.Trial, log: trial_log.TrialLog) -> None:
+    def _upload_log(self, trial: optuna.Trial, captured: trial_log.TrialLog) -> None:
         folder = self._folder(trial)
         if folder is None:
             return
         try:
-            artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", log.text())
+            artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", captured.text())
         except Exception as err:  # as for the learning curve: never at the cost of the trial's result
-            logging.getLogger("search").warning("trial %d: its log could not be saved to %s: %s", trial.number,
-                                                folder, err)
+            log.warning("trial %d: its log could not be saved to %s: %s", trial.number, folder, err)
 
     def _upload(self, trial: optuna.Trial, result: engine.FitResult, outcome: str) -> None:
         """Once per trial, after training: its files for the dashboard. Never fails the trial."""

@@ -123,9 +123,9 @@ class FitResult:
     resumed_at: int = 1  # the first epoch this run trained itself (> 1 when it resumed from a checkpoint)
 
     @property
-    def epochs_trained(self) -> int:
-        """Epochs this run trained itself: a resumed run does not count those of the run it continues."""
-        return max(0, len(self.history) - (self.resumed_at - 1))
+    def trained(self) -> list[dict[str, float]]:
+        """The history of the epochs this run trained itself (a resumed run's excludes those it continues)."""
+        return self.history[self.resumed_at - 1:]
 
     @property
     def model(self) -> nn.Module:
@@ -137,10 +137,9 @@ class FitResult:
 
     @property
     def images_per_second(self) -> float:
-        own = self.history[self.resumed_at - 1:]
-        if not own:
+        if not self.trained:
             return 0.0
-        return sum(h["images_per_second"] for h in own) / len(own)
+        return sum(h["images_per_second"] for h in self.trained) / len(self.trained)
 
 
 class Trainer:
