@@ -163,8 +163,9 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads for training on the CPU (default: $OMP_NUM_THREADS, else all cores); give each of "
-                   "K workers on one host its share: cores / K.")
+              help="CPU threads for training on the CPU (default: $OMP_NUM_THREADS when set, else the cores divided "
+                   "by the workers on this host: $SEARCH_WORKERS_PER_HOST, else the worker slots held now; at "
+                   "least 1).")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + a number derived from "
                                       "its host name and pid).")
@@ -174,12 +175,16 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import zlib
 
-    from search.hpo import supervisor
+    from search.hpo import slots, supervisor
     from search.hpo import worker as w
     from search.hpo.urls import resolve_url, worker_id
     from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout)
+    slots.workers_per_host()  # a bad $SEARCH_WORKERS_PER_HOST: one line, before anything is written
+    gpu = slots.take(device)  # this host's lowest free slot; its GPU is set before CUDA starts (resolve_device)
+    if gpu is not None:
+        click.echo(f"worker {worker_id()}: {gpu}")
     dev = str(resolve_device(device))
     url = resolve_url(storage)
     supervisor.prepare_data(spec)

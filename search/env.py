@@ -16,6 +16,8 @@ VARIABLES: dict[str, str] = {
     "SEARCH_HEARTBEAT_S": "seconds between a running trial's heartbeats (default 10)",
     "SEARCH_GRACE_S": "seconds without a heartbeat before a running trial is failed and retried (default 3 beats)",
     "SEARCH_PROXY_WAIT_S": "seconds a worker waits for a grpc:// storage proxy to answer (default 30)",
+    "SEARCH_SLOTS": "the folder of the per-host worker slots (default search-slots-UID in the temporary folder)",
+    "SEARCH_WORKERS_PER_HOST": "how many `search worker` processes share this host (default: the slots held)",
 }
 
 
@@ -43,4 +45,20 @@ def seconds(name: str, default: float, *, integer: bool = False, minimum: float 
     if value is None or not math.isfinite(value) or value < minimum:
         kind = "a whole number" if integer else "a number"
         raise SearchError(f"${name} must be {kind} of seconds, at least {minimum:g}; got {raw!r}")
+    return value
+
+
+def whole(name: str, *, minimum: int = 1, unit: str = "") -> int | None:
+    """A whole number of at least ``minimum`` (``unit``: what it counts, for the message); None when unset; any
+    other value is a SearchError naming the variable."""
+    raw = text(name)
+    if raw is None:
+        return None
+    try:
+        value: int | None = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise SearchError(f"${name} must be a whole number{f' of {unit}' if unit else ''}, at least {minimum}; "
+                          f"got {raw!r}")
     return value

@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from search.cli import main
+from search.env import VARIABLES
 from search.hpo.studies import load_study
 from tests.helpers import cli_env, write_medmnist_npz
 
@@ -198,9 +199,33 @@ def test_every_worker_reserves_a_gpu():
     for name, service in workers.items():
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
+    # Compose cannot give each replica its own GPU: every worker gets them all and takes one by its slot.
     worker = SERVICES["worker"]
-    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
-    assert isinstance(worker["deploy"]["replicas"], int) and worker["deploy"]["replicas"] >= 1
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+    assert int(substitute(str(worker["deploy"]["replicas"]))) >= 1
+
+
+def test_worker_replicas_share_a_slots_volume_and_know_how_many_they_are():
+    worker = SERVICES["worker"]
+    env = worker["environment"]
+    assert {"SEARCH_SLOTS", "SEARCH_WORKERS_PER_HOST"} <= set(env) <= set(VARIABLES)  # each one the code reads
+    # One variable sets both the replicas and what each replica is told; WORKERS=N docker compose up -d.
+    assert env["SEARCH_WORKERS_PER_HOST"] == worker["deploy"]["replicas"] == "${WORKERS:-2}"
+    assert int(substitute(env["SEARCH_WORKERS_PER_HOST"])) >= 1
+    folder = env["SEARCH_SLOTS"]
+    mounts = [v.split(":") for v in worker["volumes"]]
+    slots = [volume for volume, path, *_ in mounts if path == folder]
+    assert slots and slots[0] in COMPOSE["volumes"]  # a named volume, so every replica sees the same lock files
+    others = [name for name, s in SERVICES.items() if name != "worker"
+              and any(v.split(":")[0] == slots[0] for v in s.get("volumes", []))]
+    assert others == []  # the worker replicas' alone: a supervisor's workers take no slots
+    # The image's user can create the lock files: a named volume starts with the image's folder's ownership.
+    runs = " ".join(arg for op, arg in dockerfile_instructions() if op == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(folder)}\b", runs)
+    assert re.search(rf"chown search:search [^&]*{re.escape(folder)}\b", runs)
+    # What every service reads from the shared environment is still there (merged into the worker's, not replaced).
+    shared = COMPOSE["x-search"]["environment"]
+    assert {k: v for k, v in env.items() if k in shared} == shared
 
 
 def test_postgres_has_a_healthcheck_a_named_volume_and_a_required_password():
