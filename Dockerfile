@@ -16,15 +16,18 @@ RUN pip install "torch>=2.1" "torchvision>=0.16"
 
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
+COPY bin ./bin
 COPY search ./search
 COPY models ./models
 COPY studies ./studies
 # postgres: the shared study store; proxy: grpcio for `search proxy` and grpc:// storage URLs.
 RUN pip install ".[postgres,proxy]" && rm -rf /src
 
-# Not root. /data (the dataset volume) and /work (runs/, exported files) belong to this user; a named volume
-# mounted at /data starts with this ownership.
-RUN useradd --create-home --uid 1000 search && mkdir -p /data /work && chown search:search /data /work
+# Not root. /data (the dataset volume), /run/search-slots (the workers' slots volume, docker-compose.yml) and /work
+# (runs/, exported files) belong to this user; a named volume mounted at /data or /run/search-slots starts with
+# this ownership.
+RUN useradd --create-home --uid 1000 search && mkdir -p /data /run/search-slots /work \
+    && chown search:search /data /run/search-slots /work
 USER search
 WORKDIR /work
 

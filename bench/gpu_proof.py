@@ -372,7 +372,8 @@ def check_real_mnist(out: Path, plan: Plan, device: torch.device, shared: Path, 
 # --- the run ------------------------------------------------------------------------------------------------
 
 
-def section(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> None:
+def section(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]], out: Path) -> None:
+    """Run one check; its figures join DIR/gpu_proof.json at once, so a run cut short keeps the sections it did."""
     t0 = time.perf_counter()
     try:
         results[name] = fn()
@@ -382,6 +383,7 @@ def section(name: str, results: dict[str, Any], fn: Callable[[], dict[str, Any]]
     results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"[{results[name]['section_seconds']:6.1f} s] {name}: {'ok' if results[name]['ok'] else 'FAILED'}"
           + (f" ({results[name]['error']})" if "error" in results[name] else ""), flush=True)
+    (out / "gpu_proof.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 def quiet(out: Path) -> None:
@@ -476,10 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-proof-"))
     try:
         root = write_pathmnist(work / "pathmnist", plan.counts)
-        section("pytest_gpu", results, lambda: check_pytest(args.out, plan))
-        section("speed", results, lambda: check_speed(args.out, plan, device, root))
-        section("packing", results, lambda: check_packing(args.out, plan, root, work))
-        section("real_mnist", results, lambda: check_real_mnist(args.out, plan, device, shared, work))
+        section("pytest_gpu", results, lambda: check_pytest(args.out, plan), args.out)
+        section("speed", results, lambda: check_speed(args.out, plan, device, root), args.out)
+        section("packing", results, lambda: check_packing(args.out, plan, root, work), args.out)
+        section("real_mnist", results, lambda: check_real_mnist(args.out, plan, device, shared, work), args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["checks"] = {k: results[k]["ok"] for k in ("pytest_gpu", "speed", "packing", "real_mnist")}

@@ -9,8 +9,9 @@ numerically safer step, so the models stop at the logits.
     ['alexnet', 'resnet101']
 
 Each architecture module registers its builders with :func:`register_model` (models/registry.py) when it is
-imported; :func:`build_model` validates the arguments and raises :class:`ModelError` (a ``ValueError``) with one
-line naming the valid choices. Nothing here imports the search service.
+imported, which :func:`build_model` does at the first build of one of its models (their names are known before,
+so checking a config needs no torch). :func:`build_model` validates the arguments and raises :class:`ModelError`
+(a ``ValueError``) with one line naming the valid choices. Nothing here imports the search service.
 
 ``size`` is the input side in pixels (28, 64, 128 or 224, the MedMNIST+ sizes). Every model accepts every size;
 builders that take a ``size`` argument change their layers with it (the ResNets and Xception use the paper's
@@ -18,16 +19,16 @@ downsampling stem above 28 px), the others pool their last feature map to what t
 """
 from __future__ import annotations
 
-from models import alexnet, resnet, simple_cnn, xception  # noqa: F401  (imported to register their builders)
-from models.registry import (
-    MODEL_REFERENCES,
-    SIZES,
-    ModelError,
-    build_model,
-    list_models,
-    pretrained_models,
-    register_model,
-)
+from models import registry
+from models.registry import SIZES, ModelError, build_model, list_models, pretrained_models, register_model
 
 __all__ = ["MODEL_REFERENCES", "SIZES", "ModelError", "build_model", "list_models", "pretrained_models",
            "register_model"]
+
+
+def __getattr__(name: str) -> object:
+    """``MODEL_REFERENCES``: complete once every shipped architecture's module is imported (they load torch)."""
+    if name == "MODEL_REFERENCES":
+        registry.load()
+        return registry.MODEL_REFERENCES
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -7,11 +7,13 @@ catch (search's training engine turns them into its own one-line user errors).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class ModelError(ValueError):
@@ -22,7 +24,7 @@ class ModelError(ValueError):
         return " ".join(str(self).split())
 
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., "nn.Module"]
 B = TypeVar("B", bound=Builder)
 
 # Arguments build_model passes itself; anything else a builder accepts is an architecture option.
@@ -40,6 +42,23 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+
+# The module (models/NAME.py) where each shipped architecture registers itself: its name is known before that
+# module, and torch with it, is imported. Checking a study file or a config (`search start` before its workers
+# start, `search export`) never builds a model and needs no torch; a module is imported when one of its models is
+# first built. tests/test_models.py checks this table against what the modules register.
+SHIPPED: dict[str, str] = {
+    "alexnet": "alexnet",
+    "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet", "resnet101": "resnet", "resnet152": "resnet",
+    "simple_cnn_v1": "simple_cnn", "simple_cnn_v2": "simple_cnn",
+    "xception": "xception",
+}
+
+
+def load(names: list[str] | None = None) -> None:
+    """Import the modules that register ``names`` (every shipped architecture when None)."""
+    for module in sorted({SHIPPED[n] for n in (SHIPPED if names is None else names) if n in SHIPPED}):
+        importlib.import_module(f"models.{module}")
 
 #: One-line source of each architecture, for the README's model table.
 MODEL_REFERENCES: dict[str, str] = {}
@@ -64,11 +83,12 @@ def register_model(name: str, *, reference: str = "", pretrained: bool = False) 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(SHIPPED))
 
 
 def pretrained_models() -> list[str]:
     """Names for which ``pretrained=True`` is supported, sorted."""
+    load()
     return sorted(name for name, entry in _REGISTRY.items() if entry.pretrained)
 
 
@@ -88,6 +108,8 @@ def build_model(
     Extra keyword arguments are architecture options (for example ``middle_repeats`` for xception).
     Raises :class:`ModelError` for an unknown name, a bad value or an unsupported option.
     """
+    if name not in _REGISTRY:
+        load([name])
     entry = _REGISTRY.get(name)
     if entry is None:
         raise ModelError(f"unknown architecture {name!r}; valid: {', '.join(list_models())}")

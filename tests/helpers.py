@@ -260,10 +260,10 @@ class Interruptible:
     err: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, args: list[str], cwd: Path) -> Interruptible:
+    def start(cls, args: list[str], cwd: Path, **env: str) -> Interruptible:
         sigint_as_in_a_terminal()
         proc = subprocess.Popen(search_cmd() + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=cli_env(), start_new_session=True)
+                                text=True, env=cli_env(**env), start_new_session=True)
         run = cls(proc)
         _wait_for_exec(proc.pid, args[0])
         run.started = time.monotonic()

@@ -25,19 +25,20 @@ from tests.helpers import (
     wait_until,
 )
 
-# The moments: while the command itself starts (interpreter, imports), as the workers start (spawned, importing),
-# during a first epoch, right after a trial finished (between two trials), and later, mid-run.
+# The moments: while the interpreter itself starts (30 ms after exec: before bin/search blocked the stop signals,
+# CPython printed its own "Fatal Python error" there), while the command starts (imports), as the workers start
+# (spawned, importing, loading), during a first epoch, right after a trial finished (between two trials), and later.
 MOMENTS = {
-    "command start-up 0.1 s": lambda run, db, name: time.sleep(0.1),
-    "command start-up 1 s": lambda run, db, name: time.sleep(1.0),
+    "interpreter start-up 0.03 s": lambda run, db, name: time.sleep(0.03),
+    "command start-up 0.5 s": lambda run, db, name: time.sleep(0.5),
     "workers spawned": lambda run, db, name: wait_until(lambda: run.printed("workers on")),
     "workers importing": lambda run, db, name: (wait_until(lambda: run.printed("workers on")), time.sleep(1.0)),
+    "workers loading": lambda run, db, name: (wait_until(lambda: run.printed("workers on")), time.sleep(3.0)),
     "first epoch": lambda run, db, name: wait_until(lambda: running(db, name)),
     "first epoch, later": lambda run, db, name: (wait_until(lambda: running(db, name)), time.sleep(0.7)),
     "between trials": lambda run, db, name: wait_until(lambda: run.printed("] finished")),
-    "between trials, later": lambda run, db, name: (wait_until(lambda: run.printed("] finished")), time.sleep(0.3)),
     "mid-run": lambda run, db, name: (wait_until(lambda: run.printed("] finished")), time.sleep(1.5)),
-    "command start-up 3 s": lambda run, db, name: time.sleep(3.0),
+    "command start-up 1.5 s": lambda run, db, name: time.sleep(1.5),
 }
 
 
@@ -66,6 +67,43 @@ def test_ctrl_c_at_ten_moments_of_a_two_worker_search_then_the_same_command_resu
     trials = trials_so_far(db, name)
     assert sum(t.state in FINISHED for t in trials) == done + 2
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_ctrl_c_while_the_interpreter_itself_starts_is_one_line_too(tmp_path):
+    """The command's interpreter starts with the stop signals blocked (bin/search): a Ctrl-C before any line of
+    the project runs waits for its handler. Held deterministically inside the interpreter's own start-up by a
+    sitecustomize module (imported by `site`, before the command's first line); a console script started the
+    interpreter with SIGINT open, and Python printed its own "Error in sitecustomize ... KeyboardInterrupt"."""
+    hold = tmp_path / "site"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(
+        "import os, pathlib, time\n"
+        "if not os.environ.get('HELD'):\n"
+        "    os.environ['HELD'] = '1'  # the command's own interpreter only, not its workers\n"
+        "    pathlib.Path(os.environ['MARK']).touch()\n"
+        "    time.sleep(1.0)\n")
+    mark = tmp_path / "in-start-up"
+    study = tmp_path / "early.yaml"
+    study.write_text(CTRL_C_STUDY.format(name="early", trials=10))
+    run = Interruptible.start(["start", "--study", str(study), "--workers", "2"], tmp_path,
+                              PYTHONPATH=str(hold), MARK=str(mark))
+    wait_until(lambda: mark.exists() or run.proc.poll() is not None, timeout=30)
+    assert run.proc.poll() is None, run.text()
+    assert_clean_stop(run, run.ctrl_c(), tmp_path / "search.db", "early")
+    assert run.proc.returncode == 130  # our handler saw it: not SIGINT's default action
+    assert "no trial had started" in run.text() or "nothing" in run.text(), run.text()
+
+
+def test_a_folder_named_like_the_package_does_not_shadow_it(tmp_path):
+    """bin/search takes the current folder off sys.path, as a console script does: a user's models/ folder (a
+    common name for saved weights) must not replace the package."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("raise ImportError('the folder, not the package')\n")
+    (tmp_path / "cfg.yaml").write_text("dataset: digits\narchitecture: nosuch\n")
+    out = subprocess.run(search_cmd() + ["train", "cfg.yaml"], cwd=tmp_path, capture_output=True, text=True,
+                         env=cli_env(), timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "architecture 'nosuch' is not known; valid: alexnet" in out.stderr, out.stderr
 
 
 def test_ctrl_c_stops_a_standalone_worker_mid_trial(tmp_path):

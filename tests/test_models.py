@@ -1,6 +1,9 @@
 """The model registry and architectures: shapes, gradients, structure, parameter counts, errors."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,32 @@ def test_registry_names_and_references() -> None:
     assert sorted(MODEL_REFERENCES) == ALL
     assert all(MODEL_REFERENCES[name].strip() for name in ALL)
     assert pretrained_models() == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]
+
+
+def test_the_table_of_shipped_names_is_what_the_modules_register() -> None:
+    """registry.SHIPPED names each architecture before its module (and torch) is imported: it must say where
+    each one registers itself, and name them all."""
+    from models import registry
+
+    registry.load()
+    shipped = {name: entry.builder.__module__ for name, entry in registry._REGISTRY.items()
+               if entry.builder.__module__.startswith("models.")}
+    assert shipped == {name: f"models.{module}" for name, module in registry.SHIPPED.items()}
+
+
+def test_checking_a_config_or_a_study_loads_no_torch() -> None:
+    """What `search start` does before its workers start (check the study file's every value, plan the devices
+    on a machine without a GPU, check the data) and what `search export` does: no torch (3 s on two cores)."""
+    code = ("import sys; from search.hpo.studies import load_study; "
+            "from search.hpo.supervisor import plan_devices, prepare_data; "
+            "from search.train.config import TrainConfig; "
+            "spec = load_study('digits'); plan_devices(2, None); prepare_data(spec); "
+            "TrainConfig(dataset='digits', architecture='resnet50', augmentation='dihedral+color'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 # The deep ResNets share resnet18/50's code, so they run once, in RGB, to keep the file fast.

@@ -61,21 +61,33 @@ class Slot:
     line: progress.WorkerLine = field(default_factory=progress.WorkerLine)  # what it does now, for the display
 
 
-def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str, str], int]]:
-    """(device, environment, CPU threads) per worker: visible GPUs round-robin, else the CPU cores split evenly."""
+# Where a GPU driver shows itself (NVIDIA's, WSL's GPU bridge, ROCm's): only there can torch see a GPU.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_count() -> int:
+    """torch.cuda.device_count(), without importing torch where no GPU driver is installed: the supervisor never
+    trains, and on a CPU machine torch would cost it seconds before its workers start (~3 s on two cores)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not any(map(os.path.exists, GPU_DRIVER_FILES)):
+        return 0
     import torch
 
+    return torch.cuda.device_count()
+
+
+def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str, str], int]]:
+    """(device, environment, CPU threads) per worker: visible GPUs round-robin, else the CPU cores split evenly."""
     if devices == "cpu":
         ids: list[str] = []
     elif devices:
         ids = [d.strip() for d in devices.split(",") if d.strip()]
-        count = torch.cuda.device_count()
+        count = gpu_count()
         bad = [d for d in ids if not d.isdigit() or int(d) >= count]
         if bad:
             valid = f"0..{count - 1}" if count else "none here (no CUDA GPU is visible); use --devices cpu"
             raise SearchError(f"--devices {devices}: no GPU {bad[0]}; valid GPU indices: {valid}")
     else:
-        ids = [str(i) for i in range(torch.cuda.device_count())]
+        ids = [str(i) for i in range(gpu_count())]
     if ids:
         # Each worker sees only its own GPU, which it knows as cuda:0.
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]}, 0) for i in range(workers)]
@@ -373,14 +385,14 @@ def prepare_data(spec: StudySpec) -> None:
 
     with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
         for size in spec.sizes():
-            data.prepare(spec.dataset, spec.data_dir, size=size)
+            data.fetch(spec.dataset, spec.data_dir, size=size)
 
 
 def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
           echo: Callable[[str], None], allow_changes: bool = False) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     try:
-        with interrupt.raising():  # loads torch: seconds, and nothing written yet
+        with interrupt.raising():  # may load torch (a GPU machine): seconds, and nothing written yet
             plan_devices(workers, devices)  # a bad --devices fails before anything is written
         prepare_data(spec)
         ensure_study(spec, storage_url, allow_changes=allow_changes)

@@ -12,6 +12,7 @@ KeyboardInterrupt, and re-raises it).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from search import interrupt, quiet
 from search.errors import Interrupted
-from search.hpo import progress
+from search.hpo import progress, slots
 from search.hpo.storage import FINISHED, retry_once
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
 from search.hpo.urls import worker_id
@@ -116,6 +117,11 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
                            callbacks=[lambda _s, t, done=done: done.append(t)])
             t = done[-1]
             conn.send(Done(t.number, t.state.name, t.user_attrs.get("reason")))
+        # Every result is in the store and reported: skip the interpreter's teardown, which with torch loaded
+        # takes seconds that the supervisor (and the user) would wait for.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except KeyboardInterrupt:  # interrupt.Stop: the running trial, if any, is already marked FAIL (interrupted)
         os._exit(130)  # skip interpreter teardown: nothing is left to save
     except (EOFError, BrokenPipeError):
@@ -137,10 +143,10 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
 
     interrupt.install()  # the CLI did already; a no-op then
     quiet.libraries(worker=True)
+    if threads is None and device == "cpu":
+        threads = slots.default_threads()  # None while $OMP_NUM_THREADS is set: torch follows it
     if threads is not None:
         set_threads(device, threads)
-    elif "OMP_NUM_THREADS" not in os.environ:  # set, it is the user's choice and torch follows it
-        set_threads(device, os.cpu_count() or 1)
     study = open_study(spec, storage_url, seed_offset)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done >= trials:

@@ -31,11 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.errors import SearchError
+from search.train.config import POLICIES, parse_policy  # noqa: F401  (POLICIES: part of this module's API)
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
-
-POLICIES: tuple[str, ...] = ("none", "flip", "dihedral", "crop", "color")
 
 CROP_PAD = 4
 COLOR_RANGE = 0.2  # brightness, contrast and saturation factors lie in [1 - 0.2, 1 + 0.2]
@@ -47,33 +45,6 @@ _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]], dtype=torch.float64
 )
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
-
-
-def _invalid(part: str) -> SearchError:
-    valid = ", ".join(POLICIES)
-    return SearchError(
-        f"unknown augmentation {part!r}; valid: {valid}, or a combination such as dihedral+color"
-    )
-
-
-def parse_policy(spec: str) -> tuple[str, ...]:
-    """The op names of ``spec`` in order of application; ``()`` for ``"none"``.
-
-    >>> parse_policy(" dihedral + color ")
-    ('dihedral', 'color')
-    """
-    parts = [part.strip().lower() for part in str(spec).split("+")]
-    for part in parts:
-        if part not in POLICIES:
-            raise _invalid(part)
-    if parts == ["none"]:
-        return ()
-    if "none" in parts:
-        raise SearchError(f"augmentation {spec!r} combines 'none' with other policies; use 'none' alone")
-    repeated = sorted({part for part in parts if parts.count(part) > 1})
-    if repeated:
-        raise SearchError(f"augmentation {spec!r} names {repeated[0]!r} twice; name each policy once")
-    return tuple(parts)
 
 
 def _per_sample(mask: Tensor) -> Tensor:

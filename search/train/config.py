@@ -122,12 +122,43 @@ def _choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
         raise SearchError(f"{key} '{value}' is not known; valid: {', '.join(valid)}")
 
 
+# Augmentation policies (search/train/augment.py applies them): named here, where every value is checked, so that
+# checking a config needs no torch.
+POLICIES: tuple[str, ...] = ("none", "flip", "dihedral", "crop", "color")
+
+
+def _invalid(part: str) -> SearchError:
+    valid = ", ".join(POLICIES)
+    return SearchError(
+        f"unknown augmentation {part!r}; valid: {valid}, or a combination such as dihedral+color"
+    )
+
+
+def parse_policy(spec: str) -> tuple[str, ...]:
+    """The op names of ``spec`` in order of application; ``()`` for ``"none"``.
+
+    >>> parse_policy(" dihedral + color ")
+    ('dihedral', 'color')
+    """
+    parts = [part.strip().lower() for part in str(spec).split("+")]
+    for part in parts:
+        if part not in POLICIES:
+            raise _invalid(part)
+    if parts == ["none"]:
+        return ()
+    if "none" in parts:
+        raise SearchError(f"augmentation {spec!r} combines 'none' with other policies; use 'none' alone")
+    repeated = sorted({part for part in parts if parts.count(part) > 1})
+    if repeated:
+        raise SearchError(f"augmentation {spec!r} names {repeated[0]!r} twice; name each policy once")
+    return tuple(parts)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check every value; raise SearchError naming the first bad key and what would be valid."""
-    # The registries are the truth; imported here, at the first check, because they load torch and medmnist,
-    # which commands that only read a study (status, export) never need.
+    # The registries are the truth; imported here, at the first check. Neither loads torch (nor medmnist, unless
+    # a MedMNIST name is asked for): `search start` checks every value of a study before its workers start.
     from models import list_models
-    from search.train.augment import parse_policy
     from search.train.data import get_info, is_dataset, list_datasets
 
     for key in KEYS:

@@ -20,18 +20,20 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from search import env
 from search.errors import SearchError
-from search.train.metrics import is_multi_label
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `search start` itself never needs it (3 s here)
+    import torch
 
 log = logging.getLogger("search")
 
 SPLITS = ("train", "val", "test")
+MULTI_LABEL = "multi-label, binary-class"  # medmnist's name of the one task with a 0/1 target per label
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 images N,H,W[,C], labels N,K)
 
 
@@ -44,6 +46,7 @@ class DatasetInfo:
     read: Callable[..., Arrays]  # (root, download, size) -> arrays
     sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
     labels: tuple[str, ...] | None = None  # the class names (MedMNIST's); None: the class numbers
+    bundled: bool = False  # its data ship with the installed packages: nothing to download or check beforehand
 
     @property
     def multi_label(self) -> bool:
@@ -67,6 +70,11 @@ class Data:
     test: Split
     mean: torch.Tensor  # per-channel, of the training images scaled to [0, 1], shape (1, C, 1, 1)
     std: torch.Tensor
+
+
+def is_multi_label(task: str) -> bool:
+    """Whether ``task`` (medmnist's task name) has a 0/1 target per label rather than one class per image."""
+    return task == MULTI_LABEL
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
@@ -136,8 +144,18 @@ def prepare(name: str, data_dir: str | None = None, size: int = 28) -> Arrays:
     return _read(get_info(name), data_root(data_dir), size)
 
 
+def fetch(name: str, data_dir: str | None = None, size: int = 28) -> None:
+    """`prepare`, before any worker starts (`search start`, compose's init): a bundled dataset has nothing to
+    fetch, and reading it here would only load torch into a process that never trains."""
+    info = get_info(name)
+    if not info.bundled:
+        _read(info, data_root(data_dir), size)
+
+
 def load(name: str, data_dir: str | None, device: torch.device, size: int = 28) -> Data:
     """The dataset at ``size`` pixels on ``device``, read once per process and cached."""
+    import torch
+
     root = data_root(data_dir)
     key = (name, str(root.resolve()), str(device), size)
     if key not in _CACHE:
@@ -162,6 +180,8 @@ def _chunked_std(images: np.ndarray, mean: np.ndarray, chunk: int = 10_000) -> n
 
 
 def _to_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels.astype(np.float32 if info.multi_label else np.int64))
@@ -368,6 +388,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
+    import torch
+
     images, target = digits_arrays()
     small = torch.from_numpy(images).float().unsqueeze(1) * (255.0 / 16.0)
     images = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
@@ -379,4 +401,4 @@ def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
     return {s: (images[idx], labels[idx]) for s, idx in parts.items()}
 
 
-register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits))
+register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits, bundled=True))

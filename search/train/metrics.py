@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-TASKS: tuple[str, ...] = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
-MULTI_LABEL = "multi-label, binary-class"
+from search.train.data import MULTI_LABEL, is_multi_label
+
+TASKS: tuple[str, ...] = ("multi-class", "binary-class", MULTI_LABEL, "ordinal-regression")
 
 
 def _check(y_true: Tensor, y_score: Tensor, task: str) -> tuple[Tensor, Tensor]:
@@ -77,11 +78,6 @@ def _auc(y_true: Tensor, y_score: Tensor, task: str) -> Tensor:
         classes = torch.arange(y_score.shape[1], device=y_score.device)
         targets, scores = y_true.unsqueeze(1) == classes, y_score
     return column_auc(targets, scores).mean()
-
-
-def is_multi_label(task: str) -> bool:
-    """Whether ``task`` (medmnist's task name) has a 0/1 target per label rather than one class per image."""
-    return task == MULTI_LABEL
 
 
 def predict(y_score: Tensor, task: str, threshold: float = 0.5) -> Tensor:
