@@ -36,3 +36,18 @@ def test_on_a_terminal_each_worker_has_a_line_with_its_epoch_redrawn_in_place(tm
     assert re.search(r"worker 0: trial \d+, epoch [123]/3, val_acc \d\.\d{4}, [\d,]+ images/s", text), text
     assert re.search(r"finished \d/2 .* \| ETA ", text) and "finished 2/2" in text
     assert "\r" in text or "\x1b[" in text  # redrawn in place, not appended
+
+
+def test_into_a_pipe_a_summary_comes_after_30_s_without_a_line_never_right_after_one():
+    from search.hpo import progress
+
+    lines: list[str] = []
+    board = progress.Board(lines.append, live=False)
+    board.last_summary -= progress.SUMMARY_EVERY_S + 1  # 31 s of silence
+    board.say("trial 3 finished")  # ... ended by a line: no summary right after it
+    board.show(["worker 0: trial 4, starting"], "[ 31 s] totals")
+    assert lines == ["trial 3 finished"]
+    board.last_summary -= progress.SUMMARY_EVERY_S + 1  # 31 s more without a line
+    board.show(["worker 0: trial 4, epoch 1/3"], "[ 62 s] totals")
+    assert lines[-1] == "[ 62 s] totals || worker 0: trial 4, epoch 1/3"
+    assert all("\r" not in line and "\x1b" not in line for line in lines)

@@ -3,8 +3,8 @@ images/s) and the totals (finished, pruned, failed, running, best, trials/h, ETA
 
 On a terminal those lines are redrawn in place (tqdm bars that hold only text, below the permanent lines: each
 finished or failed trial). Elsewhere (docker logs, CI, `| tee`) there is no control character at all: the
-permanent lines as they come, and the workers' lines with the totals every 30 s, so a long trial still shows
-that the search is alive.
+permanent lines as they come, and the workers' lines with the totals after 30 s without a line, so a long trial
+still shows that the search is alive.
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ class Board:
             tqdm.write(text)
         else:
             self.echo(text)
+            self.last_summary = time.monotonic()  # a line just showed the search is alive: the next summary in 30 s
 
     def show(self, lines: list[str], totals: str) -> None:
         """The workers' lines and the totals, as they stand now."""

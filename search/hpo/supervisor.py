@@ -8,7 +8,7 @@ once more, and a replacement worker starts. On Ctrl-C or SIGTERM it stops the wo
 left RUNNING as FAIL ("interrupted") and exits; the same command resumes the study.
 
 Progress (search/hpo/progress.py): a line per worker (trial, epoch, latest value, images/s) and the totals with an
-ETA, redrawn in place on a terminal; elsewhere, a line per finished trial and a summary every 30 s.
+ETA, redrawn in place on a terminal; elsewhere, a line per finished trial and a summary after 30 s without one.
 
 Stopping (search/interrupt.py): signals are only recorded, and polled at safe points. Workers start with both
 stop signals blocked and ignore SIGINT from their first line, so a terminal's Ctrl-C is the supervisor's alone;
