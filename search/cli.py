@@ -222,12 +222,13 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
 @main.command()
 @click.option("--study", required=True)
 @storage_option()
-@click.option("--run", "runs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A `search train` output folder, or a `--seeds` folder; repeat for more runs.")
+@click.option("--run", "runs", multiple=True, metavar="[LABEL=]DIR",
+              help="A group of final runs: a `search train` output folder, or a `--seeds` folder; LABEL names it "
+                   "(default: the folder's name). Repeat to compare groups: the first is the baseline.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder (default: report-STUDY); files already there are replaced.")
 @_stops_at_once
-def report(study: str, storage: str | None, runs: tuple[Path, ...], out: Path | None) -> None:
+def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
     from search.results import report as report_mod
     from search.results import trials as export

@@ -6,6 +6,7 @@ scikit-learn's digits; they run once per session (tests/test_artifacts.py reads 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import statistics
@@ -23,8 +24,8 @@ from search.results import report
 from search.train import config, engine
 from tests.helpers import Searched, write_medmnist_npz
 
-STUDY_FIGURES = ("optimisation_history", "importances", "parallel_coordinates", "learning_curves",
-                 "best_per_architecture", "trial_states", "pruning_savings")
+STUDY_FIGURES = ("optimisation_history", "importances", "marginal_effects", "parallel_coordinates",
+                 "learning_curves", "best_per_architecture", "trial_states", "pruning_savings")
 RUN_FIGURES = ("training_curves", "confusion_matrix", "per_class_accuracy", "test_metrics")
 TABLES = ("best_per_architecture", "trial_states", "pruning_savings", "top_trials", "trials",
           "per_class_accuracy", "test_metrics")
@@ -61,6 +62,11 @@ def test_final_runs_record_the_test_confusion_matrix_of_the_same_pass(searched):
     # the matrix comes from the very scores test_acc was computed from
     assert sum(cm[i][i] for i in range(10)) / 269 == pytest.approx(m["test_acc"])
     assert m["test_per_class_acc"] == pytest.approx([cm[i][i] / sum(cm[i]) for i in range(10)])
+    # ...and so do the per-image predictions that `search report`'s paired test (McNemar) reads
+    (run,) = report.load_groups([searched.root / "final" / "seed-0"])[0].runs
+    labels, predictions = run.metrics["test_labels"], run.metrics["test_predictions"]
+    assert len(labels) == len(predictions) == 269 and [labels.count(k) for k in range(10)] == m["test_class_counts"]
+    assert sum(y == p for y, p in zip(labels, predictions)) / 269 == pytest.approx(m["test_acc"])
 
 
 def test_seeds_refuse_a_folder_with_finished_runs(searched, monkeypatch):
@@ -223,8 +229,8 @@ def test_too_few_trials_leave_figures_out_with_a_note(tmp_path):
     drawn = [item.name for item in section.items if isinstance(item, report.FigureItem)]
     notes = [item.title for item in section.items if isinstance(item, report.Note)]
     assert drawn == ["trial_states"] and trials_table.rows == []
-    assert notes == ["Optimisation history", "Hyperparameter importances", "Parallel coordinates", "Learning curves",
-                     "Best per architecture", "Epochs saved by pruning"]
+    assert notes == ["Optimisation history", "Hyperparameter importances", "Marginal effects of the hyperparameters",
+                     "Parallel coordinates", "Learning curves", "Best per architecture", "Epochs saved by pruning"]
 
 
 def test_pathmnist_runs_are_tabled_beside_the_published_benchmark(tmp_path):
@@ -232,7 +238,7 @@ def test_pathmnist_runs_are_tabled_beside_the_published_benchmark(tmp_path):
     cfg = config.TrainConfig(dataset="pathmnist", data_dir=str(tmp_path), architecture="simple_cnn_v1", epochs=1,
                              batch_size=32, device="cpu")
     engine.train(cfg, tmp_path / "run", progress=False)
-    section = report.runs_section(report.load_runs([tmp_path / "run"]), "pathmnist")
+    section = report.runs_section(report.load_groups([tmp_path / "run"]), "pathmnist")
     tables = {item.name: item for item in section.items if isinstance(item, report.Table)}
     rows, footer = body_rows(tables["benchmark"].latex())
     published = benchmarks.MEDMNIST_V2["pathmnist"]
@@ -254,3 +260,148 @@ def test_a_folder_without_runs_is_one_line_and_writes_nothing(searched, monkeypa
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "--run empty-run: no metrics.json there nor in its subfolders" in result.output
     assert not (searched.root / "nothing").exists()
+
+
+# --- run groups: side by side, and compared with the first ---------------------------------------------------
+
+
+def _metrics(searched: Searched) -> dict:
+    """A real run's metrics.json (the fixture's `search train`), the template of the generated runs below."""
+    return json.loads((searched.root / "final" / "seed-0" / "metrics.json").read_text())
+
+
+def _group(folder: Path, template: dict, accs: list[float], aucs: list[float], **changes) -> Path:
+    """A `search train` folder (one value) or a `--seeds` folder (seed-S/metrics.json each), as search train
+    writes them, with the given test ACC and AUC; ``changes``: keys set in every run, or lists of one per run."""
+    for i, (acc, auc) in enumerate(zip(accs, aucs)):
+        run = folder if len(accs) == 1 else folder / f"seed-{i}"
+        run.mkdir(parents=True)
+        m = {**template, "seed": i, "test_acc": acc, "test_auc": auc}
+        m.update({k: v[i] if isinstance(v, list) and len(v) == len(accs) and k != "test_labels" else v
+                  for k, v in changes.items()})
+        (run / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    return folder
+
+
+def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """(difference, low, high) at 95%, from the textbook formulas; only the t quantile comes from scipy."""
+    from scipy import stats
+
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    return ma - mb, ma - mb - half, ma - mb + half
+
+
+def _cell_numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[+-]\d\.\d+", cell)]
+
+
+DEFAULT_AUC, SEARCHED_AUC = [0.950, 0.955, 0.960], [0.940, 0.990, 0.970]
+
+
+def test_two_run_groups_get_rows_of_their_own_and_a_difference_with_a_welch_interval(searched, tmp_path):
+    m = _metrics(searched)
+    default = _group(tmp_path / "runs" / "default", m, [0.80, 0.82, 0.84], DEFAULT_AUC)
+    final = _group(tmp_path / "runs" / "final", m, [0.85, 0.87, 0.89], SEARCHED_AUC, architecture="simple_cnn_v2")
+    one = _group(tmp_path / "runs" / "one", m, [0.86], [0.96])  # a single run; its label: the folder's name
+    # What write_report writes, without the seconds of saving every figure (the searched report covers that);
+    # a study without trials keeps the search's section short.
+    sections, _ = report.build_sections(optuna.create_study(study_name="none"),
+                                        report.load_groups([f"default={default}", f"searched={final}", str(one)]))
+    assert [s.id for s in sections] == ["search", "final", "comparison"]
+    items = {item.name: item for s in sections for item in s.items if isinstance(item, report.Table)}
+
+    rows, footer = body_rows(items["comparison"].latex())
+    assert [r[0] for r in rows] == ["default (baseline)", "searched", "one"] and footer == []
+    assert [r[1] for r in rows] == ["3", "3", "1"]
+    # Equal spreads and sizes: Welch's df is 2 (n - 1) = 4, t(0.975, 4) = 2.7764 from a printed t table;
+    # se = sqrt(2 * 0.02^2 / 3) = 0.01633: 0.05 ± 0.04534
+    assert _cell_numbers(rows[1][3]) == pytest.approx([0.05, 0.05 - 0.045339, 0.05 + 0.045339], abs=1e-4)
+    # Unequal spreads: the interval from the formulas by hand
+    assert _cell_numbers(rows[1][5]) == pytest.approx(list(_welch_by_hand(SEARCHED_AUC, DEFAULT_AUC)), abs=1e-4)
+    low, high = _cell_numbers(rows[1][5])[1:]
+    assert low < 0 < high  # ...so the page must say that no difference is shown
+    assert rows[2][3] == "+0.0400 (n = 1: no interval)" and rows[2][5] == "+0.0050 (n = 1: no interval)"
+    assert r"$\Delta$ ACC [95\% CI]" in items["comparison"].latex()  # LaTeX without Unicode set-up
+    assert items["comparison"].markdown().startswith("Table: Each group against the baseline (default)")
+    text = html.unescape(sections[2].intro)  # the page's paragraph above the table
+    assert "searched − default, test ACC: +0.0500 [+0.0047, +0.0953] (3 vs 3 runs, Welch df 4.0): higher than " \
+           "the baseline at 95%" in text
+    assert "no difference shown at 95% (the interval includes 0)" in text.split("searched − default, test AUC")[1]
+    assert "one − default, test ACC: +0.0400 (1 vs 3 runs): no interval: the group has a single run (n = 1)" in text
+    assert "Welch's t interval" in text and "few seeds" in text
+    # no per-image predictions in these runs: McNemar is left out, and the page says why
+    assert "McNemar" not in items["comparison"].latex()
+    (note,) = [n for n in sections[2].items if isinstance(n, report.Note)]
+    assert note.text.startswith("Left out for every group: no run has per-image test predictions")
+
+    # every group on its own: a row per run, a footer line per group, a per-class column per group
+    rows, footer = body_rows(items["test_metrics"].latex())
+    assert [r[0] for r in rows] == [f"{g}/seed-{i}" for g in ("default", "searched") for i in range(3)] + ["one"]
+    assert [f[0] for f in footer] == [r"default: mean $\pm$ sd (n = 3)", r"searched: mean $\pm$ sd (n = 3)",
+                                      "one: mean (n = 1)"]
+    assert footer[0][5] == r"0.8200 $\pm$ 0.0200" and footer[2][5] == "0.8600"
+    assert items["per_class_accuracy"].columns[-3:] == ["default", "searched", "one"]
+
+    figures = {i.name: i.figure for i in sections[1].items if isinstance(i, report.FigureItem)}
+    panels = [ax for ax in figures["confusion_matrix"].axes if ax.images]
+    assert [ax.get_title().split(" (")[0] for ax in panels] == ["default", "searched", "one"]
+    legend = figures["training_curves"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["default", "searched", "one"]  # a colour per group
+    assert len({line.get_color() for line in legend.get_lines()}) == 3
+
+
+def test_mcnemar_compares_the_best_runs_per_image(searched, tmp_path):
+    m = _metrics(searched)
+    labels = [i % 10 for i in range(269)]
+    right = lambda wrong: [(y + 1) % 10 if i in wrong else y for i, y in enumerate(labels)]  # noqa: E731
+    all_wrong = right(set(range(269)))
+    # the best runs by validation accuracy: seed-1 in each group. Only the group's gets images 0-7 right (b = 8),
+    # only the baseline's 8 and 9 (c = 2); the other runs get every image wrong.
+    base = _group(tmp_path / "base", m, [0.8, 0.8], [0.9, 0.9], val_acc=[0.5, 0.9], test_labels=labels,
+                  test_predictions=[all_wrong, right(set(range(8)))])
+    other = _group(tmp_path / "other", m, [0.8, 0.8], [0.9, 0.9], val_acc=[0.5, 0.9], test_labels=labels,
+                   test_predictions=[all_wrong, right({8, 9})])
+    section = report.comparison_section(report.load_groups([base, other]))
+    (table,) = [item for item in section.items if isinstance(item, report.Table)]
+    assert table.columns[-2:] == ["McNemar b / c", "McNemar p"]
+    # exact two-sided: 2 P(X <= 2), X ~ Bin(10, 1/2) = 2 (1 + 10 + 45) / 1024 = 0.109375
+    assert table.rows[1][-2:] == ["8 / 2", "0.109"]
+    assert not [item for item in section.items if isinstance(item, report.Note)]
+
+
+def test_groups_on_different_datasets_are_refused_in_one_line_and_nothing_is_written(searched, tmp_path,
+                                                                                     monkeypatch):
+    m = _metrics(searched)
+    digits = _group(tmp_path / "digits-run", m, [0.8], [0.9])
+    path = _group(tmp_path / "path-runs", m, [0.8, 0.8], [0.9, 0.9], dataset="pathmnist")
+    monkeypatch.chdir(searched.root)
+    result = CliRunner().invoke(main, ["report", "--study", "tiny", "--run", f"a={digits}", "--run", f"b={path}",
+                                       "-o", str(tmp_path / "mixed")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "trained on different datasets: a (digits), b (pathmnist)" in result.output
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_marginal_effects_have_one_panel_per_searched_parameter_beside_the_importances(searched, tmp_path):
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched.root / 'search.db'}")
+    section, _ = report.study_section(study)
+    names = [item.name if isinstance(item, report.FigureItem) else item.title for item in section.items]
+    assert names.index("marginal_effects") == names.index("importances") + 1
+    fig = next(item.figure for item in section.items if getattr(item, "name", "") == "marginal_effects")
+    finished = [t for t in searched.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    params = list(dict.fromkeys(n for t in finished for n in t.params))
+    assert sorted(params) == ["architecture", "dropout", "lr", "momentum", "optimizer"]
+    assert [ax.get_xlabel() for ax in fig.axes] == params  # one panel each, none empty
+    for ax, name in zip(fig.axes, params):  # every finished trial that set the parameter, complete or pruned
+        assert sum(len(c.get_offsets()) for c in ax.collections) == sum(name in t.params for t in finished)
+    lr = fig.axes[params.index("lr")]  # a categorical parameter, numbers as categories
+    assert lr.get_xscale() == "linear" and [t.get_text() for t in lr.get_xticklabels()] == ["1e-5", "0.003"]
+    # a float sampled on a log scale gets a log axis
+    log_fig = next(item.figure for item in report.study_section(_study_with(tmp_path, [0.9, 0.8]))[0].items
+                   if getattr(item, "name", "") == "marginal_effects")
+    assert [(ax.get_xlabel(), ax.get_xscale()) for ax in log_fig.axes] == [("lr (log scale)", "log")]
+    assert (searched.report / "figures" / "marginal_effects.pdf").read_bytes().startswith(b"%PDF-")

@@ -28,7 +28,6 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.results import published as benchmarks
 from search.results.tables import fmt as _fmt
 from search.results.trials import STATES
 
@@ -63,15 +62,18 @@ def save_png(fig: Figure, path: Path, dpi: int = STYLE["savefig.dpi"]) -> None:
 
 @rc_context(STYLE)
 def history_figure(runs: Sequence[tuple[str, list[dict[str, float]]]], title: str,
-                   kept: dict[str, int] | None = None, max_epoch: int | None = None) -> Figure:
+                   kept: dict[str, int] | None = None, max_epoch: int | None = None,
+                   groups: Sequence[str] | None = None) -> Figure:
     """Loss (left) and validation ACC and AUC (right) per epoch, for one run or several (one colour each).
 
     ``kept``: run label -> the epoch whose weights were kept (a star); ``max_epoch``: the epoch budget, so that
-    a pruned trial's axis shows how far it could have gone.
+    a pruned trial's axis shows how far it could have gone; ``groups``: each run's group, where runs come in
+    groups (the `--run` folders of a report): then the colour tells the group, and the legend names the groups.
     """
     fig = _figure(WIDTH + 1.2, 3.6)
     loss_ax, metric_ax = fig.subplots(1, 2)
     single = len(runs) == 1
+    named = list(dict.fromkeys(groups)) if groups is not None and len(set(groups)) > 1 else None
     for i, (label, history) in enumerate(runs):
         epochs = [h["epoch"] for h in history]
         marker = {"marker": "o", "markersize": 3} if len(epochs) <= 15 else {}
@@ -79,7 +81,7 @@ def history_figure(runs: Sequence[tuple[str, list[dict[str, float]]]], title: st
             curves = [(loss_ax, "train_loss", BLUE, "-"), (loss_ax, "val_loss", VERMILLION, "-"),
                       (metric_ax, "val_acc", BLUE, "-"), (metric_ax, "val_auc", VERMILLION, "-")]
         else:  # colours tell the runs apart, line styles the curves
-            colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+            colour = RUN_COLOURS[(named.index(groups[i]) if named else i) % len(RUN_COLOURS)]  # type: ignore[index]
             curves = [(loss_ax, "train_loss", colour, "-"), (loss_ax, "val_loss", colour, "--"),
                       (metric_ax, "val_acc", colour, "-"), (metric_ax, "val_auc", colour, ":")]
         for ax, key, colour, style in curves:
@@ -100,8 +102,9 @@ def history_figure(runs: Sequence[tuple[str, list[dict[str, float]]]], title: st
         handles.append(Line2D([], [], marker="*", markersize=10, color="black", linestyle="none",
                               label="kept epoch (best validation)"))
     if not single:  # which colour is which run: upper right of the loss panel, where falling losses leave room
+        legend = named or [label for label, _ in runs]
         loss_ax.legend(handles=[Line2D([], [], color=RUN_COLOURS[i % len(RUN_COLOURS)], lw=3, label=label)
-                                for i, (label, _) in enumerate(runs)], loc="upper right")
+                                for i, label in enumerate(legend)], loc="upper right")
     # Below the axes: a legend inside would cover the curves, which end where they are best.
     fig.legend(handles=handles, loc="outside lower center", ncol=3)
     loss_ax.set(ylabel="Cross-entropy loss", title="Loss")
@@ -109,7 +112,7 @@ def history_figure(runs: Sequence[tuple[str, list[dict[str, float]]]], title: st
     last = max([h["epoch"] for _, hist in runs for h in hist] + [max_epoch or 1])
     for ax in (loss_ax, metric_ax):
         _epoch_axis(ax, last)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 85))
     return fig
 
 
@@ -127,11 +130,6 @@ def _epoch_axis(ax: Any, last: int) -> None:
 def confusion_figure(matrices: Sequence[Sequence[Sequence[int]]], names: Sequence[str], title: str) -> Figure:
     """Row-normalised confusion matrix in % (mean over the given runs); counts too when there is one run."""
     k = len(names)
-    shares = []
-    for m in matrices:
-        rows = [[100 * c / sum(row) if sum(row) else math.nan for c in row] for row in m]
-        shares.append(rows)
-    pct = [[statistics.fmean(s[i][j] for s in shares) for j in range(k)] for i in range(k)]
     long_names = any(len(n) > 3 for n in names)
     row_labels = [f"{n} ({i})" if long_names else n for i, n in enumerate(names)]
     # Sized from its parts, so that neither a long class name nor the axis title is cut off and no empty band
@@ -139,8 +137,23 @@ def confusion_figure(matrices: Sequence[Sequence[Sequence[int]]], names: Sequenc
     side = min(max(3.2, 0.45 * k), 7.0)
     fig = _figure(side + 0.07 * max(map(len, row_labels)) + 1.9, side + 1.2)
     ax = fig.subplots()
+    image = draw_confusion(ax, matrices, names, row_labels=row_labels, fontsize=8 if k <= 10 else 7,
+                           long_names=long_names)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="% of the true class")
+    # A figure title, not an axes title: constrained layout keeps it clear of the colour bar.
+    fig.suptitle(textwrap.fill(title, 70))
+    return fig
+
+
+def draw_confusion(ax: Any, matrices: Sequence[Sequence[Sequence[int]]], names: Sequence[str], *,
+                   row_labels: Sequence[str] | None, fontsize: int, long_names: bool) -> Any:
+    """One confusion matrix on ``ax``: each cell the % of its row (true class), the mean over ``matrices``, with
+    the counts in brackets when there is one matrix; ``row_labels`` None leaves the rows unnamed (a panel right of
+    another). Returns the image, for a colour bar."""
+    k = len(names)
+    shares = [[[100 * c / sum(row) if sum(row) else math.nan for c in row] for row in m] for m in matrices]
+    pct = [[statistics.fmean(s[i][j] for s in shares) for j in range(k)] for i in range(k)]
     image = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
-    fontsize = 8 if k <= 10 else 7
     for i in range(k):
         for j in range(k):
             if math.isnan(pct[i][j]) or pct[i][j] == 0:  # empty cells stay blank: the errors stand out
@@ -151,17 +164,15 @@ def confusion_figure(matrices: Sequence[Sequence[Sequence[int]]], names: Sequenc
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                     color="white" if pct[i][j] > 55 else "black")
     ax.set_xticks(range(k), labels=[str(i) for i in range(k)] if long_names else list(names))
-    ax.set_yticks(range(k), labels=row_labels)
+    ax.set_yticks(range(k), labels=list(row_labels) if row_labels is not None else [])
     ax.set_xlabel("Predicted class" + (" (number as on the left)" if long_names else ""))
-    ax.set_ylabel("True class")
+    if row_labels is not None:
+        ax.set_ylabel("True class")
     ax.grid(False)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="% of the true class")
-    # A figure title, not an axes title: constrained layout keeps it clear of the colour bar.
-    fig.suptitle(textwrap.fill(title, 70))
-    return fig
+    return image
 
 
 @rc_context(STYLE)
@@ -203,6 +214,84 @@ def importance_figure(importances: dict[str, float], n_trials: int) -> Figure:
            title=f"Hyperparameter importances ({n_trials} complete trials)")
     ax.grid(axis="y", visible=False)
     return fig
+
+
+@rc_context(STYLE)
+def marginal_effects_figure(trials: list[FrozenTrial], metric: str) -> Figure | None:
+    """Small multiples, one panel per searched parameter: each finished trial's objective against the parameter's
+    value. Complete trials are dots at their value; pruned trials are crosses at the last value they reported.
+    A log axis where the space samples the parameter on a log scale; categorical parameters (numeric choices too)
+    as evenly spaced categories, the points of a category spread a little sideways so that equal ones stay
+    visible. A conditional parameter's panel holds only the trials that set it. None when no finished trial has
+    parameters.
+    """
+    points: list[tuple[FrozenTrial, float]] = []
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            points.append((t, t.value))
+        elif t.state == TrialState.PRUNED and t.intermediate_values:
+            points.append((t, t.intermediate_values[max(t.intermediate_values)]))
+    names: list[str] = []
+    for t, _ in points:
+        names += [n for n in t.params if n not in names]
+    if not names:
+        return None
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = _figure(max(WIDTH, 2.4 * columns + 0.6), 2.3 * rows + 1.0)
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    for ax in axes[len(names):]:
+        ax.remove()  # one axes per parameter, none empty
+    for ax, name in zip(axes, names):
+        dist = next(t.distributions[name] for t, _ in points if name in t.distributions)
+        have = [(t, v) for t, v in points if name in t.params]
+        if isinstance(dist, CategoricalDistribution):
+            where = {c: i for i, c in enumerate(dist.choices)}
+            seen: Counter[Any] = Counter()
+            xs = []
+            for t, _ in have:
+                c = t.params[name]
+                xs.append(where.get(c, math.nan) + 0.07 * _spread(seen[c]))
+                seen[c] += 1
+            ax.set_xticks(range(len(dist.choices)), labels=[_fmt(c) for c in dist.choices])
+            ax.set_xlim(-0.5, len(dist.choices) - 0.5)
+            ax.grid(axis="x", visible=False)
+        else:
+            xs = [float(t.params[name]) for t, _ in have]
+            if getattr(dist, "log", False):
+                ax.set_xscale("log")
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(*_padded(float(dist.low), float(dist.high), bool(getattr(dist, "log", False))))
+        for state, style in (("complete", {"marker": "o", "s": 20}), ("pruned", {"marker": "x", "s": 26})):
+            chosen = [(x, v) for x, (t, v) in zip(xs, have) if t.state.name.lower() == state]
+            ax.scatter([x for x, _ in chosen], [v for _, v in chosen], color=STATE_COLOURS[state], zorder=3,
+                       **style)
+        ax.set_xlabel(name + (" (log scale)" if getattr(dist, "log", False) else ""))
+        ax.set_title(f"{len(have)} trial{'s' if len(have) != 1 else ''}", fontsize=9, color="0.3")
+    for row in range(rows):
+        axes[row * columns].set_ylabel(metric_label(metric).capitalize())
+    n_done = sum(t.state == TrialState.COMPLETE for t, _ in points)
+    fig.legend(handles=[Line2D([], [], color=BLUE, marker="o", linestyle="none", label=f"complete ({n_done})"),
+                        Line2D([], [], color=ORANGE, marker="x", mew=1.5, linestyle="none",
+                               label=f"pruned ({len(points) - n_done}): last reported value")],
+               loc="outside lower center", ncol=2)
+    fig.suptitle(f"Marginal effects: {metric_label(metric)} against each searched parameter")
+    return fig
+
+
+def _spread(i: int) -> float:
+    """0, +1, -1, +2, -2, ...: the sideways offset of a category's i-th point."""
+    return (i + 1) // 2 * (1 if i % 2 else -1)
+
+
+def _padded(low: float, high: float, log: bool) -> tuple[float, float]:
+    """The search range with a 5% margin (of the log range on a log axis): points at a bound stay whole."""
+    if log:
+        margin = (high / low) ** 0.05
+        return low / margin, high * margin
+    margin = 0.05 * (high - low) or 0.5
+    return low - margin, high + margin
 
 
 @dataclass
@@ -377,100 +466,4 @@ def pruning_figure(rows: list[tuple[int, str, int, int]], saved: int, budget: in
     ax.set(xlabel="Trial number", ylabel="Epochs",
            title=f"Epochs saved by pruning: {saved} of {budget} ({share:.0f} %)")
     ax.grid(axis="x", visible=False)
-    return fig
-
-
-@rc_context(STYLE)
-def per_class_figure(names: list[str], accs: list[list[float | None]], counts: list[int], overall: float,
-                     multi_label: bool) -> Figure:
-    """accs: per run, per class accuracy."""
-    k = len(names)
-    means, sds, points = [], [], []
-    for i in range(k):
-        vals = [run[i] for run in accs if run[i] is not None]
-        points.append(vals)
-        means.append(statistics.fmean(vals) if vals else math.nan)
-        sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    fig = _figure(WIDTH, 0.36 * k + 1.6)
-    ax = fig.subplots()
-    ys = list(range(k))
-    # Whiskers are clipped to [0, 1]: an accuracy cannot leave that range, whatever mean ± sd says.
-    spread = [[min(sd, m) for m, sd in zip(means, sds)], [min(sd, 1 - m) for m, sd in zip(means, sds)]]
-    ax.barh(ys, means, xerr=spread if len(accs) > 1 else None, color=BLUE, height=0.6,
-            error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
-    if len(accs) > 1:
-        for y, vals in zip(ys, points):
-            ax.scatter(vals, [y] * len(vals), color="black", s=8, zorder=4)
-    for y, m in zip(ys, means):  # the values in a column right of the axis: never on a bar or a whisker
-        if not math.isnan(m):
-            ax.text(1.03, y, f"{m:.2f}", va="center", fontsize=8)
-    what = "positives" if multi_label else "test images"
-    ax.set_yticks(ys, labels=[f"{n} (n = {c})" for n, c in zip(names, counts)])
-    ax.invert_yaxis()
-    ax.axvline(overall, color=VERMILLION, linestyle="--", lw=1.2)
-    handles = [Line2D([], [], color=VERMILLION, linestyle="--", label=f"overall test accuracy {overall:.3f}")]
-    if len(accs) > 1:
-        handles += [Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one run"),
-                    Line2D([], [], color="black", lw=1, label=f"± 1 sd over {len(accs)} runs")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3)
-    ax.set_xlim(0, 1.12)
-    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.spines["bottom"].set_bounds(0, 1)
-    ax.set_xlabel("Accuracy on the class's " + ("labels (threshold 0.5)" if multi_label else "test images (recall)"))
-    fig.suptitle(f"Per-class test accuracy (n: {what} of the class)")  # centred on the figure, not the axes
-    ax.grid(axis="y", visible=False)
-    return fig
-
-
-@rc_context(STYLE)
-def test_metrics_figure(runs: list[tuple[str, float, float]], published: dict[str, tuple[float, float]] | None,
-                        ours: str) -> Figure:
-    """Dot plot of test ACC and AUC: each run, their mean ± sd, and the published methods when known."""
-    accs = [r[1] for r in runs]
-    aucs = [r[2] for r in runs]
-    rows = list(published or {})
-    rows_ours = f"{ours} (this work)"
-    labels = rows + [rows_ours]
-    fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
-    acc_ax, auc_ax = fig.subplots(1, 2, sharey=True)
-    for ax, mine, index, name in ((acc_ax, accs, 1, "Test accuracy"), (auc_ax, aucs, 0, "Test AUC")):
-        y_ours = len(rows)
-        if published:
-            ax.scatter([published[m][index] for m in rows], range(len(rows)), color="0.45", s=30, zorder=3)
-            for y, m in enumerate(rows):
-                ax.annotate(f"{published[m][index]:.3f}", (published[m][index], y), xytext=(0, -6),
-                            textcoords="offset points", ha="center", va="top", fontsize=7, color="0.35")
-        finite = [v for v in mine if math.isfinite(v)]
-        if finite:
-            mean = statistics.fmean(finite)
-            sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
-            # the whisker is clipped to [0, 1], where ACC and AUC live
-            ax.errorbar([mean], [y_ours], xerr=[[min(sd, mean)], [min(sd, 1 - mean)]] if len(finite) > 1 else None,
-                        fmt="D", color=BLUE, markersize=7, capsize=4, zorder=4)
-            ax.annotate(f"{mean:.3f}", (mean, y_ours), xytext=(0, -9), textcoords="offset points", ha="center",
-                        va="top", fontsize=8, color=BLUE)
-            if len(finite) > 1:
-                ax.scatter(finite, [y_ours] * len(finite), color="black", s=10, zorder=5)
-        values = finite + ([published[m][index] for m in rows] if published else [])
-        if finite:  # room for the whiskers too
-            values += [mean - sd, mean + sd]
-        if values:
-            low, high = min(values), max(values)
-            ax.set_xlim(max(0.0, low - 0.06 - (high - low) * 0.1), min(1.0, high) + 0.02)
-        ax.set_xlabel(name + " (0 to 1)")
-        ax.grid(axis="y", visible=False)
-    acc_ax.set_yticks(range(len(labels)), labels=labels)
-    acc_ax.set_ylim(len(labels) - 0.2, -0.6)  # top to bottom, with room for the value under the last row
-    for label in acc_ax.get_yticklabels():
-        if label.get_text() == rows_ours:
-            label.set_fontweight("bold")
-    handles = [Line2D([], [], color=BLUE, marker="D", linestyle="none",
-                      label=f"this work: mean{' ± sd' if len(runs) > 1 else ''} of {len(runs)} run"
-                            f"{'s' if len(runs) > 1 else ''}")]
-    if len(runs) > 1:
-        handles.append(Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one run"))
-    if published:
-        handles.append(Line2D([], [], color="0.45", marker="o", linestyle="none", label=benchmarks.SOURCE))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
-    fig.suptitle("Test accuracy and AUC" + (" beside the published MedMNIST v2 results" if published else ""))
     return fig

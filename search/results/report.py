@@ -5,28 +5,23 @@
     OUT/tables/NAME.md|tex    each table as Markdown (pandoc caption line) and LaTeX (booktabs)
     OUT/trials.csv            every trial, as `search status --csv` writes it
 
-This module builds the sections (a study's search, its final runs) out of the figures (search/results/figures.py)
-and tables (search/results/tables.py), and writes the folder and the page. Optuna computes the hyperparameter
-importances (fANOVA). A figure that the data cannot support (too few trials, no confusion matrix in an old run) is
-left out with a note on the page saying why.
+This module builds the search's section out of the figures (search/results/figures.py) and tables
+(search/results/tables.py), takes the final runs' sections from search/results/runs.py (each `--run` a group,
+compared with the first), and writes the folder and the page. Optuna computes the hyperparameter importances
+(fANOVA). A figure that the data cannot support (too few trials, no confusion matrix in an old run) is left out
+with a note on the page saying why.
 """
 from __future__ import annotations
 
 import html
-import json
-import math
-import re
-import statistics
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import optuna
 from matplotlib import rc_context
-from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
@@ -34,83 +29,25 @@ from search.results import published as benchmarks
 from search.results.figures import (
     STYLE,
     architecture_figure,
-    confusion_figure,
-    history_figure,
     importance_figure,
     learning_curves_figure,
+    marginal_effects_figure,
     metric_label,
     optimisation_history_figure,
     parallel_figure,
-    per_class_figure,
     pruning_figure,
     states_figure,
-    test_metrics_figure,
 )
+from search.results.runs import Group, Run, comparison_section, load_groups, runs_section
+from search.results.sections import FigureItem, Note, Section
 from search.results.tables import Table
 from search.results.tables import fmt as _fmt
-from search.results.tables import pm as _pm
 from search.results.trials import STATES, trial_rows, write_csv
 from search.results.trials import ranked as ranked_trials
 from search.train.data import class_names
-from search.train.metrics import is_multi_label
 
-
-@dataclass
-class FigureItem:
-    name: str
-    title: str
-    caption: str
-    figure: Figure
-
-
-@dataclass
-class Note:
-    title: str
-    text: str
-
-
-@dataclass
-class Section:
-    id: str
-    title: str
-    intro: str = ""
-    items: list[FigureItem | Table | Note] = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    label: str  # the folder, relative to the --run argument's parent
-    folder: Path
-    metrics: dict[str, Any]
-
-
-def load_runs(dirs: Iterable[Path]) -> list[Run]:
-    """`search train` folders: a run (metrics.json) or a `--seeds` folder of runs (seed-*/metrics.json)."""
-    runs: list[Run] = []
-    for d in dirs:
-        if (d / "metrics.json").is_file():
-            found = [d]
-        else:
-            found = sorted((p.parent for p in d.glob("*/metrics.json")), key=lambda p: _natural(p.name))
-        if not found:
-            raise SearchError(f"--run {d}: no metrics.json there nor in its subfolders; pass a folder that "
-                              f"`search train` wrote (--out), or a `search train --seeds` folder")
-        for folder in found:
-            try:
-                metrics = json.loads((folder / "metrics.json").read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise SearchError(f"{folder / 'metrics.json'} cannot be read: {err}") from None
-            label = folder.name if folder == d else f"{d.name}/{folder.name}"
-            runs.append(Run(label, folder, metrics))
-    datasets = sorted({r.metrics.get("dataset", "?") for r in runs})
-    if len(datasets) > 1:
-        raise SearchError(f"the runs are on different datasets ({', '.join(datasets)}); "
-                          f"report the runs of one dataset at a time")
-    return runs
-
-
-def _natural(name: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+__all__ = ["FigureItem", "Group", "Note", "Run", "Section", "Table", "build_sections", "class_names",
+           "comparison_section", "load_groups", "runs_section", "study_section", "write_report"]
 
 
 def study_section(study: optuna.Study) -> tuple[Section, Table]:
@@ -141,6 +78,18 @@ def study_section(study: optuna.Study) -> tuple[Section, Table]:
             f"With few trials they are rough estimates.", importance_figure(importances, n_done)))
     else:
         s.items.append(Note("Hyperparameter importances", f"Left out: {why}."))
+    marginal = marginal_effects_figure(trials, metric)
+    if marginal is not None:  # beside the importances: how each parameter moved the objective, not only how much
+        s.items.append(FigureItem(
+            "marginal_effects", "Marginal effects of the hyperparameters",
+            f"One panel per searched parameter: each finished trial's {metric_label(metric)} against the value it "
+            f"tried; complete trials are dots (their kept epoch), pruned ones crosses at the last value they "
+            f"reported. Log axes where the space samples on a log scale; categorical parameters as categories (the "
+            f"points of a category spread sideways). A conditional parameter shows only the trials that set it. "
+            f"Each panel ignores the other parameters, which varied too.", marginal))
+    else:
+        s.items.append(Note("Marginal effects of the hyperparameters",
+                            "Left out: no complete or pruned trial with parameters yet."))
 
     parallel = parallel_figure(trials, metric, maximize)
     if parallel is not None:
@@ -288,110 +237,30 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def runs_section(runs: list[Run], study_dataset: str | None) -> Section:
-    first = runs[0].metrics
-    dataset = first.get("dataset", "?")
-    archs = sorted({r.metrics.get("architecture", "?") for r in runs})
-    ours = " / ".join(archs)
-    intro = (f"{len(runs)} final run{'s' if len(runs) > 1 else ''} of <b>{html.escape(ours)}</b> on "
-             f"<b>{html.escape(dataset)}</b> (`search train`): each keeps the epoch with the best validation "
-             f"metric and is evaluated once on the test split.")
-    if study_dataset and study_dataset != dataset:
-        intro += (f" <b>Note:</b> the study searched on {html.escape(study_dataset)}, these runs are on "
-                  f"{html.escape(dataset)}.")
-    s = Section("final", "Final runs", intro)
-    s.items.append(FigureItem(
-        "training_curves", "Training curves",
-        "Training and validation loss (left) and validation accuracy and AUC (right) per epoch; the star marks "
-        "the epoch whose weights were kept and tested.",
-        history_figure([(r.label, r.metrics.get("history", [])) for r in runs],
-                       f"Training curves: {ours} on {dataset}",
-                       kept={r.label: r.metrics.get("best_epoch") for r in runs})))
-
-    task = first.get("task", "")
-    multi_label = is_multi_label(task)
-    with_classes = [r for r in runs if r.metrics.get("test_per_class_acc") is not None]
-    k = len(with_classes[0].metrics["test_per_class_acc"]) if with_classes else 0
-    names = class_names(dataset, k)
-    confusions = [r.metrics["test_confusion"] for r in with_classes if r.metrics.get("test_confusion")]
-    if confusions:
-        mean_of = f"mean of {len(confusions)} runs" if len(confusions) > 1 else "counts in brackets"
-        s.items.append(FigureItem(
-            "confusion_matrix", "Test confusion matrix",
-            f"Rows: true class, columns: predicted class; each cell is the % of the row's test images "
-            f"({mean_of}); blank cells: no image.",
-            confusion_figure(confusions, names, f"Test confusion matrix, % of each true class ({mean_of})")))
-    elif multi_label:
-        s.items.append(Note("Test confusion matrix", "Left out: a multi-label task has no single confusion "
-                                                     "matrix; see the per-class (per-label) accuracy."))
-    else:
-        s.items.append(Note("Test confusion matrix", "Left out: these runs' metrics.json has no test confusion "
-                                                     "matrix (written by an older `search train`); train again."))
-    if with_classes:
-        accs = [r.metrics["test_per_class_acc"] for r in with_classes]
-        counts = with_classes[0].metrics.get("test_class_counts") or [0] * k
-        overall = statistics.fmean(r.metrics["test_acc"] for r in with_classes)
-        s.items.append(FigureItem(
-            "per_class_accuracy", "Per-class test accuracy",
-            ("Accuracy of each label at threshold 0.5" if multi_label else
-             "Share of each class's test images predicted as that class (its recall)")
-            + (f"; bars: mean of {len(accs)} runs, whiskers: ± one standard deviation." if len(accs) > 1 else "."),
-            per_class_figure(names, accs, counts, overall, multi_label)))
-        named = names != [str(i) for i in range(k)]  # a Name column only where classes have names
-        s.items.append(Table(
-            "per_class_accuracy", "Per-class test accuracy" + (" (mean ± sd over runs)" if len(accs) > 1 else ""),
-            ["Class", *(["Name"] if named else []), "Test images" if not multi_label else "Positives", "Accuracy"],
-            [[str(i), *([names[i]] if named else []), str(counts[i]), _pm([a[i] for a in accs])] for i in range(k)],
-            "rlrr" if named else "rrr",
-            footer=[["all", *([""] if named else []), str(sum(counts)) if not multi_label else "",
-                     _pm([r.metrics["test_acc"] for r in with_classes])]]))
-
-    acc = [r.metrics["test_acc"] for r in runs]
-    auc = [r.metrics["test_auc"] for r in runs]
-    s.items.append(Table(
-        "test_metrics", "Test accuracy and AUC of each run",
-        ["Run", "Architecture", "Seed", "Kept epoch", "Val ACC", "Test ACC", "Test AUC"],
-        [[r.label, str(r.metrics.get("architecture", "?")), str(r.metrics.get("seed", "")),
-          f"{r.metrics.get('best_epoch', '?')} of {r.metrics.get('epochs', '?')}",
-          f"{r.metrics.get('val_acc', math.nan):.4f}", f"{r.metrics['test_acc']:.4f}",
-          f"{r.metrics['test_auc']:.4f}"] for r in runs], "llrrrrr",
-        footer=[["mean ± sd" if len(runs) > 1 else "mean", "", "", "", _pm([r.metrics.get("val_acc", math.nan)
-                                                                             for r in runs], 4),
-                 _pm(acc, 4), _pm(auc, 4)]],
-        note="sd: sample standard deviation (n - 1) over the runs." if len(runs) > 1 else ""))
-    published = benchmarks.published(dataset)
-    s.items.append(FigureItem(
-        "test_metrics", "Test ACC and AUC",
-        ("Each run (dots) and their mean ± sd (diamond)" if len(runs) > 1 else "The run's test accuracy and AUC")
-        + (f", beside the published results of {benchmarks.SOURCE} (grey)." if published else
-           f". No published MedMNIST v2 results are kept for {dataset}."),
-        test_metrics_figure([(r.label, r.metrics["test_acc"], r.metrics["test_auc"]) for r in runs], published,
-                            ours)))
-    if published:
-        rows = [[m, f"{v[1]:.3f}", f"{v[0]:.3f}"] for m, v in published.items()]
-        s.items.append(Table(
-            "benchmark", f"Test ACC and AUC on {dataset} beside {benchmarks.SOURCE}",
-            ["Method", "ACC", "AUC"], rows, "lrr",
-            footer=[[f"{ours}, this work ({len(runs)} run{'s' if len(runs) > 1 else ''})", _pm(acc), _pm(auc)]],
-            note=f"Published values: {benchmarks.CITATION}"))
-    else:
-        s.items.append(Note("Published benchmark", f"No published MedMNIST v2 values are kept for '{dataset}' "
-                                                   f"(search/results/published.py lists: "
-                                                   f"{', '.join(benchmarks.MEDMNIST_V2)})."))
-    return s
+def build_sections(study: optuna.Study, groups: list[Group]) -> tuple[list[Section], Table]:
+    """The page's sections, in order (the search; the final runs, by group; with two or more groups the comparison
+    with the first), and the table of all trials."""
+    search, trials_table = study_section(study)
+    sections = [search]
+    if groups:
+        sections.append(runs_section(groups, study.user_attrs.get("dataset")))
+    if len(groups) > 1:
+        sections.append(comparison_section(groups))
+    return sections, trials_table
 
 
-def write_report(study: optuna.Study, run_dirs: Sequence[Path], out: Path) -> dict[str, Any]:
-    """Build every figure and table and write the folder; returns {"index": path, "figures": n, "tables": n}."""
-    runs = load_runs(run_dirs) if run_dirs else []
+def write_report(study: optuna.Study, run_specs: Sequence[str | Path], out: Path) -> dict[str, Any]:
+    """Build every figure and table and write the folder; returns {"index": path, "figures": n, "tables": n}.
+
+    ``run_specs``: the `--run` arguments, each DIR or LABEL=DIR, each a group (search/results/runs.py). Every
+    user error (a bad folder, runs on different datasets) is raised before anything is written.
+    """
+    groups = load_groups(run_specs) if run_specs else []
     if out.exists() and not out.is_dir():
         raise SearchError(f"-o {out} is a file; choose a folder")
     if not out.parent.exists():
         raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o")
-    search, trials_table = study_section(study)
-    sections = [search]
-    if runs:
-        sections.append(runs_section(runs, study.user_attrs.get("dataset")))
+    sections, trials_table = build_sections(study, groups)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     n_fig = n_tab = 0
@@ -409,7 +278,7 @@ def write_report(study: optuna.Study, run_dirs: Sequence[Path], out: Path) -> di
     (out / "tables" / "trials.md").write_text(trials_table.markdown())
     (out / "tables" / "trials.tex").write_text(trials_table.latex())
     write_csv(study, out / "trials.csv")
-    cite = bool(runs) and benchmarks.published(runs[0].metrics.get("dataset", "")) is not None
+    cite = bool(groups) and benchmarks.published(groups[0].dataset) is not None
     (out / "index.html").write_text(_page(study, sections, trials_table, cite))
     return {"index": out / "index.html", "figures": n_fig, "tables": n_tab + 1}
 

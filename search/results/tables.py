@@ -68,7 +68,7 @@ def _md(text: str) -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
-        "×": r"$\times$"}
+        "×": r"$\times$", "Δ": r"$\Delta$", "−": r"$-$"}
 
 
 def _tex(text: str) -> str:

@@ -366,7 +366,8 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
 
 
 def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt and config.yaml to out."""
+    """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt, config.yaml and (single-label
+    tasks) test_predictions.csv to out."""
     result = fit(cfg, progress=progress)
     if result.best_epoch is None:
         raise SearchError(f"{result.reason}; nothing was saved. Try a lower lr (now {cfg.lr}).")
@@ -394,6 +395,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     atomic_write(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
                                                     "config": cfg.to_dict()}, p))
     config_mod.dump(cfg, out / "config.yaml")
+    if "predictions" in per_class:  # each test image's class and prediction: `search report`'s paired test
+        rows = "".join(f"{y},{p}\n" for y, p in zip(per_class["labels"], per_class["predictions"]))
+        atomic_write(out / "test_predictions.csv", lambda p: p.write_text("label,prediction\n" + rows))
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
     return metrics
 
@@ -446,4 +450,5 @@ def class_results(labels: torch.Tensor, scores: torch.Tensor, task: str) -> dict
     confusion = torch.bincount(truth * k + pred, minlength=k * k).view(k, k).tolist()
     counts = [sum(row) for row in confusion]
     return {"confusion": confusion, "class_counts": counts,
-            "per_class_acc": [row[i] / n if n else None for i, (row, n) in enumerate(zip(confusion, counts))]}
+            "per_class_acc": [row[i] / n if n else None for i, (row, n) in enumerate(zip(confusion, counts))],
+            "labels": truth.tolist(), "predictions": pred.tolist()}
