@@ -70,7 +70,9 @@ def running_trial(db: Path, name: str):
         running = by_state(trials_of(db, name), TrialState.RUNNING)
     except KeyError:  # the study is not created yet
         return None
-    return next((t for t in running if "worker" in t.user_attrs), None)
+    # "config" is recorded once the trial's parameters are drawn (its worker is recorded before): a trial taken
+    # earlier may still have none, and its kill would test a retry of nothing
+    return next((t for t in running if "config" in t.user_attrs), None)
 
 
 def test_kill_9_of_a_worker_fails_its_trial_once_retries_it_and_replaces_the_worker(tmp_path):
