@@ -267,6 +267,22 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, weights: b
 
 
 @main.command()
+@click.option("--study", required=True, help="The study's name in the store (created by `search start`).")
+@click.argument("file", metavar="FILE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@storage_option()
+@_stops_at_once
+def enqueue(study: str, file: Path, storage: str | None) -> None:
+    """Queue one trial in an existing study: FILE.yaml is a TrainConfig file (as `search export` writes) or a
+    mapping of some of the study's searched parameters; workers take it before the sampler's own trials."""
+    from search.hpo import queue
+
+    done = queue.enqueue_file(study, storage, file)
+    params = ", ".join(f"{k}={v}" for k, v in done.params.items())
+    after = f", after the {done.ahead} queued before it" if done.ahead else ""
+    click.echo(f"trial {done.number} queued in study '{study}' with {params}; the next free worker takes it{after}")
+
+
+@main.command()
 @storage_option()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)

@@ -1,5 +1,6 @@
 """A study keeps the definition it was created with: a start from an edited file is refused in one line naming
-what changed, before anything is written; --allow-changes goes on and records the change."""
+what changed, before anything is written; --allow-changes goes on and records the change. The same real runs show
+the warm start: the file's `enqueue:` entry is trial 0, and no later start queues it again."""
 from __future__ import annotations
 
 import optuna
@@ -13,11 +14,16 @@ def _attrs(tmp_path, name: str) -> dict:
 
 def test_an_edited_study_file_is_refused_naming_the_changed_key_and_nothing_is_written(tmp_path):
     spec = study_file(tmp_path, "guard", epochs=1, trials=1)
+    entry = {"lr": 0.003, "dropout": 0.1, "optimizer": "adam"}
+    spec.write_text(spec.read_text() + "enqueue:\n  - {lr: 0.003, dropout: 0.1, optimizer: adam}\n")
     first = run(["start", "--study", str(spec)], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     created = _attrs(tmp_path, "guard")
     assert created["definition"]["epochs"] == 1 and created["definition"]["dataset"] == "digits"
     before = trials_of(tmp_path / "search.db", "guard")
+    # The warm start: a real worker trained the queued entry first, with exactly its values.
+    assert [t.params for t in before] == [entry] and before[0].user_attrs["queued_by"] == "study file enqueue[0]"
+    assert {k: before[0].user_attrs["config"][k] for k in entry} == entry
 
     spec.write_text(spec.read_text().replace("epochs: 1", "epochs: 2"))
     refused = run(["start", "--study", str(spec), "--trials", "2"], tmp_path)
@@ -37,3 +43,4 @@ def test_an_edited_study_file_is_refused_naming_the_changed_key_and_nothing_is_w
     assert [c["changed"] for c in attrs["definition_changes"]] == [["epochs"]] and attrs["definition_changes"][0]["at"]
     again = run(["start", "--study", str(spec), "--trials", "1", "--seed", "7"], tmp_path)
     assert again.returncode == 0, again.stderr  # the new definition holds now; a seed changes nothing
+    assert len(trials_of(tmp_path / "search.db", "guard")) == 1  # no start queued the warm start again

@@ -83,6 +83,12 @@ def test_shipped_study_settings(in_tmp):
     assert (hyperband._min_resource, hyperband._max_resource, hyperband._reduction_factor) == (1, 20, 3)
     tpe = make_sampler(path)
     assert tpe._multivariate and tpe._group
+    # Plain Adam (the MedMNIST v2 recipe) joins the optimizers; weight decay is searched for the other two only.
+    assert path.space["optimizer"].choices == ("adam", "adamw", "sgd")
+    assert path.space["weight_decay"].when == {"optimizer": ("adamw", "sgd")}
+    assert path.enqueue == ({"lr": 0.001, "optimizer": "adam", "dropout": 0.0, "batch_size": 128,
+                             "augmentation": "none", "architecture": "resnet18", "label_smoothing": 0.0},)
+    assert path.definition()["enqueue"] == list(path.enqueue)
 
     mnist = load_study("mnist")
     assert (mnist.epochs, mnist.trials) == (10, 40)
@@ -91,7 +97,10 @@ def test_shipped_study_settings(in_tmp):
 
     digits = load_study("digits")
     assert (digits.epochs, digits.trials) == (4, 12)
+    assert {"lr", "dropout", "batch_size", "augmentation", "architecture"} <= set(digits.space)
+    assert digits.space["augmentation"].choices == ("none", "crop")  # digits are not flip-invariant
     assert digits.space["architecture"].choices == ("simple_cnn_v1", "simple_cnn_v2")
+    assert digits.enqueue == () and "enqueue" not in digits.definition()
     assert digits.space["batch_size"].choices == (32, 64)
     median = make_pruner(digits)
     assert isinstance(median, optuna.pruners.MedianPruner)
@@ -262,11 +271,57 @@ def test_the_good_base_file_loads(in_tmp):
     (GOOD + "pruner: {name: none, n_startup_trials: 1}\n", ["pruner none", "n_startup_trials"]),
     (GOOD + "pruner: {name: hyperband, min_resource: 5}\n",
      ["pruner hyperband: min_resource 5 is greater than max_resource 3"]),
+    # enqueue: each entry a mapping of searched parameters, each value one its parameter can take
+    (GOOD + "enqueue: {optimizer: adam}\n", ["enqueue must be a list of parameter mappings"]),
+    (GOOD + "enqueue:\n  - {optimizer: adam}\n  - adam\n", ["enqueue[1]: expected a mapping", "'adam'"]),
+    (GOOD + "enqueue:\n  - {}\n", ["enqueue[0]: expected a mapping"]),
+    (GOOD + "enqueue:\n  - {optimizer: adamw}\n", ["enqueue[0].optimizer: 'adamw' is not a choice",
+                                                     "choices: 'adam', 'sgd'"]),
+    (GOOD + "enqueue:\n  - {lr: 0.01}\n", ["enqueue[0].lr: not a searched parameter",
+                                             "searched: optimizer, momentum"]),
+    (GOOD + "fixed:\n  architecture: simple_cnn_v1\nenqueue:\n  - {architecture: simple_cnn_v1}\n",
+     ["enqueue[0].architecture: not a searched parameter", "fixed", "searched: optimizer, momentum"]),
+    (GOOD + "enqueue:\n  - {optimizer: sgd, momentum: 0.99}\n",
+     ["enqueue[0].momentum: 0.99 is outside the space", "values in [0.8, 0.95]"]),
+    (GOOD + "enqueue:\n  - {optimizer: sgd, momentum: fast}\n",
+     ["enqueue[0].momentum: 'fast' is not a number", "values in [0.8, 0.95]"]),
+    (GOOD + "enqueue:\n  - {optimizer: adam, momentum: 0.9}\n",
+     ["enqueue[0].momentum: 0.9 would never be used", "optimizer one of 'sgd'", "has optimizer 'adam'"]),
+    (GOOD + "enqueue:\n  - {momentum: 0.9}\n", ["enqueue[0].momentum", "has no optimizer"]),
+    ("name: t\ndataset: digits\nspace:\n  batch_size: {type: int, low: 16, high: 64, step: 16}\n"
+     "enqueue:\n  - {batch_size: 40}\n",
+     ["enqueue[0].batch_size: 40 is not on the space's steps", "[16, 64] in steps of 16 from 16"]),
+    ("name: t\ndataset: digits\nspace:\n  batch_size: {type: int, low: 16, high: 64}\n"
+     "enqueue:\n  - {batch_size: 32.0}\n", ["enqueue[0].batch_size: 32.0 is not an integer"]),
+    ("name: t\ndataset: digits\nspace:\n  dropout: {type: float, low: 0.0, high: 0.5, step: 0.1}\n"
+     "enqueue:\n  - {dropout: 0.25}\n", ["enqueue[0].dropout: 0.25 is not on the space's steps"]),
+    ("name: t\ndataset: digits\nspace:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+     "enqueue:\n  - {lr: 1.0e-3}\n  - {lr: 0}\n",
+     ["enqueue[1].lr: 0 is outside the space", "[0.0001, 0.01] (log scale)"]),
 ])
 def test_validation_errors_name_the_file_and_key(in_tmp, text, words):
     message = error_of(in_tmp, text)
     for word in words:
         assert word in message, message
+
+
+def test_a_bad_enqueue_entry_is_one_line_naming_the_file_entry_key_value_and_range(in_tmp):
+    message = error_of(in_tmp, GOOD + "enqueue:\n  - {optimizer: sgd, momentum: 0.5}\n")
+    assert message == ("studies/bad.yaml: enqueue[0].momentum: 0.5 is outside the space; valid: values in "
+                       "[0.8, 0.95]")
+
+
+def test_enqueue_entries_load_as_a_trial_holds_them(in_tmp):
+    write_study(in_tmp, "q", GOOD + "enqueue:\n  - {momentum: 0.9, optimizer: sgd}\n  - {optimizer: adam}\n")
+    spec = load_study("q")
+    # space order, and a float parameter's value as a float (YAML's 1e-3 without a dot is a number too)
+    assert spec.enqueue == ({"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "adam"})
+    assert list(spec.enqueue[0]) == ["optimizer", "momentum"]
+    assert spec.definition()["enqueue"] == [{"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "adam"}]
+    write_study(in_tmp, "f", "name: f\ndataset: digits\nspace:\n  dropout: {type: float, low: 0, high: 0.5}\n"
+                "  lr: {type: float, low: 1e-4, high: 1e-2}\nenqueue:\n  - {dropout: 0, lr: 1e-3}\n")
+    (entry,) = load_study("f").enqueue
+    assert entry == {"dropout": 0.0, "lr": 0.001} and isinstance(entry["dropout"], float)
 
 
 def test_low_greater_than_high_message(in_tmp):
@@ -290,11 +345,12 @@ def test_pathmnist_trials_conditional_bounds_and_configs(in_tmp, tmp_path):
     spec = load_study("pathmnist")
     trials, configs = run_trials(spec, 30, storage=f"sqlite:///{tmp_path / 'study.db'}")
     optimizers = {t.params["optimizer"] for t in trials}
-    assert optimizers == {"adamw", "sgd"}  # both branches seen, so the checks below are not vacuous
+    assert optimizers == {"adam", "adamw", "sgd"}  # every branch seen, so the checks below are not vacuous
     low_lr = 0
     for t in trials:
         sgd = t.params["optimizer"] == "sgd"
         assert ("momentum" in t.params) == sgd and ("nesterov" in t.params) == sgd
+        assert ("weight_decay" in t.params) == (t.params["optimizer"] != "adam")
         for name, param in spec.space.items():
             if name not in t.params:
                 continue
@@ -303,7 +359,7 @@ def test_pathmnist_trials_conditional_bounds_and_configs(in_tmp, tmp_path):
                 assert value in param.choices
             else:
                 assert param.low <= value <= param.high
-        assert t.distributions["lr"].log and t.distributions["weight_decay"].log
+        assert t.distributions["lr"].log and t.distributions.get("weight_decay", t.distributions["lr"]).log
         assert not t.distributions["dropout"].log
         low_lr += t.params["lr"] < 1e-3
         cfg = configs[t.number]
@@ -311,6 +367,7 @@ def test_pathmnist_trials_conditional_bounds_and_configs(in_tmp, tmp_path):
         assert (cfg.schedule, cfg.warmup_epochs) == ("cosine", 1.0)
         assert (cfg.lr, cfg.architecture, cfg.batch_size) == (t.params["lr"], t.params["architecture"],
                                                               t.params["batch_size"])
+        assert cfg.weight_decay == t.params.get("weight_decay", 0.0)
         if not sgd:
             assert (cfg.momentum, cfg.nesterov) == (TrainConfig.momentum, TrainConfig.nesterov)
         else:
@@ -352,11 +409,13 @@ fixed:
 
 def test_suggest_and_trial_config_with_a_fixed_trial(in_tmp):
     spec = load_study("digits")
-    params = {"architecture": "simple_cnn_v1", "batch_size": 32, "lr": 0.01, "dropout": 0.1, "optimizer": "adam"}
+    params = {"architecture": "simple_cnn_v1", "batch_size": 32, "lr": 0.01, "dropout": 0.1, "augmentation": "crop",
+              "optimizer": "adam"}
     trial = optuna.trial.FixedTrial(params)
     assert suggest(spec.space, trial) == params  # momentum is not asked for: adam
     cfg = trial_config(spec, optuna.trial.FixedTrial({**params, "optimizer": "sgd", "momentum": 0.85}))
-    assert (cfg.optimizer, cfg.momentum, cfg.epochs, cfg.schedule) == ("sgd", 0.85, 4, "cosine")
+    assert (cfg.optimizer, cfg.momentum, cfg.epochs, cfg.schedule, cfg.augmentation) == ("sgd", 0.85, 4, "cosine",
+                                                                                          "crop")
 
 
 # --- samplers and pruners -----------------------------------------------------------------------------------

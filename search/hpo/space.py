@@ -55,6 +55,33 @@ class Param:
             return False
         return self.low <= value <= self.high  # type: ignore[operator]
 
+    def take(self, value: Any) -> Any:
+        """``value`` as a trial of this parameter would hold it (a float parameter's ``0`` is ``0.0``); a value the
+        parameter can never take raises ValueError saying what it can take."""
+        if self.choices is not None:
+            if isinstance(value, str) and not any(isinstance(c, str) for c in self.choices):
+                value = config.as_number(value)  # `1e-3` among number choices
+            for choice in self.choices:
+                if _same(value, choice):
+                    return choice
+            raise ValueError(f"not a choice; choices: {_describe(self)}")
+        if self.type == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"not an integer; valid: {_describe(self)}")
+        else:
+            value = config.as_number(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"not a number; valid: {_describe(self)}")
+            value = float(value)
+        if not self.low <= value <= self.high:  # type: ignore[operator]
+            raise ValueError(f"outside the space; valid: {_describe(self)}")
+        if self.step is not None:
+            k = (value - self.low) / self.step  # type: ignore[operator]
+            # Optuna's own test (FloatDistribution._contains): a float step is met within 1e-8 of a step.
+            if abs(k - round(k)) > (0 if self.type == "int" else 1e-8):
+                raise ValueError(f"not on the space's steps; valid: {_describe(self)}")
+        return value
+
     def active(self, values: dict[str, Any]) -> bool:
         """Whether ``when`` is met by the values suggested so far (a skipped parameter meets nothing)."""
         if not self.when:
@@ -155,7 +182,10 @@ def _parse_when(raw: Any, *, where: str, earlier: dict[str, Param]) -> dict[str,
 def _describe(param: Param) -> str:
     if param.choices is not None:
         return ", ".join(repr(c) for c in param.choices)
-    return f"values in [{param.low}, {param.high}]"
+    text = f"values in [{param.low}, {param.high}]"
+    if param.step is not None and not (param.type == "int" and param.step == 1):
+        text += f" in steps of {param.step} from {param.low}"
+    return text + (" (log scale)" if param.log else "")
 
 
 def parse_space(raw: Any, *, source: str) -> dict[str, Param]:
@@ -176,6 +206,51 @@ def parse_space(raw: Any, *, source: str) -> dict[str, Param]:
             raise SearchError(f"{where}: not a TrainConfig key; searchable keys: {', '.join(searchable)}")
         space[name] = _parse_entry(name, entry, where=where, earlier=space)
     return space
+
+
+def from_definition(raw: dict[str, Any]) -> dict[str, Param]:
+    """A space as a study's stored definition holds it (JSON: lists for tuples) -> the Params it was made of."""
+    space: dict[str, Param] = {}
+    for name, entry in raw.items():
+        when = entry.get("when")
+        space[name] = Param(**{**entry, "choices": None if entry.get("choices") is None else tuple(entry["choices"]),
+                               "when": None if when is None else {k: tuple(v) for k, v in when.items()}})
+    return space
+
+
+def check_params(space: dict[str, Param], raw: Any, *, where: str, prefix: str = "") -> dict[str, Any]:
+    """A mapping of some of the space's parameters (a trial to queue) -> the values a trial would hold, in the
+    space's order. A mistake is one line: ``where: <prefix><key>: `` the bad value and what would be valid.
+
+    Each key must be a parameter of the space, each value one it can take, and a conditional parameter needs the
+    values that make it searched in the same mapping: a trial never asks for it otherwise, and Optuna would drop
+    the value without a word. Keys left out are sampled as usual.
+    """
+    if not isinstance(raw, dict) or not raw:
+        at = f"{where}: {prefix.rstrip('.')}" if prefix else where
+        raise SearchError(f"{at}: expected a mapping of searched parameters such as {{lr: 0.001}}, got {raw!r}")
+    for key in raw:
+        if key not in space:
+            searched = ", ".join(space) or "none (the space is empty)"
+            raise SearchError(f"{where}: {prefix}{key}: not a searched parameter of the study (a fixed or "
+                              f"unsearched key cannot be queued); searched: {searched}")
+    values: dict[str, Any] = {}
+    for name, param in space.items():
+        if name not in raw:
+            continue
+        try:
+            values[name] = param.take(raw[name])
+        except ValueError as err:
+            raise SearchError(f"{where}: {prefix}{name}: {raw[name]!r} is {err}") from None
+    for name, param in space.items():
+        if name in values and param.when and not param.active(values):
+            needs = "; ".join(f"{other} one of {', '.join(map(repr, allowed))}"
+                              for other, allowed in param.when.items())
+            got = ", ".join(f"{other} {values[other]!r}" if other in values else f"no {other}"
+                            for other in param.when)
+            raise SearchError(f"{where}: {prefix}{name}: {raw[name]!r} would never be used: {name} is searched only "
+                              f"with {needs}, and this mapping has {got}")
+    return values
 
 
 def suggest(space: dict[str, Param], trial: optuna.trial.BaseTrial) -> dict[str, Any]:

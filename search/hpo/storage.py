@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import json
 import random
 import sqlite3
 import time
@@ -187,6 +188,37 @@ class SQLiteStorage(optuna.storages.RDBStorage):
 _CLAIM = sqlalchemy.text(
     "UPDATE trials SET state = 'RUNNING', datetime_start = :now WHERE trial_id = :trial_id AND state = 'WAITING'"
 ).bindparams(sqlalchemy.bindparam("now", type_=sqlalchemy.DateTime()))
+
+
+def claim_study_attr(storage: optuna.storages.BaseStorage, study_name: str, key: str, value: Any) -> bool:
+    """Set the study's user attribute ``key`` to ``value`` only if it is not set yet: True if this call set it.
+
+    Optuna's ``set_study_user_attr`` reads, then inserts or updates: two workers meeting a new study at the same
+    moment would both find the attribute missing and both go on. One INSERT against the table's UNIQUE (study_id,
+    key) lets exactly one win, on SQLite and PostgreSQL alike. Behind a `search proxy` (no database here) it falls
+    back to Optuna's read-then-write.
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        if key in storage.get_study_user_attrs(study_id):
+            return False
+        storage.set_study_user_attr(study_id, key, value)
+        return True
+
+    def insert() -> bool:
+        try:
+            with storage.engine.begin() as conn:
+                conn.execute(_ADD_STUDY_ATTR, {"study_id": study_id, "key": key, "value_json": json.dumps(value)})
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    return _retry_locked(insert)()
+
+
+# Optuna's study_user_attributes table, UNIQUE (study_id, key); value_json as Optuna writes it (json.dumps).
+_ADD_STUDY_ATTR = sqlalchemy.text(
+    "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:study_id, :key, :value_json)")
 
 
 def _whole_transactions(cls: type) -> dict[str, Callable[..., Any]]:

@@ -1,9 +1,9 @@
 """Study files (``studies/<name>.yaml``) -> StudySpec, plus the Optuna sampler and pruner they name.
 
-A study file says what to search (``space``), what stays put (``fixed``), on which data, for how many epochs
-and trials, and how Optuna samples and prunes. Every mistake is found when the file is loaded, before any
-worker starts, and reported as one line naming the file and the key: a bad file should cost seconds, not
-a night of failed trials.
+A study file says what to search (``space``), what stays put (``fixed``), which trials run first (``enqueue``,
+the warm start), on which data, for how many epochs and trials, and how Optuna samples and prunes. Every mistake
+is found when the file is loaded, before any worker starts, and reported as one line naming the file and the key:
+a bad file should cost seconds, not a night of failed trials.
 
 Study files are looked up by name in ``./studies/`` first (so a project can override or add studies), then
 in the ones shipped with the package (``studies/`` in the repository, installed as the package
@@ -24,11 +24,11 @@ from typing import Any, Callable
 import optuna
 
 from search.errors import SearchError
-from search.hpo.space import STUDY_KEYS, Param, parse_space, suggest
+from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, suggest
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
-                   "sampler", "pruner", "space", "fixed", "keep_best_weights")
+                   "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights")
 REQUIRED = ("name", "dataset")
 # Both metrics (val_acc, val_auc) are higher-is-better and the engine keeps the highest epoch.
 DIRECTIONS = ("maximize",)
@@ -73,6 +73,9 @@ class StudySpec:
     fixed: dict[str, Any]
     path: Path  # the file it came from
     keep_best_weights: bool = False  # a trial that completes as the best so far keeps its weights (`export --weights`)
+    # Trials queued once, when the study is created, before the sampler's own (the warm start): each a mapping of
+    # some of the space's parameters, checked (search/hpo/queue.py queues them).
+    enqueue: tuple[dict[str, Any], ...] = ()
 
     def base_config(self) -> dict[str, Any]:
         """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
@@ -83,10 +86,16 @@ class StudySpec:
         """What the study is, as stored with it when it is created (JSON): a start from a file that differs is
         refused (search/hpo/supervisor.py: ensure_study). Not part of it: the name, the budget and timeout (a
         start may raise them), the sampler seed (each worker has its own), and data_dir (where this machine keeps
-        the files: workers on other machines read the same dataset from other folders)."""
+        the files: workers on other machines read the same dataset from other folders).
+
+        Part of it: the ``enqueue`` entries (only when there are some, so that studies stored before the key existed
+        keep their definition). An edited warm start changes which trials the study runs first, like an edited
+        space; with ``--allow-changes`` the entries it has not queued yet are queued (search/hpo/queue.py)."""
         value = {"dataset": self.dataset, "metric": self.metric, "direction": self.direction, "epochs": self.epochs,
                  "space": {name: dataclasses.asdict(p) for name, p in self.space.items()}, "fixed": self.fixed,
                  "sampler": {k: v for k, v in self.sampler.items() if k != "seed"}, "pruner": self.pruner}
+        if self.enqueue:
+            value["enqueue"] = list(self.enqueue)
         return json.loads(json.dumps(value, default=str))  # tuples become lists, as the store gives them back
 
     def sizes(self) -> list[int]:
@@ -239,6 +248,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
                      epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
                      fixed=fixed, path=path.resolve(), keep_best_weights=keep)
     _check_configs(spec, source=source)
+    spec = dataclasses.replace(spec, enqueue=_parse_enqueue(raw.get("enqueue"), source=source, spec=spec))
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker
     make_pruner(spec)
     return spec
@@ -274,6 +284,31 @@ def _check_configs(spec: StudySpec, *, source: str) -> None:
                 config.from_dict({**base, param.name: value}, source=source)
             except SearchError as err:
                 raise SearchError(f"{source}: space.{param.name}: {err.message}") from None
+
+
+def _parse_enqueue(raw: Any, *, source: str, spec: StudySpec) -> tuple[dict[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SearchError(f"{source}: enqueue must be a list of parameter mappings such as "
+                          f"[{{lr: 0.001, batch_size: 128}}], got {type(raw).__name__}")
+    entries = [check_trial(spec.space, spec.base_config(), entry, where=source, prefix=f"enqueue[{i}].")
+               for i, entry in enumerate(raw)]
+    # As the store gives them back (tuples become lists), so the stored definition compares equal.
+    return tuple(json.loads(json.dumps(entries)))
+
+
+def check_trial(space: dict[str, Param], base: dict[str, Any], raw: Any, *, where: str,
+                prefix: str = "") -> dict[str, Any]:
+    """A (partial) mapping of searched parameters to queue as a trial, checked as the space takes them
+    (space.check_params) and, with the study's shared values ``base``, as a TrainConfig; returns the values."""
+    values = check_params(space, raw, where=where, prefix=prefix)
+    try:
+        config.TrainConfig(**{**base, **values})
+    except SearchError as err:
+        at = f"{where}: {prefix.rstrip('.')}" if prefix else where
+        raise SearchError(f"{at}: {err.message}") from None
+    return values
 
 
 def trial_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.errors import Interrupted, SearchError
-from search.hpo import progress, worker
+from search.hpo import progress, queue, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -349,6 +349,8 @@ class Supervisor:
 def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = False) -> optuna.Study:
     """Create the study in the store, or load it; record what `status` and `export` need to read it alone.
 
+    The first process to meet the study queues its file's ``enqueue`` entries (search/hpo/queue.py), once.
+
     The study's definition is stored with it. Starting it again from a file that differs would mix two searches
     in one study: refused with the keys that changed, before anything is written, unless ``allow_changes`` (the
     new definition is then stored, and the change recorded with its time in `definition_changes`).
@@ -376,6 +378,7 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
     for key, value in (("dataset", spec.dataset), ("metric", spec.metric), ("epochs", spec.epochs)):
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
+    queue.warm_start(storage, study, spec.enqueue)  # the file's `enqueue:` entries, once per study
     return study
 
 
