@@ -82,10 +82,16 @@ def main() -> None:
 @click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the config's device).")
 @click.option("--seeds", type=click.IntRange(min=1),
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
-def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None) -> None:
+@click.option("--devices", help="With --seeds: train the seeds in parallel, one process per entry: GPU indices "
+                                "(0,1,2,3; each process sees its card as cuda:0) or cpu,cpu (sharing the cores).")
+def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None,
+          devices: str | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
     from search.train import config
 
+    if devices is not None and seeds is None:
+        raise SearchError("--devices needs --seeds N: it spreads the seeds over one process per device; "
+                          "a single run takes --device")
     cfg = config.load(config_file, epochs=epochs, device=device)
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.architecture}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -97,17 +103,20 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
                    f"{m['val_acc']:.4f}, {m['params']:,} params, {m['seconds']:.1f} s on {m['device']}) -> {folder}")
 
     try:
-        _train(cfg, out, seeds, line)
+        _train(cfg, out, seeds, devices, line)
     except KeyboardInterrupt:  # interrupt.Stop from the training loop
         kept = f"the seeds that finished are kept in {out}" if seeds is not None else "nothing was saved"
         raise Interrupted(f"interrupted ({interrupt.requested()}): the run in progress was stopped; {kept}") from None
 
 
-def _train(cfg, out: Path, seeds: int | None, line) -> None:  # type: ignore[no-untyped-def]
-    from search.train import engine
+def _train(cfg, out: Path, seeds: int | None, devices: str | None, line) -> None:  # type: ignore[no-untyped-def]
+    from search.train import engine, parallel
 
     if seeds is not None:
-        s = engine.train_seeds(cfg, out, seeds, on_run=line)
+        if devices is not None:
+            s = parallel.train_seeds(cfg, out, seeds, devices, on_run=line)
+        else:
+            s = engine.train_seeds(cfg, out, seeds, on_run=line)
         sd = lambda k: f" ± {s[k]['sd']:.4f}" if s[k]["sd"] is not None else ""  # noqa: E731
         click.echo(f"{cfg.dataset} {cfg.architecture}, {seeds} seeds: test_acc {s['test_acc']['mean']:.4f}"
                    f"{sd('test_acc')} test_auc {s['test_auc']['mean']:.4f}{sd('test_auc')} (mean ± sample sd) "

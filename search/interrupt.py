@@ -15,6 +15,7 @@ This module imports nothing of the project: every floor may use it.
 """
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -107,3 +108,20 @@ def shielded_children() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def start_shielded(process: Any, env: dict[str, str]) -> None:
+    """Start ``process`` (a spawn-context multiprocessing Process, whose child inherits ``os.environ`` as it is at
+    start()) with ``env`` added to its environment, inside `shielded_children`; this process's environment is
+    restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with shielded_children():
+            process.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

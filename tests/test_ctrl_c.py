@@ -131,3 +131,22 @@ def test_ctrl_c_stops_search_train_mid_epoch_and_saves_nothing_half_done(tmp_pat
     assert last.startswith("Error: interrupted (SIGINT): the run in progress was stopped"), run.text()
     assert "Traceback" not in run.text()
     assert not list(tmp_path.glob("run/**/metrics.json")) and not list(tmp_path.glob("run/**/.*.tmp"))
+
+
+@pytest.mark.parametrize("delay", [0.0, 4.0], ids=["processes starting", "processes training"])
+def test_ctrl_c_stops_search_train_parallel_seeds_with_one_line(tmp_path, delay):
+    """`--seeds 2 --devices cpu,cpu`: the parent takes the Ctrl-C, stops its two processes with SIGTERM and ends
+    like the sequential run: the one line, exit status 130, no traceback from any process, no half-written run."""
+    (tmp_path / "cfg.yaml").write_text("dataset: digits\narchitecture: simple_cnn_v2\nepochs: 30\nbatch_size: 32\n")
+    run = Interruptible.start(["train", "cfg.yaml", "--out", "run", "--seeds", "2", "--devices", "cpu,cpu"],
+                              tmp_path)
+    wait_until(lambda: any("in parallel on" in line for line in run.err)
+               or run.proc.poll() is not None)
+    time.sleep(delay)
+    seconds = run.ctrl_c()
+    assert run.proc.returncode == 130, run.text()
+    assert seconds < STOP_LIMIT_S
+    last = [line for line in "".join(run.err).splitlines() if line.strip()][-1]
+    assert last.startswith("Error: interrupted (SIGINT): the run in progress was stopped"), run.text()
+    assert "Traceback" not in run.text()
+    assert not list(tmp_path.glob("run/**/metrics.json")) and not list(tmp_path.glob("run/**/.*.tmp"))

@@ -131,20 +131,11 @@ class Supervisor:
 
     def _spawn(self, slot: Slot) -> None:
         parent, child = self.ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in slot.env}
-        os.environ.update(slot.env)  # a spawned child inherits os.environ as it is at start()
-        try:
-            slot.process = self.ctx.Process(
-                target=worker.supervised, name=f"search-worker-{slot.index}", daemon=True,
-                args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.device, slot.threads))
-            with interrupt.shielded_children():  # the worker starts deaf to Ctrl-C; SIGTERM waits for its handler
-                slot.process.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        slot.process = self.ctx.Process(
+            target=worker.supervised, name=f"search-worker-{slot.index}", daemon=True,
+            args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.device, slot.threads))
+        # Its own CUDA_VISIBLE_DEVICES; it starts deaf to Ctrl-C, and SIGTERM waits for its handler.
+        interrupt.start_shielded(slot.process, slot.env)
         child.close()
         slot.conn, slot.ticket, slot.waiting, slot.trial, slot.stopped = parent, False, False, None, False
 

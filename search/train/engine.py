@@ -410,15 +410,27 @@ def train_seeds(cfg: TrainConfig, out: Path, seeds: int, *, progress: bool = Tru
     way the MedMNIST benchmark reports a method (mean of at least three runs). Nothing is trained when any of the
     folders already holds a finished run.
     """
-    runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
-    taken = [str(d) for _, d in runs if (d / "metrics.json").exists()]
-    if taken or (out / "summary.json").exists():
-        raise SearchError(f"{taken[0] if taken else out} already holds a finished run; choose another --out")
+    runs = seed_runs(cfg, out, seeds)
     results: list[dict[str, Any]] = []
     for seed, folder in runs:
         results.append(train(cfg.replace(seed=seed), folder, progress=progress))
         if on_run is not None:
             on_run(folder, results[-1])
+    return write_summary(cfg, out, runs, results)
+
+
+def seed_runs(cfg: TrainConfig, out: Path, seeds: int) -> list[tuple[int, Path]]:
+    """(seed, folder) of each run of `--seeds`; refused before anything is trained when one already finished."""
+    runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
+    taken = [str(d) for _, d in runs if (d / "metrics.json").exists()]
+    if taken or (out / "summary.json").exists():
+        raise SearchError(f"{taken[0] if taken else out} already holds a finished run; choose another --out")
+    return runs
+
+
+def write_summary(cfg: TrainConfig, out: Path, runs: list[tuple[int, Path]],
+                  results: list[dict[str, Any]]) -> dict[str, Any]:
+    """out/summary.json from each run's metrics, in the order of ``runs`` (seed order)."""
     summary = {"dataset": cfg.dataset, "architecture": cfg.architecture, "seeds": [s for s, _ in runs],
                "runs": [d.name for _, d in runs],
                **{key: mean_sd([m[key] for m in results]) for key in ("test_acc", "test_auc")}}

@@ -1,0 +1,193 @@
+"""`search train --seeds N --devices LIST`: the N seeds trained in parallel, one process per listed device.
+
+Each device gets one process, spawned (fresh interpreters: no CUDA or thread state forked from the parent) with its
+own environment, as `search start`'s workers are: a GPU index is the process's only visible card (its cuda:0,
+through CUDA_VISIBLE_DEVICES), and the `cpu` entries split the cores between them (torch.set_num_threads). The
+parent hands the seeds out in order, one at a time, to whichever process is free, over a pipe per process; that is
+why this is a small pool of our own rather than a ProcessPoolExecutor, whose initializer cannot give each process a
+different device. Each run writes its folder itself (`engine.train`, atomic writes); the parent writes
+summary.json, in seed order, exactly as the sequential `train_seeds` does.
+
+Stopping (search/interrupt.py): the processes start with the stop signals blocked and ignore SIGINT from their
+first line, so a terminal's Ctrl-C is the parent's alone; it sends each live process one SIGTERM, which its
+training loop sees at the next batch, and raises `interrupt.Stop` as the sequential run does. A run that fails
+(a diverged loss) stops the others, and its error is the command's.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from search import interrupt
+from search.errors import SearchError
+from search.train.config import TrainConfig
+
+STOP_GRACE_S = 20  # after this, a process that did not stop on SIGTERM is killed (as search/hpo/supervisor.py)
+
+
+def plan(devices: str, processes: int) -> list[tuple[str, dict[str, str], int]]:
+    """(device, environment, CPU threads) for the first ``processes`` entries of ``devices`` ("0,1": GPU indices,
+    "cpu,cpu"), every entry checked; the `cpu` ones among them split the cores evenly."""
+    ids = [d.strip() for d in devices.split(",")]
+    if not all(ids):
+        raise SearchError(f"--devices {devices!r} has an empty entry; valid: GPU indices and 'cpu', e.g. 0,1 or "
+                          f"cpu,cpu")
+    gpus = [d for d in ids if d != "cpu"]
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count()
+        bad = [d for d in gpus if not d.isdigit() or int(d) >= count]
+        if bad:
+            valid = f"0..{count - 1} or cpu" if count else "cpu (no CUDA GPU is visible here)"
+            raise SearchError(f"--devices {devices}: no GPU {bad[0]}; valid entries: {valid}")
+    ids = ids[:processes]  # more devices than seeds: the extra ones start no process
+    cpus = ids.count("cpu")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // cpus) if cpus else 0
+    # An index counts among the cards this process sees: under CUDA_VISIBLE_DEVICES=2,3, "0" is GPU 2.
+    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
+    return [("cpu", {"CUDA_VISIBLE_DEVICES": ""}, threads) if d == "cpu"
+            else ("cuda:0", {"CUDA_VISIBLE_DEVICES": visible[int(d)] if visible else d}, 0) for d in ids]
+
+
+def train_seeds(cfg: TrainConfig, out: Path, seeds: int, devices: str,
+                on_run: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """`engine.train_seeds`, the seeds spread over one process per entry of ``devices`` (the extra entries, when
+    there are more devices than seeds, start no process). ``on_run`` hears of each run as it finishes."""
+    from search.train import engine
+
+    slots = plan(devices, seeds)
+    runs = engine.seed_runs(cfg, out, seeds)
+    interrupt.check()
+    names = ", ".join(f"GPU {env['CUDA_VISIBLE_DEVICES']}" if dev != "cpu" else f"cpu ({threads} threads)"
+                      for dev, env, threads in slots)
+    print(f"training seeds {runs[0][0]}..{runs[-1][0]} in parallel on {names}", file=sys.stderr, flush=True)
+    pool = _Pool(cfg, slots)
+    try:
+        results = pool.run(runs, on_run)
+    finally:
+        pool.stop()
+    return engine.write_summary(cfg, out, runs, [results[seed] for seed, _ in runs])
+
+
+class _Pool:
+    def __init__(self, cfg: TrainConfig, slots: list[tuple[str, dict[str, str], int]]) -> None:
+        self.cfg, self.slots = cfg, slots
+        self.ctx = mp.get_context("spawn")
+        self.procs: list[Any] = []
+        self.conns: list[Connection | None] = []
+        self.busy: list[tuple[int, Path] | None] = []
+
+    def _spawn(self, device: str, env: dict[str, str], threads: int) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_child, args=(child, self.cfg.replace(device=device), threads),
+                                name=f"search-train-{len(self.procs)}", daemon=True)
+        interrupt.start_shielded(proc, env)  # its own CUDA_VISIBLE_DEVICES; deaf to Ctrl-C until its first line
+        child.close()
+        self.procs.append(proc)
+        self.conns.append(parent)
+        self.busy.append(None)
+
+    def run(self, runs: list[tuple[int, Path]],
+            on_run: Callable[[Path, dict[str, Any]], None] | None) -> dict[int, dict[str, Any]]:
+        todo, results = list(runs), {}
+        for slot in self.slots:
+            interrupt.check()
+            self._spawn(*slot)
+        for i in range(len(self.procs)):
+            self._hand_out(i, todo)
+        while any(b is not None for b in self.busy):
+            interrupt.check()
+            live = [i for i, c in enumerate(self.conns) if c is not None]
+            ready = wait([self.conns[i] for i in live] + [self.procs[i].sentinel for i in live], timeout=0.2)
+            for i in live:
+                conn, proc = self.conns[i], self.procs[i]
+                message = _receive(conn)
+                if message is not None:
+                    kind, value = message
+                    seed, folder = self.busy[i]
+                    if kind == "error":
+                        raise SearchError(value)
+                    results[seed] = value
+                    if on_run is not None:
+                        on_run(folder, value)
+                    self._hand_out(i, todo)
+                elif proc.sentinel in ready or not proc.is_alive():
+                    proc.join()
+                    seed = self.busy[i][0] if self.busy[i] else None
+                    interrupt.check()  # a child stopped by the same Ctrl-C is no failure of its own
+                    raise SearchError(f"the process training seed {seed} on {self.slots[i][0]} "
+                                      f"(CUDA_VISIBLE_DEVICES={self.slots[i][1]['CUDA_VISIBLE_DEVICES']!r}) died "
+                                      f"(exit code {proc.exitcode}); the seeds that finished are kept")
+        return results
+
+    def _hand_out(self, i: int, todo: list[tuple[int, Path]]) -> None:
+        """The next seed in order to process i, or None: it exits."""
+        self.busy[i] = todo.pop(0) if todo else None
+        try:
+            self.conns[i].send(self.busy[i])
+        except OSError:  # it died (BrokenPipeError): its sentinel reports it on the next turn
+            return
+        if self.busy[i] is None:
+            self.conns[i].close()
+            self.conns[i] = None
+
+    def stop(self) -> None:
+        """One SIGTERM to each live process (a finished one is simply joined); kill any still alive after the
+        grace period."""
+        import time
+
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _receive(conn: Connection) -> tuple[str, Any] | None:
+    """The message a process sent, or None when it sent none (or ended without one: its sentinel tells)."""
+    try:
+        return conn.recv() if conn.poll() else None
+    except EOFError:
+        return None
+
+
+def _child(conn: Connection, cfg: TrainConfig, threads: int) -> None:
+    """One process of the pool: train each seed it is handed, until it is handed None (or gets SIGTERM)."""
+    interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
+    try:
+        import torch
+
+        from search.train import engine
+
+        if threads:
+            torch.set_num_threads(threads)
+        while True:
+            while not conn.poll(0.2):
+                interrupt.check()
+            job = conn.recv()
+            if job is None:
+                break
+            seed, folder = job
+            try:
+                metrics = engine.train(cfg.replace(seed=seed), folder, progress=False)
+            except SearchError as err:  # a diverged run, a bad input: the parent reports it as its own
+                conn.send(("error", err.message))
+                break
+            conn.send(("done", metrics))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # every result is written and sent: skip the interpreter's slow teardown with torch loaded
+    except KeyboardInterrupt:  # interrupt.Stop: nothing half-written (atomic writes), nothing left to save
+        os._exit(130)
+    except (EOFError, BrokenPipeError):
+        os._exit(3)  # the parent is gone
