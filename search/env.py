@@ -62,3 +62,8 @@ def whole(name: str, *, minimum: int = 1, unit: str = "") -> int | None:
         raise SearchError(f"${name} must be a whole number{f' of {unit}' if unit else ''}, at least {minimum}; "
                           f"got {raw!r}")
     return value
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity, e.g. a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

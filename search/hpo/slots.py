@@ -162,11 +162,6 @@ def workers_per_host() -> int | None:
     return env.whole("SEARCH_WORKERS_PER_HOST", minimum=1, unit="workers")
 
 
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def default_threads(available: int | None = None) -> int | None:
     """`search worker --threads`' default. None while $OMP_NUM_THREADS is set: the user chose, and torch follows
     it. Else the cores (``available``, default this process's) divided by the workers on this host:
@@ -174,4 +169,4 @@ def default_threads(available: int | None = None) -> int | None:
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     workers = workers_per_host() or held(folder())
-    return max(1, (available if available is not None else cores()) // max(1, workers))
+    return max(1, (available if available is not None else env.cores()) // max(1, workers))

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import interrupt
+from search import env, interrupt
 from search.errors import Interrupted, SearchError
 from search.hpo import progress, queue, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
@@ -91,7 +91,7 @@ def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str,
     if ids:
         # Each worker sees only its own GPU, which it knows as cuda:0.
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]}, 0) for i in range(workers)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = env.cores()
     threads = max(1, cores // workers)
     return [("cpu", {"CUDA_VISIBLE_DEVICES": ""}, threads) for _ in range(workers)]
 

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from search import interrupt
+from search import env, interrupt
 from search.errors import SearchError
 from search.train.config import TrainConfig
 
@@ -47,7 +47,7 @@ def plan(devices: str, processes: int) -> list[tuple[str, dict[str, str], int]]:
             raise SearchError(f"--devices {devices}: no GPU {bad[0]}; valid entries: {valid}")
     ids = ids[:processes]  # more devices than seeds: the extra ones start no process
     cpus = ids.count("cpu")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = env.cores()
     threads = max(1, cores // cpus) if cpus else 0
     # An index counts among the cards this process sees: under CUDA_VISIBLE_DEVICES=2,3, "0" is GPU 2.
     visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
