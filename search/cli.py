@@ -253,26 +253,78 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
               show_default=True)
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="1 = best, 2 = second...")
+@click.option("--trial", "trial_number", type=click.IntRange(min=0),
+              help="Export this trial (by number) instead of the K-th best: e.g. one on a Pareto front.")
+@click.option("--pareto", is_flag=True,
+              help="List the Pareto front of a study with several objectives (trials and values); writes nothing.")
 @click.option("--weights", is_flag=True,
               help="Also write the trial's kept weights beside the file (OUT with .pt), as `search train` saves "
                    "model.pt (needs keep_best_weights: true in the study file).")
-@_stops_at_once
-def export_cmd(study: str, storage: str | None, out: Path, rank: int, weights: bool) -> None:
-    """Write the best (or K-th best) trial as a TrainConfig file for `search train`."""
+@click.option("--rerank", "rerank_k", type=click.IntRange(min=1), metavar="K",
+              help="Retrain the K best complete trials with --seeds seeds each and export the one with the best mean "
+                   "validation metric (the winner's curse of a small validation split).")
+@click.option("--seeds", type=click.IntRange(min=1), help="With --rerank: seeds per trial (default 3).")
+@click.option("--devices", help="With --rerank: train each trial's seeds in parallel, one process per entry: GPU "
+                                "indices (0,1) or cpu,cpu, as `search train --devices`.")
+@click.option("--rerank-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --rerank: folder for the runs, DIR/trial-N/seed-S (default runs/rerank-STUDY).")
+def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_number: int | None, pareto: bool,
+               weights: bool, rerank_k: int | None, seeds: int | None, devices: str | None,
+               rerank_dir: Path | None) -> None:
+    """Write the best (or K-th best) trial as a TrainConfig file for `search train`; with --rerank K, the best of the
+    K best trials retrained with several seeds each."""
     from search.results import detail
     from search.results import trials as export
     from search.train.config import atomic_write
 
-    loaded = export.load(study, storage)
-    model = detail.kept_weights(loaded, rank, storage) if weights else None  # missing: one line, nothing written
-    cfg, trial = export.export(loaded, out, rank)
-    if model is not None:
-        atomic_write(out.with_suffix(".pt"), lambda path: path.write_bytes(model))
-        click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}, its weights -> "
-                   f"{out.with_suffix('.pt')}")
-        return
-    click.echo(f"trial {trial.number} ({trial.value:.4f}, {cfg.architecture}) -> {out}; "
-               f"train it with: search train {out}")
+    ranked = click.get_current_context().get_parameter_source("rank") != click.core.ParameterSource.DEFAULT
+    if ranked and trial_number is not None:
+        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
+    if rerank_k is None:
+        used = [name for name, value in (("--seeds", seeds), ("--devices", devices), ("--rerank-dir", rerank_dir))
+                if value is not None]
+        if used:
+            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
+                              f"nothing")
+    elif trial_number is not None or pareto:
+        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
+                          f"--rerank chooses among the best trials")
+    elif ranked:
+        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
+    elif weights:
+        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
+                          "(model.pt in each seed folder)")
+    with interrupt.raising():  # no long work here: the first Ctrl-C stops it at once
+        loaded = export.load(study, storage)
+        if pareto:
+            click.echo("\n".join(export.pareto_lines(loaded)))
+            return
+        if rerank_k is None:
+            # missing weights: one line, nothing written
+            model = detail.kept_weights(loaded, storage, rank, trial_number) if weights else None
+            cfg, trial = export.export(loaded, out, rank, trial_number)
+            what = f"trial {trial.number} ({export.value_text(loaded, trial)}, {cfg.architecture}) -> {out}"
+            if model is not None:
+                atomic_write(out.with_suffix(".pt"), lambda path: path.write_bytes(model))
+                click.echo(f"{what}, its weights -> {out.with_suffix('.pt')}")
+                return
+            click.echo(f"{what}; train it with: search train {out}")
+            return
+    # --rerank trains: it stops at the training loop's safe points, as `train` does, keeping the trials that finished
+    from search.results import rerank  # loads torch, which a plain export does without
+
+    folder = rerank_dir if rerank_dir is not None else rerank.default_dir(loaded)
+    metric = loaded.user_attrs.get("metric", "value")
+    try:
+        done = rerank.rerank(loaded, out, rerank_k, seeds or 3, devices=devices, rerank_dir=folder,
+                             on_run=lambda n, path, m: click.echo(rerank.run_line(n, path, m, metric)))
+    except KeyboardInterrupt:  # interrupt.Stop from the training loop
+        raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'}): the run in progress was stopped; the "
+                          f"trial folders that finished (with summary.json) are kept in {folder}; nothing was "
+                          f"exported") from None
+    click.echo("\n".join(rerank.table(done)))
+    if interrupt.requested():  # it came after the last safe point: the work is done and saved
+        raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
 
 
 @main.command()

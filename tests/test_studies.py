@@ -21,7 +21,7 @@ from search.hpo.studies import (
 )
 from search.train.config import TrainConfig
 
-SHIPPED = ("digits", "mnist", "pathmnist")
+SHIPPED = ("digits", "mnist", "pathmnist", "pathmnist-small")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,11 +64,22 @@ def test_packaged_studies_are_found_from_any_folder(in_tmp):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_study_loads(in_tmp, name):
     spec = load_study(name)
-    assert spec.name == name and spec.dataset == name
+    assert spec.name == name and spec.dataset == name.removesuffix("-small")
     assert spec.path == list_study_files()[name].resolve()
     TrainConfig(**spec.base_config())
     assert isinstance(make_sampler(spec), optuna.samplers.TPESampler)
-    assert spec.space["momentum"].when == {"optimizer": ("sgd",)}
+    if not spec.multi:
+        assert spec.space["momentum"].when == {"optimizer": ("sgd",)}
+
+
+def test_the_shipped_front_study(in_tmp):
+    """pathmnist-small: accuracy against parameters, unpruned, starting from the published recipe."""
+    spec = load_study("pathmnist-small")
+    assert spec.objectives == (("val_acc", "maximize"), ("params", "minimize"))
+    assert (spec.multi, spec.metric, spec.pruner) == (True, "val_acc", {"name": "none"})
+    assert spec.enqueue[0]["architecture"] == "resnet18" and spec.fixed["optimizer"] == "adam"
+    assert spec.definition()["objectives"] == [["val_acc", "maximize"], ["params", "minimize"]]
+    assert "objectives" not in load_study("pathmnist").definition()  # single-objective definitions are unchanged
 
 
 def test_shipped_study_settings(in_tmp):
@@ -145,7 +156,7 @@ def test_cwd_studies_override_and_add(in_tmp):
     write_study(in_tmp, "digits", "name: my-digits\ndataset: digits\nepochs: 2\n")
     write_study(in_tmp, "extra", "name: extra\ndataset: mnist\n")
     files = list_study_files()
-    assert list(files) == ["digits", "extra", "mnist", "pathmnist"]
+    assert list(files) == ["digits", "extra", "mnist", "pathmnist", "pathmnist-small"]
     assert files["digits"] == in_tmp / "studies" / "digits.yaml"
     assert files["mnist"].parent != in_tmp / "studies"
     assert study_dirs()[0] == in_tmp / "studies"
@@ -157,7 +168,7 @@ def test_cwd_studies_override_and_add(in_tmp):
 def test_unknown_study_lists_the_available_ones(in_tmp):
     with pytest.raises(SearchError) as err:
         find_study("digit")
-    assert err.value.message == ("unknown study 'digit'; available: digits, mnist, pathmnist "
+    assert err.value.message == ("unknown study 'digit'; available: digits, mnist, pathmnist, pathmnist-small "
                                  "(or give a path to a .yaml file)")
 
 

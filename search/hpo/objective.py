@@ -1,8 +1,11 @@
-"""trial -> TrainConfig -> engine.fit: report the study metric each epoch and prune when the pruner says so.
+"""trial -> TrainConfig -> engine.fit: report the study metric each epoch and prune when the pruner says so; return
+the kept epoch's validation value, or with several objectives (search/hpo/objectives.py) one value for each (a
+trial of such a study reports no epochs: Optuna neither takes nor prunes them).
 
 Each trial records, as user attributes: `worker` ("host:pid"), `device` (the physical card, e.g.
 "cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)", or "cpu"), `config` (the full TrainConfig, which
-`search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`;
+`search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`
+(and `latency_ms` when it is an objective);
 a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
 when complete, its validation confusion matrix) to the artifact store (search/results/artifacts.py). The test
 split is never touched here. A CUDA out-of-memory error fails only its trial, with the reason "CUDA out of memory
@@ -19,6 +22,7 @@ from typing import Callable
 import optuna
 import torch
 
+from search.hpo import objectives as goals
 from search.hpo import trial_log
 from search.hpo.studies import StudySpec, trial_config
 from search.hpo.urls import worker_id
@@ -32,7 +36,8 @@ OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cu
 
 
 class Objective:
-    """Callable for Optuna: trains one trial on ``device`` and returns its best validation metric."""
+    """Callable for Optuna: trains one trial on ``device`` and returns its best validation metric (several
+    objectives: the list of their values)."""
 
     def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None,
                  on_epoch: Callable[[int, int, int, float, float], None] | None = None) -> None:
@@ -86,10 +91,12 @@ class Objective:
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
             nonlocal pruned
             value = metrics[self.spec.metric]
-            if math.isfinite(value):
-                trial.report(value, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, cfg.epochs, value, metrics["images_per_second"])
+            if self.spec.multi:  # Optuna takes no intermediate values of a multi-objective trial, and prunes none
+                return False
+            if math.isfinite(value):
+                trial.report(value, epoch)
             pruned = trial.should_prune()
             return pruned
 
@@ -108,21 +115,41 @@ class Objective:
             raise Diverged(result.reason)
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
-        value = result.best[self.spec.metric]
+        values = self._values(trial, result)
         if self.spec.keep_best_weights:
-            self._keep_weights(trial, result, cfg.to_dict(), value)
-        return value
+            self._keep_weights(trial, result, cfg.to_dict(), values)
+        return values if self.spec.multi else values[0]
 
-    def _keep_weights(self, trial: optuna.Trial, result: engine.FitResult, config: dict, value: float) -> None:
+    def _values(self, trial: optuna.Trial, result: engine.FitResult) -> list[float]:
+        """The trial's value of each objective (search/hpo/objectives.py); latency_ms is measured here, once."""
+        values = []
+        for metric, _ in self.spec.objectives:
+            if metric == "params":
+                value = float(result.params)
+            elif metric == "epoch_seconds":  # every epoch of the run, those of a stopped run it resumed too
+                value = sum(h["seconds"] for h in result.history) / len(result.history)
+            elif metric == "latency_ms":
+                value = result.trainer.latency_ms()
+                trial.set_user_attr("latency_ms", round(value, 4))
+            else:
+                value = result.best[metric]
+            values.append(value)
+        return values
+
+    def _keep_weights(self, trial: optuna.Trial, result: engine.FitResult, config: dict,
+                      values: list[float]) -> None:
         """The best epoch's weights, as the artifact ``trial-N-model.pt`` (the format of `search train`'s model.pt),
-        when this trial completes as the best so far: a trial that is not the best now never becomes the best
-        later, so only the improvements are kept."""
-        try:
-            best: float | None = trial.study.best_value  # of the complete trials so far (this one is still running)
-        except ValueError:  # none yet
-            best = None
+        when this trial completes as the best so far (several objectives: not dominated by a complete trial): a
+        trial that is not the best now never becomes the best later, so only the improvements are kept."""
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        others = [t.values for t in done if t.values is not None]  # this one is still running: not among them
         folder = self._folder(trial)
-        if folder is None or (best is not None and value <= best):
+        if folder is None:
+            return
+        if self.spec.multi:
+            if goals.dominated(values, others, self.spec.directions):
+                return
+        elif others and (values[0] <= max(v[0] for v in others)):
             return
         try:
             artifacts.upload_model(trial, folder, result.model.state_dict(), config)

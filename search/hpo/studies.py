@@ -24,10 +24,11 @@ from typing import Any, Callable
 import optuna
 
 from search.errors import SearchError
+from search.hpo import objectives as goals
 from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, suggest
 from search.train import config
 
-STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "epochs", "trials", "timeout",
+STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "objectives", "epochs", "trials", "timeout",
                    "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights")
 REQUIRED = ("name", "dataset")
 # Both metrics (val_acc, val_auc) are higher-is-better and the engine keeps the highest epoch.
@@ -44,7 +45,11 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "qmc": optuna.samplers.QMCSampler,
     "gp": optuna.samplers.GPSampler,
+    "nsgaii": optuna.samplers.NSGAIISampler,
+    "nsgaiii": optuna.samplers.NSGAIIISampler,
 }
+# Samplers that cannot optimise several objectives at once (Optuna raises at the first trial).
+_SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 # Optuna constructs these samplers without their extra package and fails only at the first trial.
 _SAMPLER_NEEDS = {"cmaes": "cmaes"}
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
@@ -76,6 +81,23 @@ class StudySpec:
     # Trials queued once, when the study is created, before the sampler's own (the warm start): each a mapping of
     # some of the space's parameters, checked (search/hpo/queue.py queues them).
     enqueue: tuple[dict[str, Any], ...] = ()
+    # What the trials are judged by: ((metric, direction),) for a single-objective study (``metric``,
+    # ``direction``), or the file's ``objectives`` (search/hpo/objectives.py). ``metric`` is then the validation
+    # metric among them, which picks each trial's kept epoch, and ``direction`` the first objective's.
+    objectives: goals.Objectives = ()
+
+    def __post_init__(self) -> None:
+        if not self.objectives:  # a spec built in code with metric and direction only
+            object.__setattr__(self, "objectives", ((self.metric, self.direction),))
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: Optuna keeps a Pareto front, and nothing is pruned."""
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [d for _, d in self.objectives]
 
     def base_config(self) -> dict[str, Any]:
         """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
@@ -96,6 +118,8 @@ class StudySpec:
                  "sampler": {k: v for k, v in self.sampler.items() if k != "seed"}, "pruner": self.pruner}
         if self.enqueue:
             value["enqueue"] = list(self.enqueue)
+        if self.multi:
+            value["objectives"] = [list(o) for o in self.objectives]
         return json.loads(json.dumps(value, default=str))  # tuples become lists, as the store gives them back
 
     def sizes(self) -> list[int]:
@@ -223,8 +247,17 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     data_dir = data_dir if data_dir is not None else raw.get("data_dir")
     if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
         raise SearchError(f"{source}: data_dir must be a path string, got {data_dir!r}")
-    metric = _choice(raw.get("metric", "val_acc"), source=source, key="metric", valid=config.METRICS)
-    direction = _choice(raw.get("direction", "maximize"), source=source, key="direction", valid=DIRECTIONS)
+    if "objectives" in raw:
+        both = [k for k in ("metric", "direction") if k in raw]
+        if both:
+            raise SearchError(f"{source}: objectives replaces {' and '.join(both)}; keep one of the two forms")
+        objectives = goals.parse(raw["objectives"], source=source)
+        metric, direction = goals.training_metric(objectives), objectives[0][1]
+    else:
+        metric = _choice(raw.get("metric", "val_acc"), source=source, key="metric", valid=config.METRICS)
+        direction = _choice(raw.get("direction", "maximize"), source=source, key="direction", valid=DIRECTIONS)
+        objectives = ((metric, direction),)
+    multi = len(objectives) > 1
     epochs = _int(raw.get("epochs", config.TrainConfig.epochs), source=source, key="epochs", minimum=1)
     trials = _int(trials if trials is not None else raw.get("trials", DEFAULT_TRIALS),
                   source=source, key="trials", minimum=1)
@@ -237,7 +270,15 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     sampler = _named(raw.get("sampler"), source=source, key="sampler", default=DEFAULT_SAMPLER, valid=SAMPLERS)
     sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
                            minimum=0)
-    pruner = _named(raw.get("pruner"), source=source, key="pruner", default=DEFAULT_PRUNER, valid=PRUNERS)
+    pruner = _named(raw.get("pruner"), source=source, key="pruner",
+                    default={"name": "none"} if multi else DEFAULT_PRUNER, valid=PRUNERS)
+    if multi and pruner["name"] != "none":
+        raise SearchError(f"{source}: pruner {pruner['name']}: a study with several objectives cannot be pruned "
+                          f"(Optuna prunes single-objective studies only); remove the pruner or set it to none")
+    if multi and sampler["name"] in _SINGLE_OBJECTIVE_SAMPLERS:
+        valid = ", ".join(n for n in SAMPLERS if n not in _SINGLE_OBJECTIVE_SAMPLERS)
+        raise SearchError(f"{source}: sampler {sampler['name']} optimises one objective only; with several "
+                          f"objectives use one of: {valid}")
     keep = raw.get("keep_best_weights", False)
     if not isinstance(keep, bool):
         raise SearchError(f"{source}: keep_best_weights must be true or false, got {keep!r}")
@@ -246,7 +287,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     fixed = _parse_fixed(raw.get("fixed"), source=source, space=space)
     spec = StudySpec(name=name, dataset=dataset, data_dir=data_dir, metric=metric, direction=direction,
                      epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
-                     fixed=fixed, path=path.resolve(), keep_best_weights=keep)
+                     fixed=fixed, path=path.resolve(), keep_best_weights=keep, objectives=objectives)
     _check_configs(spec, source=source)
     spec = dataclasses.replace(spec, enqueue=_parse_enqueue(raw.get("enqueue"), source=source, spec=spec))
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker

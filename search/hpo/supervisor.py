@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from search import env, interrupt
 from search.errors import Interrupted, SearchError
+from search.hpo import objectives as goals
 from search.hpo import progress, queue, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
@@ -194,8 +195,7 @@ class Supervisor:
                 p.fail_streak = 0
                 p.pruned += msg.state == "PRUNED"
                 if msg.state == "COMPLETE":
-                    best = self.study.best_trial
-                    p.best = f"{best.value:.4f} (trial {best.number})"
+                    p.best = goals.best_text(self.study)
             else:
                 p.failed += 1
                 p.fail_streak += 1
@@ -349,11 +349,12 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
     from search.hpo.storage import open_storage
 
     storage = open_storage(storage_url)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions,
                                 load_if_exists=True)
-    if study.direction.name.lower() != spec.direction:
-        raise SearchError(f"study '{spec.name}' exists in the store with direction "
-                          f"{study.direction.name.lower()}, but {spec.path} says {spec.direction}")
+    stored = [d.name.lower() for d in study.directions]
+    if stored != spec.directions:
+        raise SearchError(f"study '{spec.name}' exists in the store with directions {', '.join(stored)}, but "
+                          f"{spec.path} says {', '.join(spec.directions)}; give the study a new name")
     new, old = spec.definition(), study.user_attrs.get("definition")
     changed = sorted(k for k in {**new, **(old or {})} if old is not None and old.get(k) != new.get(k))
     if changed and not allow_changes:
@@ -366,7 +367,9 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
                             [*log, {"at": datetime.now().isoformat(timespec="seconds"), "changed": changed}])
     if old != new:
         study.set_user_attr("definition", new)
-    for key, value in (("dataset", spec.dataset), ("metric", spec.metric), ("epochs", spec.epochs)):
+    objectives = [list(o) for o in spec.objectives] if spec.multi else None
+    for key, value in (("dataset", spec.dataset), ("metric", spec.metric), ("epochs", spec.epochs),
+                       ("objectives", objectives)):
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     queue.warm_start(storage, study, spec.enqueue)  # the file's `enqueue:` entries, once per study

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from search import interrupt, quiet
 from search.errors import Interrupted
+from search.hpo import objectives as goals
 from search.hpo import progress, slots
 from search.hpo.storage import FINISHED, retry_once
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
@@ -167,7 +168,8 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
                    f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
 
     def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = f"{t.value:.4f}" if t.value is not None else "-"
+        value = goals.values_text(spec.objectives, t.values) if spec.multi else (
+            f"{t.value:.4f}" if t.value is not None else "-")
         extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
         board.say(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
 

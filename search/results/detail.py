@@ -5,10 +5,11 @@ from __future__ import annotations
 import optuna
 
 from search.errors import SearchError
+from search.hpo import objectives as goals
 from search.hpo.storage import open_storage
 from search.hpo.urls import resolve_url
 from search.results import artifacts
-from search.results.trials import params_text, ranked
+from search.results.trials import params_text, pick
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`
 
@@ -21,7 +22,7 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
         raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
     t = trials[number]
     attrs = t.user_attrs
-    value = f" {t.value:.4f}" if t.value is not None else ""
+    value = f" {goals.values_text(goals.of_study(study), t.values)}" if t.values else ""
     lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {params_text(t) or '-'}",
              "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
                                      or "-")]
@@ -40,13 +41,11 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
     return "\n".join(lines)
 
 
-def kept_weights(study: optuna.Study, rank: int, storage_url: str | None) -> bytes:
-    """The kept weights of the rank-th best trial (`search export --weights`); one line if there are none."""
-    trials = ranked(study)
-    if not 1 <= rank <= len(trials):
-        raise SearchError(f"--rank {rank} is out of range; valid: 1..{len(trials)}" if trials else
-                          f"study '{study.study_name}' has no finished (complete) trial yet; nothing to export")
-    trial = trials[rank - 1]
+def kept_weights(study: optuna.Study, storage_url: str | None, rank: int = 1, trial_number: int | None = None
+                 ) -> bytes:
+    """The kept weights of the rank-th best trial, or of trial ``trial_number`` (`search export --weights`); one
+    line if there are none."""
+    trial = pick(study, rank, trial_number)
     url = resolve_url(storage_url)
     data = artifacts.read_bytes(trial, open_storage(url, must_exist=True, heartbeat=False),
                                 artifacts.artifact_dir(url), f"trial-{trial.number}-model.pt")

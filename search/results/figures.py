@@ -28,6 +28,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from search.hpo.objectives import LABELS
 from search.results.tables import fmt as _fmt
 from search.results.trials import STATES
 
@@ -47,8 +48,7 @@ WIDTH = 6.4  # inches: fills a text column of an A4 page at 1:1
 
 
 def metric_label(metric: str) -> str:
-    return {"val_acc": "validation accuracy", "val_auc": "validation AUC", "test_acc": "test accuracy",
-            "test_auc": "test AUC"}.get(metric, metric)
+    return {**LABELS, "test_acc": "test accuracy", "test_auc": "test AUC"}.get(metric, metric)
 
 
 def _figure(width: float = WIDTH, height: float = 3.6, **kw: Any) -> Figure:

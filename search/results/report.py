@@ -25,6 +25,7 @@ from matplotlib import rc_context
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
+from search.hpo import objectives as goals
 from search.results import published as benchmarks
 from search.results.figures import (
     STYLE,
@@ -38,6 +39,7 @@ from search.results.figures import (
     pruning_figure,
     states_figure,
 )
+from search.results.pareto import pareto_items
 from search.results.runs import Group, Run, comparison_section, load_groups, runs_section
 from search.results.sections import FigureItem, Note, Section
 from search.results.tables import Table
@@ -51,15 +53,19 @@ __all__ = ["FigureItem", "Group", "Note", "Run", "Section", "Table", "build_sect
 
 
 def study_section(study: optuna.Study) -> tuple[Section, Table]:
-    trials = study.get_trials(deepcopy=False)
-    metric = study.user_attrs.get("metric", "value")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = ranked_trials(study)
+    # With several objectives every view below reads the first (the accuracy); the Pareto front comes first.
+    multi = goals.is_multi(study)
+    trials = goals.as_first(study, study.get_trials(deepcopy=False))
+    metric = goals.of_study(study)[0][0]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    ranked = goals.as_first(study, ranked_trials(study))
     done = sorted(ranked, key=lambda t: t.number)
     best = ranked[0] if ranked else None
     counts = Counter(t.state.name.lower() for t in trials)
     s = Section("search", "Search", _study_intro(study, trials, counts, best, metric))
     n_done = len(done)
+    if multi:
+        s.items += pareto_items(study)
 
     if done:
         s.items.append(FigureItem("optimisation_history", "Optimisation history",
@@ -107,6 +113,10 @@ def study_section(study: optuna.Study) -> tuple[Section, Table]:
             "learning_curves", "Learning curves",
             f"The {metric_label(metric)} each trial reported after every epoch (what the pruner saw). Pruned "
             f"trials end with an x at the epoch where they were stopped.", curves))
+    elif multi:
+        s.items.append(Note("Learning curves", "Left out: the trials of a study with several objectives report no "
+                                               "epochs to Optuna (it cannot prune them); each trial's own curve is "
+                                               "among its files in the dashboard."))
     else:
         s.items.append(Note("Learning curves", "Left out: no trial has reported an epoch yet."))
 
@@ -141,7 +151,9 @@ def study_section(study: optuna.Study) -> tuple[Section, Table]:
                          footer=[["total", str(len(trials))]]))
 
     rows, saved, budget, seconds_saved = _pruning_rows(study, trials)
-    if rows:
+    if multi:
+        s.items.append(Note("Epochs saved by pruning", "Left out: a study with several objectives is not pruned."))
+    elif rows:
         s.items.append(FigureItem(
             "pruning_savings", "Epochs saved by pruning",
             "Per finished trial, the epochs it ran and (hatched) the epochs of its budget it did not run because "
@@ -169,22 +181,28 @@ def study_section(study: optuna.Study) -> tuple[Section, Table]:
             "rrr" + "l" * len(names) + "r"))
 
     columns, rows_all = trial_rows(study)
+    nv = len(goals.of_study(study)) if multi else 1  # value columns
     cells = [[_fmt(v, 4) if isinstance(v, float) else ("" if v is None else str(v)) for v in r] for r in rows_all]
     for row in cells:  # a failure's reason can be a long message: trials.csv keeps it whole
         row[-1] = row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."
     trials_table = Table("trials", f"All {len(trials)} trials", columns, cells,
-                         "rlr" + "l" * (len(columns) - 6) + "rrl", note="The reasons of failed trials are cut to "
-                         "60 characters here; trials.csv has them whole.")
+                         "rl" + "r" * nv + "l" * (len(columns) - 5 - nv) + "rrl",
+                         note="The reasons of failed trials are cut to 60 characters here; trials.csv has them whole.")
     return s, trials_table
 
 
 def _study_intro(study: optuna.Study, trials: list[FrozenTrial], counts: Counter[str], best: FrozenTrial | None,
                  metric: str) -> str:
     dataset = html.escape(str(study.user_attrs.get("dataset", "?")))
-    parts = [f"Study <b>{html.escape(study.study_name)}</b> on <b>{dataset}</b>, objective: "
-             f"{html.escape(metric_label(metric))} ({study.direction.name.lower()}), "
+    judged = " and ".join(f"{metric_label(m)} ({d})" for m, d in goals.of_study(study))
+    parts = [f"Study <b>{html.escape(study.study_name)}</b> on <b>{dataset}</b>, "
+             f"objective{'s' * goals.is_multi(study)}: {html.escape(judged)}, "
              f"{len(trials)} trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES) + "."]
-    if best is not None:
+    if goals.is_multi(study):
+        n = len(goals.front(study))
+        parts.append(f"No single trial is best: {n} trial{'s are' if n != 1 else ' is'} on the Pareto front "
+                     f"(below); the other views read the first objective, {html.escape(metric_label(metric))}.")
+    elif best is not None:
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())
         parts.append(f"Best: trial {best.number}, {html.escape(metric_label(metric))} {best.value:.4f} "
                      f"({html.escape(params)}).")
@@ -206,7 +224,8 @@ def _importances(study: optuna.Study, done: list[FrozenTrial]) -> tuple[dict[str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             importances = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=(lambda t: t.values[0]) if goals.is_multi(study) else None)
     except (RuntimeError, ValueError) as err:
         return None, f"Optuna could not compute them ({err})"
     if not importances:

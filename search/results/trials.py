@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
+from search.hpo import objectives as goals
 from search.hpo.storage import open_storage
 from search.hpo.urls import mask, resolve_url
 from search.train import config
@@ -30,27 +31,82 @@ def load(study_name: str, storage_url: str | None) -> optuna.Study:
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best first (by the study's direction)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
+    """COMPLETE trials, best first (by the study's direction; with several objectives, by the first one)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: (-t.values[0] if maximize else t.values[0], t.number))
 
 
-def export(study: optuna.Study, out: Path, rank: int = 1) -> tuple[TrainConfig, FrozenTrial]:
-    """Write the rank-th best trial's TrainConfig to `out`, with the study, trial and value noted under `search:`."""
+def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | None = None
+           ) -> tuple[TrainConfig, FrozenTrial]:
+    """Write a trial's TrainConfig to `out`, with the study, trial and value(s) noted under `search:`: the rank-th
+    best, or the trial numbered ``trial_number``, any trial that recorded its configuration. A study with several
+    objectives has no single best: its trials are exported by number (`pareto` lists the front's)."""
+    trial = pick(study, rank, trial_number)
+    notes: dict[str, Any] = {"study": study.study_name, "trial": trial.number}
+    notes.update({"state": trial.state.name.lower()} if trial_number is not None else {"rank": rank})
+    if not out.parent.exists():
+        raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
+    cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
+    if goals.is_multi(study):
+        notes["values"] = dict(zip((m for m, _ in goals.of_study(study)), trial.values or ()))
+    else:
+        notes.update(metric=study.user_attrs.get("metric", "value"), value=trial.value)
+    config.dump(cfg, out, notes=notes)
+    return cfg, trial
+
+
+def pick(study: optuna.Study, rank: int = 1, trial_number: int | None = None) -> FrozenTrial:
+    """The trial numbered ``trial_number`` (any that recorded its configuration), else the rank-th best."""
+    return _ranked(study, rank) if trial_number is None else _numbered(study, trial_number)
+
+
+def _ranked(study: optuna.Study, rank: int) -> FrozenTrial:
+    if goals.is_multi(study):
+        front = [str(t.number) for t in goals.front(study)]
+        raise SearchError(f"study '{study.study_name}' has several objectives, so no single best trial: choose one "
+                          f"with --trial N; its Pareto front: trials {', '.join(front) or 'none yet'} "
+                          f"(search export --study {study.study_name} --pareto lists their values)")
     trials = ranked(study)
     if not trials:
         raise SearchError(f"study '{study.study_name}' has no finished (complete) trial yet; nothing to export")
     if not 1 <= rank <= len(trials):
         raise SearchError(f"--rank {rank} is out of range; valid: 1..{len(trials)}")
-    if not out.parent.exists():
-        raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
-    trial = trials[rank - 1]
-    cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
-    metric = study.user_attrs.get("metric", "value")
-    config.dump(cfg, out, notes={"study": study.study_name, "trial": trial.number, "rank": rank,
-                                 "metric": metric, "value": trial.value})
-    return cfg, trial
+    return trials[rank - 1]
+
+
+def _numbered(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise SearchError(f"--trial {number} does not exist in study '{study.study_name}'; valid: "
+                          f"0..{len(trials) - 1}" if trials else f"study '{study.study_name}' has no trial yet")
+    trial = trials[number]
+    if "config" not in trial.user_attrs:
+        raise SearchError(f"trial {number} ({trial.state.name.lower()}) recorded no configuration (it never "
+                          f"started training); choose another with --trial")
+    return trial
+
+
+def value_text(study: optuna.Study, trial: FrozenTrial) -> str:
+    """A trial's value, or with several objectives each objective's (``val_acc 0.9512, params 11,173,962``)."""
+    if goals.is_multi(study):
+        return goals.values_text(goals.of_study(study), trial.values)
+    return f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+
+
+def pareto_lines(study: optuna.Study) -> list[str]:
+    """The Pareto front's trials, one line each: number, the value of every objective, the parameters."""
+    if not goals.is_multi(study):
+        raise SearchError(f"study '{study.study_name}' has one objective ({study.user_attrs.get('metric', 'value')}), "
+                          f"so no Pareto front; its best trials: search status --study {study.study_name}")
+    objectives = goals.of_study(study)
+    front = goals.front(study)
+    head = " vs ".join(f"{m} ({'max' if d == 'maximize' else 'min'})" for m, d in objectives)
+    if not front:
+        return [f"Pareto front of {head}: no complete trial yet"]
+    lines = [f"Pareto front of {head}: {len(front)} trial{'s' * (len(front) != 1)}"]
+    lines += [f"  trial {t.number:>4}  {goals.values_text(objectives, t.values)}  {params_text(t)}" for t in front]
+    return lines
 
 
 def summary(study: optuna.Study, top: int = 5) -> str:
@@ -58,9 +114,12 @@ def summary(study: optuna.Study, top: int = 5) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     metric = study.user_attrs.get("metric", "value")
-    lines = [f"study '{study.study_name}' ({study.user_attrs.get('dataset', '?')}, {metric}, "
-             f"{study.direction.name.lower()}): {len(trials)} trials: "
-             + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)]
+    judged = (f"{len(study.directions)} objectives" if goals.is_multi(study)
+              else f"{metric}, {study.direction.name.lower()}")
+    lines = [f"study '{study.study_name}' ({study.user_attrs.get('dataset', '?')}, {judged}): {len(trials)} "
+             f"trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)]
+    if goals.is_multi(study):
+        return "\n".join(lines + pareto_lines(study))
     best = ranked(study)
     if not best:
         return "\n".join(lines + ["no complete trial yet"])
@@ -83,8 +142,12 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     params: list[str] = []
     for t in trials:
         params += [name for name in t.params if name not in params]
-    columns = ["number", "state", "value", *params, "epochs_run", "seconds", "reason"]
-    rows = [[t.number, t.state.name.lower(), t.value, *(t.params.get(name) for name in params),
+    objectives = goals.of_study(study)
+    multi = goals.is_multi(study)
+    values = [m for m, _ in objectives] if multi else ["value"]
+    columns = ["number", "state", *values, *params, "epochs_run", "seconds", "reason"]
+    rows = [[t.number, t.state.name.lower(), *(t.values or [None] * len(values)),
+             *(t.params.get(name) for name in params),
              t.user_attrs.get("epochs_run"),
              round(t.duration.total_seconds(), 3) if t.duration is not None else None,
              t.user_attrs.get("reason")] for t in trials]

@@ -1,0 +1,165 @@
+"""`search export --rerank K --seeds N`: the winner's curse, remedied by retraining the K best trials.
+
+A search picks the trial with the best validation value, and with a small validation split part of that value is
+luck: the seed that trial happened to train with, the images the split happened to hold. The standard remedy is to
+retrain each of the K best COMPLETE trials with N seeds (the trial's own seed and the next N - 1, the same runs as
+`search train --seeds N`) and rank them by the mean of the study's validation metric over those seeds. The test split
+is still never used to choose: each run's test accuracy is reported for information only.
+
+Each trial's runs go to DIR/trial-<number>/ (seed-S folders and summary.json, as `search train --seeds` writes them),
+trained by the one training loop: `engine.train_seeds` one seed after another, or `parallel.train_seeds` over the
+listed devices. Everything is checked before the first run: the study, K, the devices, the output folder, and that no
+trial folder already holds a finished run. A Ctrl-C stops the run in progress; the trial folders that finished are
+kept.
+
+Example, with K = 2 and N = 3 on a study whose search ranked trial 7 first and trial 3 second:
+
+    rank  trial  search rank  search val_acc  val_acc over 3 seeds  test_acc (info)
+       1      3            2          0.9912       0.9905 ± 0.0008           0.9890
+       2      7            1          0.9937       0.9871 ± 0.0041           0.9862
+
+trial 3 is exported: its mean over seeds is the better one, although trial 7 had the best single value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from search import interrupt
+from search.errors import SearchError
+from search.results.trials import ranked
+from search.train import config, engine, parallel
+from search.train.config import TrainConfig
+
+OnRun = Callable[[int, Path, dict[str, Any]], None]  # (trial number, run folder, the run's metrics.json)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of the K best trials, retrained: its search rank and value, and its summary.json over the seeds."""
+
+    trial: FrozenTrial
+    search_rank: int  # 1 = the search's best
+    cfg: TrainConfig
+    folder: Path
+    summary: dict[str, Any]
+
+    def mean(self, key: str) -> float:
+        return float(self.summary[key]["mean"])
+
+    def sd(self, key: str) -> float | None:
+        return self.summary[key]["sd"]
+
+
+@dataclass(frozen=True)
+class Reranked:
+    study: str
+    metric: str
+    seeds: int
+    rerank_dir: Path
+    out: Path
+    ranked: list[Candidate]  # best mean validation value first
+
+    @property
+    def winner(self) -> Candidate:
+        return self.ranked[0]
+
+
+def default_dir(study: optuna.Study) -> Path:
+    return Path("runs") / f"rerank-{study.study_name}"
+
+
+def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str | None = None,
+           rerank_dir: Path | None = None, on_run: OnRun | None = None) -> Reranked:
+    """Retrain the K best complete trials with ``seeds`` seeds each, rank them by the mean validation metric and
+    write the winner's TrainConfig to ``out`` (as `search export` does, with the rerank noted under ``search:``)."""
+    metric = _metric(study)
+    folder = rerank_dir if rerank_dir is not None else default_dir(study)
+    if not out.parent.exists():
+        raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
+    if devices is not None:
+        parallel.plan(devices, seeds)  # a bad entry is one line here, before anything is trained
+    plans = _plan(study, k, seeds, folder)
+    done = [_train(trial, rank, cfg, where, seeds, devices, on_run) for trial, rank, cfg, where in plans]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    order = sorted(done, key=lambda c: (-c.mean(metric) if maximize else c.mean(metric), c.search_rank))
+    result = Reranked(study.study_name, metric, seeds, folder, out, order)
+    w = result.winner
+    config.dump(w.cfg, out, notes={
+        "study": study.study_name, "trial": w.trial.number, "metric": metric, "value": w.trial.value,
+        "search_rank": w.search_rank, "rerank": k, "seeds": w.summary["seeds"], "mean": w.mean(metric),
+        "sd": w.sd(metric), "runs": str(w.folder)})
+    return result
+
+
+def _metric(study: optuna.Study) -> str:
+    if len(study.directions) > 1:
+        raise SearchError(f"study '{study.study_name}' has {len(study.directions)} objectives; --rerank ranks by one "
+                          f"validation metric and needs a single-objective study")
+    metric = study.user_attrs.get("metric")
+    if metric not in config.METRICS:
+        raise SearchError(f"study '{study.study_name}' records no validation metric (user attribute 'metric' is "
+                          f"{metric!r}); --rerank needs one of {', '.join(config.METRICS)}")
+    return str(metric)
+
+
+def _plan(study: optuna.Study, k: int, seeds: int,
+          folder: Path) -> list[tuple[FrozenTrial, int, TrainConfig, Path]]:
+    """(trial, search rank, config, its folder) of each of the K best trials; refused, before anything is trained,
+    when K is out of range or a folder already holds a finished run."""
+    trials = ranked(study)
+    if not trials:
+        raise SearchError(f"study '{study.study_name}' has no finished (complete) trial yet; nothing to rerank")
+    if not 1 <= k <= len(trials):
+        raise SearchError(f"--rerank {k} is out of range: study '{study.study_name}' has {len(trials)} complete "
+                          f"trials; valid: 1..{len(trials)}")
+    plans = []
+    for rank, trial in enumerate(trials[:k], 1):
+        cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
+        where = folder / f"trial-{trial.number}"
+        finished = [where / "summary.json"] + [where / f"seed-{cfg.seed + i}" / "metrics.json" for i in range(seeds)]
+        taken = next((p for p in finished if p.exists()), None)
+        if taken is not None:
+            raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); choose another "
+                              f"--rerank-dir or remove it")
+        plans.append((trial, rank, cfg, where))
+    return plans
+
+
+def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds: int, devices: str | None,
+           on_run: OnRun | None) -> Candidate:
+    interrupt.check()  # a Ctrl-C between two trials stops here, before the next one starts
+    heard = (lambda path, m: on_run(trial.number, path, m)) if on_run is not None else None
+    if devices is not None:
+        summary = parallel.train_seeds(cfg, folder, seeds, devices, on_run=heard)
+    else:
+        summary = engine.train_seeds(cfg, folder, seeds, progress=False, on_run=heard)
+    return Candidate(trial, rank, cfg, folder, summary)
+
+
+def run_line(number: int, folder: Path, m: dict[str, Any], metric: str) -> str:
+    """One finished run, as `search train` reports it."""
+    return (f"trial {number} seed {m['seed']}: {metric} {m[metric]:.4f}, test_acc {m['test_acc']:.4f} (best epoch "
+            f"{m['best_epoch']}/{m['epochs']}, {m['seconds']:.1f} s on {m['device']}) -> {folder}")
+
+
+def table(result: Reranked) -> list[str]:
+    """The K trials, best mean first: the search's rank and value, the mean ± sd of the validation metric over the
+    seeds, and the mean test accuracy (for information: it played no part in the ranking)."""
+    m, n = result.metric, result.seeds
+    spread = f"{m} over {n} seed{'s' if n > 1 else ''}"
+    head = f"{'rank':>4}  {'trial':>5}  {'search rank':>11}  {'search ' + m:>14}  {spread:>22}  {'test_acc (info)':>15}"
+    lines = [head]
+    for i, c in enumerate(result.ranked, 1):
+        sd = c.sd(m)
+        mean_sd = f"{c.mean(m):.4f} ± {sd:.4f}" if sd is not None else f"{c.mean(m):.4f}"
+        lines.append(f"{i:>4}  {c.trial.number:>5}  {c.search_rank:>11}  {c.trial.value:>14.4f}  {mean_sd:>22}  "
+                     f"{c.mean('test_acc'):>15.4f}")
+    w = result.winner
+    lines.append(f"trial {w.trial.number} (search rank {w.search_rank}, {w.cfg.architecture}) -> {result.out}; its "
+                 f"runs are in {w.folder}; train it with: search train {result.out}")
+    return lines

@@ -1,0 +1,144 @@
+"""`search export --rerank K --seeds N`: the K best trials of a real search retrained with N seeds each, ranked by the
+mean validation metric, the winner exported as a TrainConfig file that `search train` runs; its errors are one line
+with nothing written; Ctrl-C keeps the trial folders that finished."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.helpers import Interruptible, run, trials_of, wait_until
+
+# Four trials of one epoch on the bundled digits, all complete (no pruner), so that K can be up to 4.
+STUDY = """\
+name: rr
+dataset: digits
+metric: val_acc
+epochs: 1
+trials: 4
+sampler: {name: random, seed: 0}
+pruner: {name: none}
+space:
+  lr: {type: float, low: 0.001, high: 0.01, log: true}
+  dropout: {type: float, low: 0.0, high: 0.5}
+fixed:
+  architecture: simple_cnn_v1
+  batch_size: 64
+"""
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rerank")
+    (root / "rr.yaml").write_text(STUDY)
+    start = run(["start", "--study", "rr.yaml", "--workers", "1"], root)
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert [t.state for t in trials_of(root / "search.db", "rr")] == [TrialState.COMPLETE] * 4
+    return root
+
+
+def ranked_trials(root: Path) -> list[optuna.trial.FrozenTrial]:
+    done = [t for t in trials_of(root / "search.db", "rr") if t.state == TrialState.COMPLETE]
+    return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+def test_rerank_exports_the_trial_with_the_best_mean_over_seeds(study_root):
+    proc = run(["export", "--study", "rr", "--rerank", "3", "--seeds", "2", "--rerank-dir", "rr-runs",
+                "-o", "winner.yaml"], study_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best3 = ranked_trials(study_root)[:3]
+    means = {}
+    for t in best3:
+        folder = study_root / "rr-runs" / f"trial-{t.number}"
+        assert sorted(p.name for p in folder.iterdir()) == ["seed-0", "seed-1", "summary.json"]
+        summary = json.loads((folder / "summary.json").read_text())
+        runs = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        assert summary["val_acc"]["values"] == [m["val_acc"] for m in runs]  # summary.json now holds val_acc too
+        means[t.number] = summary["val_acc"]["mean"]
+    search_rank = {t.number: i for i, t in enumerate(best3)}
+    winner = min(means, key=lambda n: (-means[n], search_rank[n]))
+
+    written = yaml.safe_load((study_root / "winner.yaml").read_text())
+    notes = written.pop("search")
+    assert notes["trial"] == winner and notes["rerank"] == 3 and notes["seeds"] == [0, 1]
+    assert notes["study"] == "rr" and notes["metric"] == "val_acc"
+    assert notes["mean"] == pytest.approx(means[winner])
+    trial = next(t for t in best3 if t.number == winner)
+    assert written == {**trial.user_attrs["config"], "device": "auto"}
+
+    lines = proc.stdout.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "trial"])
+    rows = [line.split() for line in lines[header + 1:header + 4]]
+    assert [int(r[1]) for r in rows] == sorted(means, key=lambda n: (-means[n], search_rank[n]))  # K rows, best first
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    assert f"trial {winner} " in lines[header + 4] and "winner.yaml" in lines[header + 4]
+    assert len([line for line in lines if line.startswith("trial ") and " seed " in line]) == 6  # a line per run
+
+    final = run(["train", "winner.yaml", "--epochs", "1", "--out", "final", "--device", "cpu"], study_root)
+    assert final.returncode == 0, final.stderr
+    assert (study_root / "final" / "metrics.json").exists()
+
+
+def test_rerank_on_cpu_processes(study_root):
+    proc = run(["export", "--study", "rr", "--rerank", "1", "--seeds", "2", "--devices", "cpu,cpu",
+                "--rerank-dir", "rr-par", "-o", "par.yaml"], study_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best = ranked_trials(study_root)[0]
+    assert yaml.safe_load((study_root / "par.yaml").read_text())["search"]["trial"] == best.number
+    summary = json.loads((study_root / "rr-par" / f"trial-{best.number}" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["val_acc"]["values"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "2"], "--seeds needs --rerank K"),
+    (["--devices", "cpu"], "--devices needs --rerank K"),
+    (["--rerank-dir", "x"], "--rerank-dir needs --rerank K"),
+    (["--rerank", "2", "--rank", "1"], "--rank 1 and --rerank 2 exclude each other"),
+    (["--rerank", "2", "--weights"], "--weights and --rerank exclude each other"),
+    (["--rerank", "5"], "--rerank 5 is out of range: study 'rr' has 4 complete trials; valid: 1..4"),
+    (["--rerank", "1", "--devices", "cpu,,cpu"], "has an empty entry"),
+    (["--rerank", "1", "-o", "missing/best.yaml"], "folder missing does not exist"),
+])
+def test_rerank_errors_are_one_line_and_write_nothing(study_root, args, message):
+    before = sorted(study_root.rglob("*"))
+    proc = run(["export", "--study", "rr", *args], study_root)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("Error: ") and message in proc.stderr, proc.stderr
+    assert sorted(study_root.rglob("*")) == before
+
+
+def test_rerank_refuses_a_trial_folder_that_holds_a_finished_run(study_root):
+    second = ranked_trials(study_root)[1]
+    taken = study_root / "taken" / f"trial-{second.number}"
+    taken.mkdir(parents=True)
+    (taken / "summary.json").write_text("{}\n")
+    proc = run(["export", "--study", "rr", "--rerank", "2", "--seeds", "2", "--rerank-dir", "taken",
+                "-o", "taken.yaml"], study_root)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"Error: {Path('taken') / f'trial-{second.number}'} already holds a finished run "
+                                   f"(summary.json); choose another --rerank-dir or remove it")
+    assert [p.name for p in (study_root / "taken").iterdir()] == [taken.name]  # the best trial was not trained
+    assert not (study_root / "taken.yaml").exists()
+
+
+def test_ctrl_c_keeps_the_trials_that_finished(study_root):
+    first = ranked_trials(study_root)[0]
+    done = study_root / "stopped" / f"trial-{first.number}" / "summary.json"
+    cmd = Interruptible.start(["export", "--study", "rr", "--rerank", "4", "--seeds", "2", "--rerank-dir", "stopped",
+                               "-o", "stopped.yaml"], study_root)
+    wait_until(done.exists, timeout=120)
+    cmd.ctrl_c()
+    assert cmd.proc.returncode == 130, cmd.text()
+    errors = [line for line in cmd.err if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: interrupted (SIGINT)"), cmd.text()
+    assert "kept in stopped" in errors[0] and "Traceback" not in cmd.text()
+    assert json.loads(done.read_text())["seeds"] == [0, 1]
+    assert not (study_root / "stopped.yaml").exists()
+    # every folder that holds a summary holds both runs: the one stopped mid-run left no summary
+    for folder in (study_root / "stopped").iterdir():
+        if (folder / "summary.json").exists():
+            assert all((folder / f"seed-{s}" / "metrics.json").exists() for s in (0, 1))
