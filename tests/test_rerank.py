@@ -54,9 +54,9 @@ def test_rerank_exports_the_trial_with_the_best_mean_over_seeds(study_root):
     means = {}
     for t in best3:
         folder = study_root / "rr-runs" / f"trial-{t.number}"
-        assert sorted(p.name for p in folder.iterdir()) == ["seed-0", "seed-1", "summary.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["seed-1", "seed-2", "summary.json"]  # fresh seeds
         summary = json.loads((folder / "summary.json").read_text())
-        runs = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        runs = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text()) for s in (1, 2)]
         assert summary["val_acc"]["values"] == [m["val_acc"] for m in runs]  # summary.json now holds val_acc too
         means[t.number] = summary["val_acc"]["mean"]
     search_rank = {t.number: i for i, t in enumerate(best3)}
@@ -64,7 +64,7 @@ def test_rerank_exports_the_trial_with_the_best_mean_over_seeds(study_root):
 
     written = yaml.safe_load((study_root / "winner.yaml").read_text())
     notes = written.pop("search")
-    assert notes["trial"] == winner and notes["rerank"] == 3 and notes["seeds"] == [0, 1]
+    assert notes["trial"] == winner and notes["rerank"] == 3 and notes["seeds"] == [1, 2]
     assert notes["study"] == "rr" and notes["metric"] == "val_acc"
     assert notes["mean"] == pytest.approx(means[winner])
     trial = next(t for t in best3 if t.number == winner)
@@ -90,7 +90,7 @@ def test_rerank_on_cpu_processes(study_root):
     best = ranked_trials(study_root)[0]
     assert yaml.safe_load((study_root / "par.yaml").read_text())["search"]["trial"] == best.number
     summary = json.loads((study_root / "rr-par" / f"trial-{best.number}" / "summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and len(summary["val_acc"]["values"]) == 2
+    assert summary["seeds"] == [1, 2] and len(summary["val_acc"]["values"]) == 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -136,9 +136,9 @@ def test_ctrl_c_keeps_the_trials_that_finished(study_root):
     errors = [line for line in cmd.err if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("Error: interrupted (SIGINT)"), cmd.text()
     assert "kept in stopped" in errors[0] and "Traceback" not in cmd.text()
-    assert json.loads(done.read_text())["seeds"] == [0, 1]
+    assert json.loads(done.read_text())["seeds"] == [1, 2]
     assert not (study_root / "stopped.yaml").exists()
     # every folder that holds a summary holds both runs: the one stopped mid-run left no summary
     for folder in (study_root / "stopped").iterdir():
         if (folder / "summary.json").exists():
-            assert all((folder / f"seed-{s}" / "metrics.json").exists() for s in (0, 1))
+            assert all((folder / f"seed-{s}" / "metrics.json").exists() for s in (1, 2))

@@ -2,8 +2,9 @@
 
 A search picks the trial with the best validation value, and with a small validation split part of that value is
 luck: the seed that trial happened to train with, the images the split happened to hold. The standard remedy is to
-retrain each of the K best COMPLETE trials with N seeds (the trial's own seed and the next N - 1, the same runs as
-`search train --seeds N`) and rank them by the mean of the study's validation metric over those seeds. The test split
+retrain each of the K best COMPLETE trials with N fresh seeds and rank them by the mean of the study's validation
+metric over those seeds. Fresh: the seeds after the trial's own (seed + 1 ... seed + N), so the very run that won
+the search, whose luck is what is being corrected, is not counted again. The test split
 is still never used to choose: each run's test accuracy is reported for information only.
 
 Each trial's runs go to DIR/trial-<number>/ (seed-S folders and summary.json, as `search train --seeds` writes them),
@@ -121,7 +122,8 @@ def _plan(study: optuna.Study, k: int, seeds: int,
     for rank, trial in enumerate(trials[:k], 1):
         cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
         where = folder / f"trial-{trial.number}"
-        finished = [where / "summary.json"] + [where / f"seed-{cfg.seed + i}" / "metrics.json" for i in range(seeds)]
+        finished = [where / "summary.json"] + [where / f"seed-{cfg.seed + i}" / "metrics.json"
+                                               for i in range(1, seeds + 1)]
         taken = next((p for p in finished if p.exists()), None)
         if taken is not None:
             raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); choose another "
@@ -134,10 +136,11 @@ def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds:
            on_run: OnRun | None) -> Candidate:
     interrupt.check()  # a Ctrl-C between two trials stops here, before the next one starts
     heard = (lambda path, m: on_run(trial.number, path, m)) if on_run is not None else None
+    fresh = cfg.replace(seed=cfg.seed + 1)  # not the search's own run (the module's docstring says why)
     if devices is not None:
-        summary = parallel.train_seeds(cfg, folder, seeds, devices, on_run=heard)
+        summary = parallel.train_seeds(fresh, folder, seeds, devices, on_run=heard)
     else:
-        summary = engine.train_seeds(cfg, folder, seeds, progress=False, on_run=heard)
+        summary = engine.train_seeds(fresh, folder, seeds, progress=False, on_run=heard)
     return Candidate(trial, rank, cfg, folder, summary)
 
 
