@@ -278,22 +278,8 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
     from search.train.config import atomic_write
 
     ranked = click.get_current_context().get_parameter_source("rank") != click.core.ParameterSource.DEFAULT
-    if ranked and trial_number is not None:
-        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
-    if rerank_k is None:
-        used = [name for name, value in (("--seeds", seeds), ("--devices", devices), ("--rerank-dir", rerank_dir))
-                if value is not None]
-        if used:
-            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
-                              f"nothing")
-    elif trial_number is not None or pareto:
-        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
-                          f"--rerank chooses among the best trials")
-    elif ranked:
-        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
-    elif weights:
-        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
-                          "(model.pt in each seed folder)")
+    _export_choices(rank if ranked else None, trial_number, pareto, weights, rerank_k,
+                    {"--seeds": seeds, "--devices": devices, "--rerank-dir": rerank_dir})
     with interrupt.raising():  # no long work here: the first Ctrl-C stops it at once
         loaded = export.load(study, storage)
         if pareto:
@@ -325,6 +311,29 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
     click.echo("\n".join(rerank.table(done)))
     if interrupt.requested():  # it came after the last safe point: the work is done and saved
         raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
+
+
+def _export_choices(rank: int | None, trial_number: int | None, pareto: bool, weights: bool, rerank_k: int | None,
+                    rerank_options: dict[str, object]) -> None:
+    """`search export`'s options that exclude each other, or need another: one line each."""
+    if rank is not None and trial_number is not None:
+        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
+    if pareto and (rank is not None or trial_number is not None or weights):
+        raise SearchError("--pareto lists the Pareto front and writes nothing: it takes no --rank, --trial or "
+                          "--weights")
+    if rerank_k is None:
+        used = [name for name, value in rerank_options.items() if value is not None]
+        if used:
+            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
+                              f"nothing")
+    elif trial_number is not None or pareto:
+        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
+                          f"--rerank chooses among the best trials")
+    elif rank is not None:
+        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
+    elif weights:
+        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
+                          "(model.pt in each seed folder)")
 
 
 @main.command()

@@ -144,6 +144,10 @@ def test_the_front_end_to_end(front_study):
     assert not (front_study / "best.yaml").exists()  # --pareto lists, writes nothing
 
     chosen = front[-1]
+    one = run(["status", "--study", "front", "--trial", str(chosen.number)], front_study)
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith(f"trial {chosen.number}: complete val_acc {chosen.values[0]:.4f}, params "
+                                 f"{chosen.values[1]:,.0f}\n")
     out = run(["export", "--study", "front", "--trial", str(chosen.number), "-o", "chosen.yaml"], front_study)
     assert out.returncode == 0, out.stderr
     cfg = config.load(front_study / "chosen.yaml")
@@ -162,6 +166,11 @@ def test_export_without_a_trial_names_the_front(front_study):
     missing = run(["export", "--study", "front", "--trial", "99"], front_study)
     assert missing.returncode == 2
     assert missing.stderr.strip() == "Error: --trial 99 does not exist in study 'front'; valid: 0..4"
+    for args, message in ((["--trial", "1", "--rank", "2"], "--rank 2 and --trial 1 exclude each other"),
+                          (["--pareto", "--trial", "1"], "--pareto lists the Pareto front and writes nothing")):
+        both = run(["export", "--study", "front", *args], front_study)
+        assert both.returncode == 2 and both.stderr.startswith(f"Error: {message}"), both.stderr
+    assert not (front_study / "best.yaml").exists()
 
 
 def test_the_report_draws_the_front(front_study):

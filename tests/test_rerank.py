@@ -102,6 +102,7 @@ def test_rerank_on_cpu_processes(study_root):
     (["--rerank", "5"], "--rerank 5 is out of range: study 'rr' has 4 complete trials; valid: 1..4"),
     (["--rerank", "1", "--devices", "cpu,,cpu"], "has an empty entry"),
     (["--rerank", "1", "-o", "missing/best.yaml"], "folder missing does not exist"),
+    (["--pareto"], "study 'rr' has one objective (val_acc), so no Pareto front"),
 ])
 def test_rerank_errors_are_one_line_and_write_nothing(study_root, args, message):
     before = sorted(study_root.rglob("*"))

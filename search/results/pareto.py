@@ -24,7 +24,8 @@ LOG_SCALE = ("params", "latency_ms", "epoch_seconds")  # costs spread over order
 
 @rc_context(STYLE)
 def pareto_figure(trials: list[FrozenTrial], objectives: goals.Objectives, front: list[FrozenTrial]) -> Figure:
-    """One panel per objective after the first: the first objective (y) against it (x)."""
+    """One panel per objective after the first: the first objective (y) against it (x); with two objectives the
+    front is joined as a staircase."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     on_front = {t.number for t in front}
     y_metric, others = objectives[0][0], objectives[1:]
@@ -35,8 +36,9 @@ def pareto_figure(trials: list[FrozenTrial], objectives: goals.Objectives, front
         ax.scatter([t.values[k] for t in rest], [t.values[0] for t in rest], color=SKY, s=20, alpha=0.8,
                    label="complete trial", zorder=3)
         ranked = sorted(front, key=lambda t: (t.values[k], t.values[0]))
-        ax.plot([t.values[k] for t in ranked], [t.values[0] for t in ranked], color=VERMILLION, lw=1.2,
-                drawstyle="steps-post" if len(others) == 1 else "default", alpha=0.8, zorder=4)
+        if len(others) == 1:  # with more objectives the front is not a line in any one panel
+            ax.plot([t.values[k] for t in ranked], [t.values[0] for t in ranked], color=VERMILLION, lw=1.2,
+                    drawstyle="steps-post", alpha=0.8, zorder=4)
         ax.scatter([t.values[k] for t in ranked], [t.values[0] for t in ranked], color=VERMILLION, s=46,
                    marker="D", edgecolor="black", linewidth=0.5, label=f"Pareto front ({len(front)})", zorder=5)
         for t in ranked:
@@ -51,8 +53,9 @@ def pareto_figure(trials: list[FrozenTrial], objectives: goals.Objectives, front
         ax.set(xlabel=f"{metric_label(x_metric).capitalize()}, {better} is better",
                ylabel=metric_label(y_metric).capitalize())
         ax.legend(loc="lower right" if x_dir == "minimize" else "lower left")
-    axes[0].set_title(f"Pareto front: {metric_label(y_metric)} against "
-                      + " and ".join(metric_label(m) for m, _ in others))
+    axes[0].set_title(f"Pareto front: {metric_label(y_metric)} against {metric_label(others[0][0])}"
+                      if len(others) == 1 else f"Pareto front of {len(objectives)} objectives, by "
+                      f"{metric_label(y_metric)}")
     return fig
 
 
