@@ -83,14 +83,22 @@ def test_rerank_exports_the_trial_with_the_best_mean_over_seeds(study_root):
     assert (study_root / "final" / "metrics.json").exists()
 
 
-def test_rerank_on_cpu_processes(study_root):
-    proc = run(["export", "--study", "rr", "--rerank", "1", "--seeds", "2", "--devices", "cpu,cpu",
+def test_rerank_on_cpu_processes_pools_every_trials_seeds(study_root):
+    """Two trials x two seeds over two processes: one pool for all four runs, each trial's summary its own."""
+    proc = run(["export", "--study", "rr", "--rerank", "2", "--seeds", "2", "--devices", "cpu,cpu",
                 "--rerank-dir", "rr-par", "-o", "par.yaml"], study_root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    best = ranked_trials(study_root)[0]
-    assert yaml.safe_load((study_root / "par.yaml").read_text())["search"]["trial"] == best.number
-    summary = json.loads((study_root / "rr-par" / f"trial-{best.number}" / "summary.json").read_text())
-    assert summary["seeds"] == [1, 2] and len(summary["val_acc"]["values"]) == 2
+    assert "training 2 trials x 2 seeds in parallel on cpu (" in proc.stderr, proc.stderr
+    means = {}
+    for t in ranked_trials(study_root)[:2]:
+        folder = study_root / "rr-par" / f"trial-{t.number}"
+        summary = json.loads((folder / "summary.json").read_text())
+        runs = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text()) for s in (1, 2)]
+        assert summary["seeds"] == [1, 2] and summary["val_acc"]["values"] == [r["val_acc"] for r in runs]
+        assert [r["seed"] for r in runs] == [1, 2] and all(r["architecture"] == "simple_cnn_v1" for r in runs)
+        means[t.number] = summary["val_acc"]["mean"]
+    best = max(means, key=lambda n: (means[n], -[t.number for t in ranked_trials(study_root)].index(n)))
+    assert yaml.safe_load((study_root / "par.yaml").read_text())["search"]["trial"] == best
 
 
 @pytest.mark.parametrize("args, message", [

@@ -85,7 +85,10 @@ def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str |
     if devices is not None:
         parallel.plan(devices, seeds)  # a bad entry is one line here, before anything is trained
     plans = _plan(study, k, seeds, folder)
-    done = [_train(trial, rank, cfg, where, seeds, devices, on_run) for trial, rank, cfg, where in plans]
+    if devices is not None:  # every trial's seeds in one pool: no device waits while another trial finishes
+        done = _train_pooled(plans, seeds, devices, on_run)
+    else:
+        done = [_train(trial, rank, cfg, where, seeds, on_run) for trial, rank, cfg, where in plans]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     order = sorted(done, key=lambda c: (-c.mean(metric) if maximize else c.mean(metric), c.search_rank))
     result = Reranked(study.study_name, metric, seeds, folder, out, order)
@@ -132,16 +135,40 @@ def _plan(study: optuna.Study, k: int, seeds: int,
     return plans
 
 
-def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds: int, devices: str | None,
+def _fresh(cfg: TrainConfig) -> TrainConfig:
+    return cfg.replace(seed=cfg.seed + 1)  # not the search's own run (the module's docstring says why)
+
+
+def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds: int,
            on_run: OnRun | None) -> Candidate:
     interrupt.check()  # a Ctrl-C between two trials stops here, before the next one starts
     heard = (lambda path, m: on_run(trial.number, path, m)) if on_run is not None else None
-    fresh = cfg.replace(seed=cfg.seed + 1)  # not the search's own run (the module's docstring says why)
-    if devices is not None:
-        summary = parallel.train_seeds(fresh, folder, seeds, devices, on_run=heard)
-    else:
-        summary = engine.train_seeds(fresh, folder, seeds, progress=False, on_run=heard)
+    summary = engine.train_seeds(_fresh(cfg), folder, seeds, progress=False, on_run=heard)
     return Candidate(trial, rank, cfg, folder, summary)
+
+
+def _train_pooled(plans: list[tuple[FrozenTrial, int, TrainConfig, Path]], seeds: int, devices: str,
+                  on_run: OnRun | None) -> list[Candidate]:
+    """All K x N runs handed to one pool over ``devices``; each trial's summary.json is written as soon as its own
+    runs are done, so a Ctrl-C keeps the trials that finished, as the sequential path does."""
+    runs = {i: engine.seed_runs(_fresh(cfg), where, seeds) for i, (_, _, cfg, where) in enumerate(plans)}
+    jobs = [(_fresh(plans[i][2]), seed, folder) for i, trial_runs in runs.items() for seed, folder in trial_runs]
+    owner = [i for i, trial_runs in runs.items() for _ in trial_runs]  # job index -> plan index
+    metrics: dict[int, dict[int, dict[str, Any]]] = {i: {} for i in runs}
+    summaries: dict[int, dict[str, Any]] = {}
+
+    def heard(j: int, folder: Path, m: dict[str, Any]) -> None:
+        i = owner[j]
+        trial, _, cfg, where = plans[i]
+        metrics[i][j] = m
+        if on_run is not None:
+            on_run(trial.number, folder, m)
+        if len(metrics[i]) == seeds:  # job indices run in seed order: the summary as engine.train_seeds writes it
+            ordered = [metrics[i][k] for k in sorted(metrics[i])]
+            summaries[i] = engine.write_summary(_fresh(cfg), where, runs[i], ordered)
+
+    parallel.train_runs(jobs, devices, heard, what=f"{len(plans)} trials x {seeds} seeds")
+    return [Candidate(trial, rank, cfg, where, summaries[i]) for i, (trial, rank, cfg, where) in enumerate(plans)]
 
 
 def run_line(number: int, folder: Path, m: dict[str, Any], metric: str) -> str:

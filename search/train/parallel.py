@@ -1,9 +1,10 @@
-"""`search train --seeds N --devices LIST`: the N seeds trained in parallel, one process per listed device.
+"""`search train --seeds N --devices LIST`: the N seeds trained in parallel, one process per listed device (and
+`search export --rerank K --devices LIST`: the K trials' seeds, all in one such pool).
 
 Each device gets one process, spawned (fresh interpreters: no CUDA or thread state forked from the parent) with its
 own environment, as `search start`'s workers are: a GPU index is the process's only visible card (its cuda:0,
 through CUDA_VISIBLE_DEVICES), and the `cpu` entries split the cores between them (torch.set_num_threads). The
-parent hands the seeds out in order, one at a time, to whichever process is free, over a pipe per process; that is
+parent hands the runs out in order, one at a time, to whichever process is free, over a pipe per process; that is
 why this is a small pool of our own rather than a ProcessPoolExecutor, whose initializer cannot give each process a
 different device. Each run writes its folder itself (`engine.train`, atomic writes); the parent writes
 summary.json, in seed order, exactly as the sequential `train_seeds` does.
@@ -55,37 +56,51 @@ def plan(devices: str, processes: int) -> list[tuple[str, dict[str, str], int]]:
             else ("cuda:0", {"CUDA_VISIBLE_DEVICES": visible[int(d)] if visible else d}, 0) for d in ids]
 
 
+Job = tuple[TrainConfig, int, Path]  # (config, seed, run folder): one `engine.train` run
+
+
 def train_seeds(cfg: TrainConfig, out: Path, seeds: int, devices: str,
                 on_run: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """`engine.train_seeds`, the seeds spread over one process per entry of ``devices`` (the extra entries, when
     there are more devices than seeds, start no process). ``on_run`` hears of each run as it finishes."""
     from search.train import engine
 
-    slots = plan(devices, seeds)
     runs = engine.seed_runs(cfg, out, seeds)
+    heard = (lambda _i, folder, m: on_run(folder, m)) if on_run is not None else None
+    results = train_runs([(cfg, seed, folder) for seed, folder in runs], devices, heard,
+                         what=f"seeds {runs[0][0]}..{runs[-1][0]}")
+    return engine.write_summary(cfg, out, runs, results)
+
+
+def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[str, Any]], None] | None = None,
+               *, what: str = "") -> list[dict[str, Any]]:
+    """Each job trained by `engine.train` on whichever process of ``devices`` is free, in order; returns their
+    metrics in the order of ``jobs``. ``on_run(index, folder, metrics)`` hears of each run as it finishes (the
+    rerank of `search export` hands several trials' seeds to one pool, so no device waits for another trial)."""
+    slots = plan(devices, len(jobs))
     interrupt.check()
     names = ", ".join(f"GPU {env['CUDA_VISIBLE_DEVICES']}" if dev != "cpu" else f"cpu ({threads} threads)"
                       for dev, env, threads in slots)
-    print(f"training seeds {runs[0][0]}..{runs[-1][0]} in parallel on {names}", file=sys.stderr, flush=True)
-    pool = _Pool(cfg, slots)
+    print(f"training {what or f'{len(jobs)} runs'} in parallel on {names}", file=sys.stderr, flush=True)
+    pool = _Pool(slots)
     try:
-        results = pool.run(runs, on_run)
+        results = pool.run(jobs, on_run)
     finally:
         pool.stop()
-    return engine.write_summary(cfg, out, runs, [results[seed] for seed, _ in runs])
+    return [results[i] for i in range(len(jobs))]
 
 
 class _Pool:
-    def __init__(self, cfg: TrainConfig, slots: list[tuple[str, dict[str, str], int]]) -> None:
-        self.cfg, self.slots = cfg, slots
+    def __init__(self, slots: list[tuple[str, dict[str, str], int]]) -> None:
+        self.slots = slots
         self.ctx = mp.get_context("spawn")
         self.procs: list[Any] = []
         self.conns: list[Connection | None] = []
-        self.busy: list[tuple[int, Path] | None] = []
+        self.busy: list[tuple[int, Job] | None] = []  # (index, job) of the run each process trains now
 
     def _spawn(self, device: str, env: dict[str, str], threads: int) -> None:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_child, args=(child, self.cfg.replace(device=device), threads),
+        proc = self.ctx.Process(target=_child, args=(child, device, threads),
                                 name=f"search-train-{len(self.procs)}", daemon=True)
         interrupt.start_shielded(proc, env)  # its own CUDA_VISIBLE_DEVICES; deaf to Ctrl-C until its first line
         child.close()
@@ -93,9 +108,9 @@ class _Pool:
         self.conns.append(parent)
         self.busy.append(None)
 
-    def run(self, runs: list[tuple[int, Path]],
-            on_run: Callable[[Path, dict[str, Any]], None] | None) -> dict[int, dict[str, Any]]:
-        todo, results = list(runs), {}
+    def run(self, jobs: list[Job],
+            on_run: Callable[[int, Path, dict[str, Any]], None] | None) -> dict[int, dict[str, Any]]:
+        todo, results = list(enumerate(jobs)), {}
         for slot in self.slots:
             interrupt.check()
             self._spawn(*slot)
@@ -110,27 +125,27 @@ class _Pool:
                 message = _receive(conn)
                 if message is not None:
                     kind, value = message
-                    seed, folder = self.busy[i]
+                    index, (_, _, folder) = self.busy[i]
                     if kind == "error":
                         raise SearchError(value)
-                    results[seed] = value
+                    results[index] = value
                     if on_run is not None:
-                        on_run(folder, value)
+                        on_run(index, folder, value)
                     self._hand_out(i, todo)
                 elif proc.sentinel in ready or not proc.is_alive():
                     proc.join()
-                    seed = self.busy[i][0] if self.busy[i] else None
+                    what = f"seed {self.busy[i][1][1]} ({self.busy[i][1][2]})" if self.busy[i] else "nothing"
                     interrupt.check()  # a child stopped by the same Ctrl-C is no failure of its own
-                    raise SearchError(f"the process training seed {seed} on {self.slots[i][0]} "
+                    raise SearchError(f"the process training {what} on {self.slots[i][0]} "
                                       f"(CUDA_VISIBLE_DEVICES={self.slots[i][1]['CUDA_VISIBLE_DEVICES']!r}) died "
                                       f"(exit code {proc.exitcode}); the seeds that finished are kept")
         return results
 
-    def _hand_out(self, i: int, todo: list[tuple[int, Path]]) -> None:
-        """The next seed in order to process i, or None: it exits."""
+    def _hand_out(self, i: int, todo: list[tuple[int, Job]]) -> None:
+        """The next run in order to process i, or None: it exits."""
         self.busy[i] = todo.pop(0) if todo else None
         try:
-            self.conns[i].send(self.busy[i])
+            self.conns[i].send(self.busy[i][1] if self.busy[i] else None)
         except OSError:  # it died (BrokenPipeError): its sentinel reports it on the next turn
             return
         if self.busy[i] is None:
@@ -161,8 +176,9 @@ def _receive(conn: Connection) -> tuple[str, Any] | None:
         return None
 
 
-def _child(conn: Connection, cfg: TrainConfig, threads: int) -> None:
-    """One process of the pool: train each seed it is handed, until it is handed None (or gets SIGTERM)."""
+def _child(conn: Connection, device: str, threads: int) -> None:
+    """One process of the pool: train each run it is handed on ``device``, until it is handed None (or gets
+    SIGTERM)."""
     interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
     try:
         import torch
@@ -177,9 +193,9 @@ def _child(conn: Connection, cfg: TrainConfig, threads: int) -> None:
             job = conn.recv()
             if job is None:
                 break
-            seed, folder = job
+            cfg, seed, folder = job
             try:
-                metrics = engine.train(cfg.replace(seed=seed), folder, progress=False)
+                metrics = engine.train(cfg.replace(device=device, seed=seed), folder, progress=False)
             except SearchError as err:  # a diverged run, a bad input: the parent reports it as its own
                 conn.send(("error", err.message))
                 break
