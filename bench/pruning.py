@@ -128,6 +128,9 @@ def study_for(args: argparse.Namespace, data_dir: str | None) -> StudySpec:
     """The study with this run's overrides (data folder, epochs, seed, architectures), checked."""
     name = args.study or DATA[args.data] or "digits"
     spec = load_study(name, data_dir=data_dir)
+    if spec.multi:
+        raise SearchError(f"study {name!r} has several objectives, which Optuna cannot prune; choose a "
+                          f"single-objective study")
     wanted = DATA[args.data]
     if wanted is not None and spec.dataset != wanted:
         raise SearchError(f"--data {args.data} runs a study of the {wanted} dataset; study {name!r} is of "

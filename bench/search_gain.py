@@ -12,7 +12,7 @@ bench/real_mnist.py does; `search` carves its validation split out of the 8,000 
 1. default: the seed's default TrainConfig (simple_cnn_v2, Adam, lr 1e-3, batch size 128, dropout 0.5, 10 epochs,
    no augmentation; every other field at its TrainConfig default: constant schedule, no weight decay, no label
    smoothing, seed 0), trained with `search train --seeds 3`.
-2. search: `search start` on the shipped `mnist` study (studies/mnist.yaml: TPE, hyperband pruning, 10 epochs per
+2. search: `search start` on the shipped `mnist` study (studies/mnist.yaml: TPE, successive halving, 10 epochs per
    trial, cosine schedule, searching lr, weight decay, dropout, batch size, augmentation none/crop, architecture,
    optimizer, label smoothing) for --budget finished trials with --workers workers, on a SQLite store in the work
    folder. On the CPU the architectures are cut to simple_cnn_v1 and simple_cnn_v2 (--architectures auto): on two
@@ -28,12 +28,9 @@ each phase (search: the sum of the trials' epochs_run, read from the store), and
 the default's sd. Target: searched mean >= 99.2% and above the default's mean by more than the default's sd (printed
 as met or not; never asserted).
 
-Time: on two quiet CPU cores (no GPU) the defaults should take 20 to 25 minutes: one simple_cnn_v2 epoch of the
-7,200 training images takes about 6 s on two threads (bench/real_mnist.py: 91 s for 15), 8 s on one (a search
-worker's share), simple_cnn_v1 about two thirds of that; with hyperband a trial runs about 5.4 epochs on average
-(216 epochs for 40 trials on a GPU). So: default 30 epochs (~3.5 min), search 20 trials (~110 epochs on 2 workers,
-~7.5 min), searched 30 epochs (~3.5 min), rerank 3 x 2 runs (~6.5 min), the rerank's winner when it differs
-(~3.5 min). Another process on the same cores stretches all of it (3x and more seen here).
+Time: on two quiet Intel Xeon cores the defaults took 9 min 49 s (default 95 s, search 199 s for 77 epochs of
+20 trials, final 102 s, rerank 189 s; README, Benchmarks); when the rerank picks another trial, its final
+training adds about 100 s. Another process on the same cores stretches all of it.
 On one H100, --budget 40 --workers 4 --rerank 3 --rerank-seeds 3 took 222 s in all.
 A try of the whole pipeline in a few minutes: --budget 4 --epochs 1 --rerank 2 --rerank-seeds 2.
 """

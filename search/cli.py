@@ -264,7 +264,7 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
               help="Retrain the K best complete trials with --seeds seeds each and export the one with the best mean "
                    "validation metric (the winner's curse of a small validation split).")
 @click.option("--seeds", type=click.IntRange(min=1), help="With --rerank: seeds per trial (default 3).")
-@click.option("--devices", help="With --rerank: train each trial's seeds in parallel, one process per entry: GPU "
+@click.option("--devices", help="With --rerank: train the K x N runs in parallel, one process per entry: GPU "
                                 "indices (0,1) or cpu,cpu, as `search train --devices`.")
 @click.option("--rerank-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --rerank: folder for the runs, DIR/trial-N/seed-S (default runs/rerank-STUDY).")

@@ -70,7 +70,10 @@ PAIR = "objectives: [{metric: val_acc, direction: maximize}, {metric: params, di
     (BASE + "objectives: [{metric: val_acc, direction: maximize}, {metric: params, direction: smaller}]\n",
      "objectives[1]: direction 'smaller' is not known; valid: maximize, minimize"),
     (BASE + "objectives: [{metric: params, direction: minimize}, {metric: latency_ms, direction: minimize}]\n",
-     "objectives must include val_acc or val_auc (it picks each trial's kept epoch); got params, latency_ms"),
+     "the first objective must be val_acc or val_auc (it picks each trial's kept epoch, and reports rank by it); "
+     "got params, latency_ms"),
+    (BASE + "objectives: [{metric: params, direction: minimize}, {metric: val_acc, direction: maximize}]\n",
+     "the first objective must be val_acc or val_auc"),
     (BASE + "objectives: [{metric: val_acc, direction: maximize}, {metric: val_acc, direction: maximize}]\n",
      "objectives[1]: metric val_acc is named twice"),
     (BASE + "objectives: [{metric: val_acc}]\n",

@@ -12,9 +12,9 @@ other complete trial is at least as good in every objective and better in one. T
     epoch_seconds      mean seconds of the trial's training epochs (training and validation pass)
     latency_ms         inference time per image at batch size 1 on the trial's device (median of timed runs)
 
-One of val_acc or val_auc must be among them: it picks the kept epoch, and a search for the smallest model alone
-would find a model that has learnt nothing. Optuna cannot prune multi-objective studies, so their pruner is off.
-"""
+The first must be val_acc or val_auc: it picks the kept epoch, the views of a single-objective study (history,
+importances, top trials) read it, and a search for the smallest model alone would find one that learnt nothing.
+Optuna cannot prune multi-objective studies, so their pruner is off."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -55,15 +55,15 @@ def parse(raw: Any, *, source: str) -> Objectives:
         if any(metric == m for m, _ in found):
             raise SearchError(f"{where}: metric {metric} is named twice")
         found.append((metric, direction))
-    if not any(m in TRAINING for m, _ in found):
-        raise SearchError(f"{source}: objectives must include val_acc or val_auc (it picks each trial's kept epoch); "
-                          f"got {', '.join(m for m, _ in found)}")
+    if found[0][0] not in TRAINING:
+        raise SearchError(f"{source}: the first objective must be val_acc or val_auc (it picks each trial's kept "
+                          f"epoch, and reports rank by it); got {', '.join(m for m, _ in found)}")
     return tuple(found)
 
 
 def training_metric(objectives: Objectives) -> str:
-    """The validation metric that picks a trial's kept epoch: the first of val_acc/val_auc among the objectives."""
-    return next(m for m, _ in objectives if m in TRAINING)
+    """The validation metric that picks a trial's kept epoch: the first objective (`parse` sees to it)."""
+    return objectives[0][0]
 
 
 # --- reading a study ----------------------------------------------------------------------------------------

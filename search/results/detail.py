@@ -22,7 +22,10 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
         raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
     t = trials[number]
     attrs = t.user_attrs
-    value = f" {goals.values_text(goals.of_study(study), t.values)}" if t.values else ""
+    if goals.is_multi(study):
+        value = f" {goals.values_text(goals.of_study(study), t.values)}" if t.values else ""
+    else:
+        value = f" {t.value:.4f}" if t.value is not None else ""
     lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {params_text(t) or '-'}",
              "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
                                      or "-")]

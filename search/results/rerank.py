@@ -7,11 +7,11 @@ metric over those seeds. Fresh: the seeds after the trial's own (seed + 1 ... se
 the search, whose luck is what is being corrected, is not counted again. The test split
 is still never used to choose: each run's test accuracy is reported for information only.
 
-Each trial's runs go to DIR/trial-<number>/ (seed-S folders and summary.json, as `search train --seeds` writes them),
-trained by the one training loop: `engine.train_seeds` one seed after another, or `parallel.train_seeds` over the
-listed devices. Everything is checked before the first run: the study, K, the devices, the output folder, and that no
-trial folder already holds a finished run. A Ctrl-C stops the run in progress; the trial folders that finished are
-kept.
+Each trial's runs go to DIR/trial-<number>/ (seed-S folders and summary.json, as `search train --seeds` writes
+them), trained by the one training loop: `engine.train_seeds` one seed after another, or with devices listed, every
+trial's runs in one pool over them (`parallel.train_runs`). Everything is checked before the first run: the study,
+K, the devices, the output folder, and that no trial folder already holds a finished run. A Ctrl-C stops the run in
+progress; the trial folders that finished are kept.
 
 Example, with K = 2 and N = 3 on a study whose search ranked trial 7 first and trial 3 second:
 
