@@ -42,8 +42,8 @@ class _OneLineErrors(click.Group):
 
 
 # Commands with long work that stop at safe points (search/interrupt.py): the signal is recorded and polled.
-# Every other command runs under _stops_at_once.
-_POLLING = ("start", "worker", "train")
+# Every other command runs under _stops_at_once (export: its quick paths under interrupt.raising).
+_POLLING = ("start", "worker", "train", "export")  # export: its --rerank trains
 
 
 def _stops_at_once(fn):  # type: ignore[no-untyped-def]
@@ -309,8 +309,6 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
                           f"trial folders that finished (with summary.json) are kept in {folder}; nothing was "
                           f"exported") from None
     click.echo("\n".join(rerank.table(done)))
-    if interrupt.requested():  # it came after the last safe point: the work is done and saved
-        raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
 
 
 def _export_choices(rank: int | None, trial_number: int | None, pareto: bool, weights: bool, rerank_k: int | None,

@@ -17,6 +17,7 @@ importances, top trials) read it, and a search for the smallest model alone woul
 Optuna cannot prune multi-objective studies, so their pruner is off."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import optuna
@@ -107,11 +108,9 @@ def as_first(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial
         return trials
     out = []
     for t in trials:
-        copy = FrozenTrial(number=t.number, state=t.state, value=None, values=t.values[:1] if t.values else None,
-                           datetime_start=t.datetime_start, datetime_complete=t.datetime_complete, params=t.params,
-                           distributions=t.distributions, user_attrs=t.user_attrs, system_attrs=t.system_attrs,
-                           intermediate_values=t.intermediate_values, trial_id=t._trial_id)
-        out.append(copy)
+        view = copy.copy(t)  # shallow: the study's own trial keeps all its values
+        view.values = t.values[:1] if t.values else None
+        out.append(view)
     return out
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import optuna
 
 from search.errors import SearchError
-from search.hpo import objectives as goals
 from search.hpo.storage import open_storage
 from search.hpo.urls import resolve_url
 from search.results import artifacts
-from search.results.trials import params_text, pick
+from search.results.trials import params_text, pick, value_text
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`
 
@@ -22,10 +21,7 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
         raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
     t = trials[number]
     attrs = t.user_attrs
-    if goals.is_multi(study):
-        value = f" {goals.values_text(goals.of_study(study), t.values)}" if t.values else ""
-    else:
-        value = f" {t.value:.4f}" if t.value is not None else ""
+    value = f" {value_text(study, t)}" if t.values else ""
     lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {params_text(t) or '-'}",
              "values per epoch: " + (", ".join(f"{k}: {v:.4f}" for k, v in sorted(t.intermediate_values.items()))
                                      or "-")]

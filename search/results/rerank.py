@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial
 
 from search import interrupt
 from search.errors import SearchError
-from search.results.trials import ranked
+from search.results.trials import ranked, trial_config
 from search.train import config, engine, parallel
 from search.train.config import TrainConfig
 
@@ -88,7 +88,7 @@ def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str |
     if devices is not None:  # every trial's seeds in one pool: no device waits while another trial finishes
         done = _train_pooled(plans, seeds, devices, on_run)
     else:
-        done = [_train(trial, rank, cfg, where, seeds, on_run) for trial, rank, cfg, where in plans]
+        done = [_train(trial, rank, cfg, where, seeds, on_run) for trial, rank, cfg, where, _ in plans]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     order = sorted(done, key=lambda c: (-c.mean(metric) if maximize else c.mean(metric), c.search_rank))
     result = Reranked(study.study_name, metric, seeds, folder, out, order)
@@ -111,10 +111,12 @@ def _metric(study: optuna.Study) -> str:
     return str(metric)
 
 
-def _plan(study: optuna.Study, k: int, seeds: int,
-          folder: Path) -> list[tuple[FrozenTrial, int, TrainConfig, Path]]:
-    """(trial, search rank, config, its folder) of each of the K best trials; refused, before anything is trained,
-    when K is out of range or a folder already holds a finished run."""
+Plan = tuple[FrozenTrial, int, TrainConfig, Path, list[tuple[int, Path]]]  # trial, search rank, config, folder, runs
+
+
+def _plan(study: optuna.Study, k: int, seeds: int, folder: Path) -> list[Plan]:
+    """(trial, search rank, config, its folder, its (seed, run folder)s) of each of the K best trials; refused,
+    before anything is trained, when K is out of range or a folder already holds a finished run."""
     trials = ranked(study)
     if not trials:
         raise SearchError(f"study '{study.study_name}' has no finished (complete) trial yet; nothing to rerank")
@@ -123,15 +125,10 @@ def _plan(study: optuna.Study, k: int, seeds: int,
                           f"trials; valid: 1..{len(trials)}")
     plans = []
     for rank, trial in enumerate(trials[:k], 1):
-        cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
+        cfg = trial_config(trial)
         where = folder / f"trial-{trial.number}"
-        finished = [where / "summary.json"] + [where / f"seed-{cfg.seed + i}" / "metrics.json"
-                                               for i in range(1, seeds + 1)]
-        taken = next((p for p in finished if p.exists()), None)
-        if taken is not None:
-            raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); choose another "
-                              f"--rerank-dir or remove it")
-        plans.append((trial, rank, cfg, where))
+        runs = engine.seed_runs(_fresh(cfg), where, seeds, instead="choose another --rerank-dir or remove it")
+        plans.append((trial, rank, cfg, where, runs))
     return plans
 
 
@@ -147,28 +144,26 @@ def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds:
     return Candidate(trial, rank, cfg, folder, summary)
 
 
-def _train_pooled(plans: list[tuple[FrozenTrial, int, TrainConfig, Path]], seeds: int, devices: str,
-                  on_run: OnRun | None) -> list[Candidate]:
+def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | None) -> list[Candidate]:
     """All K x N runs handed to one pool over ``devices``; each trial's summary.json is written as soon as its own
     runs are done, so a Ctrl-C keeps the trials that finished, as the sequential path does."""
-    runs = {i: engine.seed_runs(_fresh(cfg), where, seeds) for i, (_, _, cfg, where) in enumerate(plans)}
-    jobs = [(_fresh(plans[i][2]), seed, folder) for i, trial_runs in runs.items() for seed, folder in trial_runs]
-    owner = [i for i, trial_runs in runs.items() for _ in trial_runs]  # job index -> plan index
-    metrics: dict[int, dict[int, dict[str, Any]]] = {i: {} for i in runs}
+    jobs = [(_fresh(cfg), seed, run) for _, _, cfg, _, runs in plans for seed, run in runs]
+    owner = [i for i, plan in enumerate(plans) for _ in plan[4]]  # job index -> plan index
+    metrics: dict[int, dict[int, dict[str, Any]]] = {i: {} for i in range(len(plans))}
     summaries: dict[int, dict[str, Any]] = {}
 
     def heard(j: int, folder: Path, m: dict[str, Any]) -> None:
         i = owner[j]
-        trial, _, cfg, where = plans[i]
+        trial, _, cfg, where, runs = plans[i]
         metrics[i][j] = m
         if on_run is not None:
             on_run(trial.number, folder, m)
         if len(metrics[i]) == seeds:  # job indices run in seed order: the summary as engine.train_seeds writes it
             ordered = [metrics[i][k] for k in sorted(metrics[i])]
-            summaries[i] = engine.write_summary(_fresh(cfg), where, runs[i], ordered)
+            summaries[i] = engine.write_summary(_fresh(cfg), where, runs, ordered)
 
     parallel.train_runs(jobs, devices, heard, what=f"{len(plans)} trials x {seeds} seeds")
-    return [Candidate(trial, rank, cfg, where, summaries[i]) for i, (trial, rank, cfg, where) in enumerate(plans)]
+    return [Candidate(trial, rank, cfg, where, summaries[i]) for i, (trial, rank, cfg, where, _) in enumerate(plans)]
 
 
 def run_line(number: int, folder: Path, m: dict[str, Any], metric: str) -> str:

@@ -47,13 +47,18 @@ def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | No
     notes.update({"state": trial.state.name.lower()} if trial_number is not None else {"rank": rank})
     if not out.parent.exists():
         raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
-    cfg = config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
+    cfg = trial_config(trial)
     if goals.is_multi(study):
         notes["values"] = dict(zip((m for m, _ in goals.of_study(study)), trial.values or ()))
     else:
         notes.update(metric=study.user_attrs.get("metric", "value"), value=trial.value)
     config.dump(cfg, out, notes=notes)
     return cfg, trial
+
+
+def trial_config(trial: FrozenTrial) -> TrainConfig:
+    """The TrainConfig a trial ran, with device auto (the exported file runs anywhere)."""
+    return config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
 
 
 def pick(study: optuna.Study, rank: int = 1, trial_number: int | None = None) -> FrozenTrial:

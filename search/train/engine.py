@@ -256,7 +256,6 @@ class Trainer:
         metrics = evaluate_scores(split.labels, scores, task)
         return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}, scores
 
-
     @torch.inference_mode()
     def latency_ms(self, runs: int = 30, warmup: int = 5) -> float:
         """Inference time per image at batch size 1 on the trial's device, in ms: the median of ``runs`` timed
@@ -441,12 +440,15 @@ def train_seeds(cfg: TrainConfig, out: Path, seeds: int, *, progress: bool = Tru
     return write_summary(cfg, out, runs, results)
 
 
-def seed_runs(cfg: TrainConfig, out: Path, seeds: int) -> list[tuple[int, Path]]:
-    """(seed, folder) of each run of `--seeds`; refused before anything is trained when one already finished."""
+def seed_runs(cfg: TrainConfig, out: Path, seeds: int, *,
+              instead: str = "choose another --out") -> list[tuple[int, Path]]:
+    """(seed, folder) of each run of `--seeds`; refused before anything is trained when ``out`` holds a summary or
+    a run already finished (the message ends with ``instead``: what the user can do)."""
     runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
-    taken = [str(d) for _, d in runs if (d / "metrics.json").exists()]
-    if taken or (out / "summary.json").exists():
-        raise SearchError(f"{taken[0] if taken else out} already holds a finished run; choose another --out")
+    finished = [out / "summary.json", *(d / "metrics.json" for _, d in runs)]
+    taken = next((p for p in finished if p.exists()), None)
+    if taken is not None:
+        raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); {instead}")
     return runs
 
 
