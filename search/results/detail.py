@@ -8,18 +8,14 @@ from search.errors import SearchError
 from search.hpo.storage import open_storage
 from search.hpo.urls import resolve_url
 from search.results import artifacts
-from search.results.trials import params_text, pick, value_text
+from search.results.trials import numbered, params_text, pick, value_text
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`
 
 
 def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
     """`search status --trial N`: state, parameters, values per epoch, reason, worker, device, the end of its log."""
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        valid = f"0..{len(trials) - 1}" if trials else "none yet"
-        raise SearchError(f"--trial {number}: study '{study.study_name}' has no such trial; valid: {valid}")
-    t = trials[number]
+    t = numbered(study, number)
     attrs = t.user_attrs
     value = f" {value_text(study, t)}" if t.values else ""
     lines = [f"trial {number}: {t.state.name.lower()}{value}", f"parameters: {params_text(t) or '-'}",

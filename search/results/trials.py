@@ -80,12 +80,17 @@ def _ranked(study: optuna.Study, rank: int) -> FrozenTrial:
     return trials[rank - 1]
 
 
-def _numbered(study: optuna.Study, number: int) -> FrozenTrial:
+def numbered(study: optuna.Study, number: int) -> FrozenTrial:
+    """The trial numbered ``number`` (`--trial N`); one line when there is none."""
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise SearchError(f"--trial {number} does not exist in study '{study.study_name}'; valid: "
                           f"0..{len(trials) - 1}" if trials else f"study '{study.study_name}' has no trial yet")
-    trial = trials[number]
+    return trials[number]
+
+
+def _numbered(study: optuna.Study, number: int) -> FrozenTrial:
+    trial = numbered(study, number)
     if "config" not in trial.user_attrs:
         raise SearchError(f"trial {number} ({trial.state.name.lower()}) recorded no configuration (it never "
                           f"started training); choose another with --trial")
