@@ -3,8 +3,8 @@
     python3 bench/gpu_proof.py --out DIR                 # on a CUDA machine: at most about 8 minutes on one H100
     python bench/gpu_proof.py --out DIR --cpu-dry-run    # the same code on the CPU with tiny sizes (a test runs it)
 
-The project need not be installed: run it from the repository root with the dependencies on PYTHONPATH (README,
-Benchmarks). It installs nothing. Sections, each recorded in DIR/gpu_proof.json and printed:
+The project need not be installed: run it from the repository root with the dependencies on PYTHONPATH
+(docs/benchmarks.md). It installs nothing. Sections, each recorded in DIR/gpu_proof.json and printed:
 
 1. ``pytest -m gpu`` (tests/test_gpu.py): must pass, with no test skipped on a GPU.
 2. Epoch speed on PathMNIST-shaped data (89,996 train / 10,004 val, 3x28x28, random pixels in the true .npz

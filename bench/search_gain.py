@@ -29,7 +29,7 @@ the default's sd. Target: searched mean >= 99.2% and above the default's mean by
 as met or not; never asserted).
 
 Time: on two quiet Intel Xeon cores the defaults took 9 min 49 s (default 95 s, search 199 s for 77 epochs of
-20 trials, final 102 s, rerank 189 s; README, Benchmarks); when the rerank picks another trial, its final
+20 trials, final 102 s, rerank 189 s; docs/benchmarks.md); when the rerank picks another trial, its final
 training adds about 100 s. Another process on the same cores stretches all of it.
 On one H100, --budget 40 --workers 4 --rerank 3 --rerank-seeds 3 took 222 s in all.
 A try of the whole pipeline in a few minutes: --budget 4 --epochs 1 --rerank 2 --rerank-seeds 2.

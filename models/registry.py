@@ -60,7 +60,7 @@ def load(names: list[str] | None = None) -> None:
     for module in sorted({SHIPPED[n] for n in (SHIPPED if names is None else names) if n in SHIPPED}):
         importlib.import_module(f"models.{module}")
 
-#: One-line source of each architecture, for the README's model table.
+#: One-line source of each architecture, for the model table in docs/study-files.md.
 MODEL_REFERENCES: dict[str, str] = {}
 
 

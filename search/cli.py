@@ -12,12 +12,19 @@ from search import __version__, interrupt, quiet
 from search.errors import Interrupted, SearchError
 from search.hpo.urls import DEFAULT_STORAGE
 
+# `search --help` lists the commands in the order a user meets them; a command left out comes last.
+COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "enqueue", "worker", "studies", "proxy")
+
 
 class _OneLineErrors(click.Group):
     """The one place that turns errors into what the user sees: a user error as one line ("Error: ...") and its
     exit code (2, or 130 for an interrupted command); a usage error (a bad option value) too, without the usage
     block. A stop signal (search/interrupt.py) ends every command with one line and exit status 130, whenever it
     came."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [name for name in COMMAND_ORDER if name in self.commands]
+        return known + sorted(set(self.commands) - set(known))
 
     def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
         try:
@@ -74,7 +81,7 @@ def main() -> None:
     quiet.libraries()
 
 
-@main.command()
+@main.command(short_help="Train a TrainConfig file; report test ACC and AUC.")
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for metrics.json, model.pt and config.yaml (default: a new folder under runs/).")
@@ -136,7 +143,7 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
     return dataclasses.replace(spec, sampler={**spec.sampler, "seed": seed}) if seed is not None else spec
 
 
-@main.command()
+@main.command(short_help="Run a search: N worker processes on one study.")
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes: one per GPU, or sharing the CPU cores.")
@@ -165,7 +172,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 
 
 
-@main.command()
+@main.command(short_help="One worker without a supervisor, e.g. on another machine.")
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
 @storage_option("Study store URL shared by all workers")
 @click.option("--trials", type=click.IntRange(min=1), help="Stop once the study has this many finished trials.")
@@ -204,7 +211,7 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
                                   echo=click.echo))
 
 
-@main.command()
+@main.command(short_help="A study's progress and best trials, or one trial in detail.")
 @click.option("--study", required=True)
 @storage_option()
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -228,7 +235,7 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
         click.echo(f"{written} trials -> {csv_file}")
 
 
-@main.command()
+@main.command(short_help="Every figure and table of a study and its runs, on one page.")
 @click.option("--study", required=True)
 @storage_option()
 @click.option("--run", "runs", multiple=True, metavar="[LABEL=]DIR",
@@ -247,7 +254,7 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
     click.echo(f"{done['figures']} figures, {done['tables']} tables -> {done['index']}")
 
 
-@main.command("export")
+@main.command("export", short_help="The best trial as a TrainConfig file (--rerank K: by seeds).")
 @click.option("--study", required=True)
 @storage_option()
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("best.yaml"),
@@ -334,7 +341,7 @@ def _export_choices(rank: int | None, trial_number: int | None, pareto: bool, we
                           "(model.pt in each seed folder)")
 
 
-@main.command()
+@main.command(short_help="Queue one trial (a TrainConfig or parameters) in a study.")
 @click.option("--study", required=True, help="The study's name in the store (created by `search start`).")
 @click.argument("file", metavar="FILE.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option()
@@ -350,7 +357,7 @@ def enqueue(study: str, file: Path, storage: str | None) -> None:
     click.echo(f"trial {done.number} queued in study '{study}' with {params}; the next free worker takes it{after}")
 
 
-@main.command()
+@main.command(short_help="The live dashboard (optuna-dashboard) on the study store.")
 @storage_option()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
@@ -380,7 +387,7 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
         click.echo("dashboard stopped")
 
 
-@main.command()
+@main.command(short_help="The study files, and the studies in the store.")
 @storage_option()
 @_stops_at_once
 def studies(storage: str | None) -> None:
@@ -405,7 +412,7 @@ def studies(storage: str | None) -> None:
         click.echo(f"  {s.study_name:<16} {s.n_trials} trials")
 
 
-@main.command()
+@main.command(short_help="Optuna's gRPC storage proxy, for very many workers.")
 @storage_option("The database the proxy serves")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")

@@ -89,7 +89,7 @@ def test_shipped_study_settings(in_tmp):
     assert path.space["lr"].log and (path.space["lr"].low, path.space["lr"].high) == (1e-4, 1e-2)
     assert set(path.space["architecture"].choices) == {"simple_cnn_v2", "alexnet", "resnet18", "resnet50",
                                                        "xception"}
-    # Chosen from bench/pruning.py's figures (README, Benchmarks).
+    # Chosen from bench/pruning.py's figures (docs/benchmarks.md).
     assert path.pruner == {"name": "successivehalving", "min_resource": 1, "reduction_factor": 4}
     assert isinstance(make_pruner(path), optuna.pruners.SuccessiveHalvingPruner)
     tpe = make_sampler(path)

@@ -1,0 +1,32 @@
+"""`search --help`: the commands in the order a user meets them, each with a whole one-line description."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+from search.cli import COMMAND_ORDER, main
+from tests.helpers import cli_env, search_cmd
+
+
+def help_commands(columns: int) -> list[str]:
+    """The lines of the Commands block of `search --help`, in a terminal `columns` wide."""
+    done = subprocess.run(search_cmd() + ["--help"], capture_output=True, text=True, env=cli_env(COLUMNS=str(columns)),
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("Commands:\n", 1)[1].splitlines()
+
+
+def test_commands_are_listed_in_the_order_a_user_meets_them() -> None:
+    lines = help_commands(80)
+    names = [line.split()[0] for line in lines if re.match(r"  \S", line)]
+    assert names[:6] == ["start", "status", "dashboard", "export", "train", "report"], names
+    assert names == list(COMMAND_ORDER), names
+    assert sorted(names) == sorted(main.commands), "a command is missing from COMMAND_ORDER"
+
+
+def test_each_description_is_one_whole_line_in_an_80_column_terminal() -> None:
+    lines = help_commands(80)
+    assert len(lines) == len(main.commands), lines  # no description wrapped onto a second line
+    for line in lines:
+        assert not line.rstrip().endswith("..."), line
+        assert re.match(r"  \S+ +\S", line), line  # every command has a description
