@@ -42,15 +42,22 @@ class _OneLineErrors(click.Group):
             result = super().invoke(ctx)
         except KeyboardInterrupt:  # interrupt.Stop, raised where stopping is safe
             raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'})") from None
-        if interrupt.requested() and ctx.invoked_subcommand in _POLLING:
-            # it came after the command's last safe point: the work is done and saved, but the user asked to stop
-            raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
         return result
 
 
-# Commands with long work that stop at safe points (search/interrupt.py): the signal is recorded and polled.
-# Every other command runs under _stops_at_once (export: its quick paths under interrupt.raising).
-_POLLING = ("start", "worker", "train", "export")  # export: its --rerank trains
+# Every command is one of two kinds (search/interrupt.py), said by its decorator below.
+def _stops_at_safe_points(fn):  # type: ignore[no-untyped-def]
+    """For commands with long work: a stop signal is recorded and polled at the work's safe points; one that came
+    after the last of them still ends the command with exit 130, its work done and saved."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = fn(*args, **kwargs)
+        if interrupt.requested():
+            raise Interrupted(f"interrupted ({interrupt.requested()}) as the command ended; its work is complete")
+        return result
+
+    run.stops = "at safe points"  # type: ignore[attr-defined]
+    return run
 
 
 def _stops_at_once(fn):  # type: ignore[no-untyped-def]
@@ -60,6 +67,7 @@ def _stops_at_once(fn):  # type: ignore[no-untyped-def]
         with interrupt.raising():
             return fn(*args, **kwargs)
 
+    run.stops = "at once"  # type: ignore[attr-defined]
     return run
 
 
@@ -91,6 +99,7 @@ def main() -> None:
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
 @click.option("--devices", help="With --seeds: train the seeds in parallel, one process per entry: GPU indices "
                                 "(0,1,2,3; each process sees its card as cuda:0) or cpu,cpu (sharing the cores).")
+@_stops_at_safe_points
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None,
           devices: str | None) -> None:
     """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
@@ -154,6 +163,7 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
 @ALLOW_CHANGES
+@_stops_at_safe_points
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
           devices: str | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
@@ -186,14 +196,15 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + a number derived from "
                                       "its host name and pid).")
 @ALLOW_CHANGES
+@_stops_at_safe_points
 def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
            threads: int | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     import zlib
 
     from search.hpo import slots, supervisor
-    from search.hpo import worker as w
     from search.hpo.urls import resolve_url, worker_id
+    from search.hpo.worker import run_worker
     from search.train.engine import resolve_device
 
     spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout)
@@ -207,7 +218,7 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
     supervisor.ensure_study(spec, url, allow_changes=allow_changes)
     # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
     offset = seed if seed is not None else zlib.crc32(worker_id().encode())
-    raise SystemExit(w.run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset,
+    raise SystemExit(run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset,
                                   echo=click.echo))
 
 
@@ -221,16 +232,16 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
 @_stops_at_once
 def status(study: str, storage: str | None, csv_file: Path | None, trial: int | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture; or one trial in detail."""
-    from search.results import trials as export
+    from search.results import trials
 
-    loaded = export.load(study, storage)
+    loaded = trials.load(study, storage)
     if trial is not None:
         from search.results import detail
 
         click.echo(detail.describe(loaded, trial, storage))
         return
-    written = export.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
-    click.echo(export.summary(loaded))
+    written = trials.write_csv(loaded, csv_file) if csv_file is not None else None  # a bad path fails first
+    click.echo(trials.summary(loaded))
     if written is not None:
         click.echo(f"{written} trials -> {csv_file}")
 
@@ -246,11 +257,11 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
 @_stops_at_once
 def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
-    from search.results import report as report_mod
-    from search.results import trials as export
+    from search.results import trials
+    from search.results.report import write_report
 
-    loaded = export.load(study, storage)
-    done = report_mod.write_report(loaded, list(runs), out or Path(f"report-{loaded.study_name}"))
+    loaded = trials.load(study, storage)
+    done = write_report(loaded, list(runs), out or Path(f"report-{loaded.study_name}"))
     click.echo(f"{done['figures']} figures, {done['tables']} tables -> {done['index']}")
 
 
@@ -275,28 +286,28 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
                                 "indices (0,1) or cpu,cpu, as `search train --devices`.")
 @click.option("--rerank-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --rerank: folder for the runs, DIR/trial-N/seed-S (default runs/rerank-STUDY).")
+@_stops_at_safe_points
 def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_number: int | None, pareto: bool,
                weights: bool, rerank_k: int | None, seeds: int | None, devices: str | None,
                rerank_dir: Path | None) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`; with --rerank K, the best of the
     K best trials retrained with several seeds each."""
-    from search.results import detail
-    from search.results import trials as export
+    from search.results import detail, trials
     from search.train.config import atomic_write
 
     ranked = click.get_current_context().get_parameter_source("rank") != click.core.ParameterSource.DEFAULT
-    _export_choices(rank if ranked else None, trial_number, pareto, weights, rerank_k,
-                    {"--seeds": seeds, "--devices": devices, "--rerank-dir": rerank_dir})
+    trials.check_export_options(rank if ranked else None, trial_number, pareto, weights, rerank_k,
+                                {"--seeds": seeds, "--devices": devices, "--rerank-dir": rerank_dir})
     with interrupt.raising():  # no long work here: the first Ctrl-C stops it at once
-        loaded = export.load(study, storage)
+        loaded = trials.load(study, storage)
         if pareto:
-            click.echo("\n".join(export.pareto_lines(loaded)))
+            click.echo("\n".join(trials.pareto_lines(loaded)))
             return
         if rerank_k is None:
             # missing weights: one line, nothing written
             model = detail.kept_weights(loaded, storage, rank, trial_number) if weights else None
-            cfg, trial = export.export(loaded, out, rank, trial_number)
-            what = f"trial {trial.number} ({export.value_text(loaded, trial)}, {cfg.architecture}) -> {out}"
+            cfg, trial = trials.export(loaded, out, rank, trial_number)
+            what = f"trial {trial.number} ({trials.value_text(loaded, trial)}, {cfg.architecture}) -> {out}"
             if model is not None:
                 atomic_write(out.with_suffix(".pt"), lambda path: path.write_bytes(model))
                 click.echo(f"{what}, its weights -> {out.with_suffix('.pt')}")
@@ -316,29 +327,6 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
                           f"trial folders that finished (with summary.json) are kept in {folder}; nothing was "
                           f"exported") from None
     click.echo("\n".join(rerank.table(done)))
-
-
-def _export_choices(rank: int | None, trial_number: int | None, pareto: bool, weights: bool, rerank_k: int | None,
-                    rerank_options: dict[str, object]) -> None:
-    """`search export`'s options that exclude each other, or need another: one line each."""
-    if rank is not None and trial_number is not None:
-        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
-    if pareto and (rank is not None or trial_number is not None or weights):
-        raise SearchError("--pareto lists the Pareto front and writes nothing: it takes no --rank, --trial or "
-                          "--weights")
-    if rerank_k is None:
-        used = [name for name, value in rerank_options.items() if value is not None]
-        if used:
-            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
-                              f"nothing")
-    elif trial_number is not None or pareto:
-        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
-                          f"--rerank chooses among the best trials")
-    elif rank is not None:
-        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
-    elif weights:
-        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
-                          "(model.pt in each seed folder)")
 
 
 @main.command(short_help="Queue one trial (a TrainConfig or parameters) in a study.")
@@ -420,7 +408,7 @@ def studies(storage: str | None) -> None:
 @_stops_at_once
 def proxy(storage: str | None, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search.hpo import proxy as grpc_proxy
+    from search.hpo.proxy import serve
     from search.hpo.urls import resolve_url
 
-    grpc_proxy.serve(resolve_url(storage), host=host, port=port, echo=click.echo)
+    serve(resolve_url(storage), host=host, port=port, echo=click.echo)

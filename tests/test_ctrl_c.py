@@ -150,3 +150,12 @@ def test_ctrl_c_stops_search_train_parallel_seeds_with_one_line(tmp_path, delay)
     assert last.startswith("Error: interrupted (SIGINT): the run in progress was stopped"), run.text()
     assert "Traceback" not in run.text()
     assert not list(tmp_path.glob("run/**/metrics.json")) and not list(tmp_path.glob("run/**/.*.tmp"))
+
+
+def test_every_command_says_how_it_stops():
+    """Each command is marked by its decorator in search/cli.py: stops at once, or at its work's safe points."""
+    from search.cli import main
+
+    kinds = {name: getattr(cmd.callback, "stops", None) for name, cmd in main.commands.items()}
+    assert all(kind in ("at once", "at safe points") for kind in kinds.values()), kinds
+    assert {name for name, kind in kinds.items() if kind == "at safe points"} == {"start", "worker", "train", "export"}

@@ -56,6 +56,29 @@ def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | No
     return cfg, trial
 
 
+def check_export_options(rank: int | None, trial_number: int | None, pareto: bool, weights: bool, rerank_k: int | None,
+                         rerank_options: dict[str, object]) -> None:
+    """`search export`'s options that exclude each other, or need another: one line each."""
+    if rank is not None and trial_number is not None:
+        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
+    if pareto and (rank is not None or trial_number is not None or weights):
+        raise SearchError("--pareto lists the Pareto front and writes nothing: it takes no --rank, --trial or "
+                          "--weights")
+    if rerank_k is None:
+        used = [name for name, value in rerank_options.items() if value is not None]
+        if used:
+            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
+                              f"nothing")
+    elif trial_number is not None or pareto:
+        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
+                          f"--rerank chooses among the best trials")
+    elif rank is not None:
+        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
+    elif weights:
+        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
+                          "(model.pt in each seed folder)")
+
+
 def trial_config(trial: FrozenTrial) -> TrainConfig:
     """The TrainConfig a trial ran, with device auto (the exported file runs anywhere)."""
     return config.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}").replace(device="auto")
