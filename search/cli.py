@@ -98,7 +98,8 @@ def main() -> None:
 @click.option("--seeds", type=click.IntRange(min=1),
               help="Train N times with seeds seed, seed+1, ... (each in OUT/seed-S) and report mean ± sd.")
 @click.option("--devices", help="With --seeds: train the seeds in parallel, one process per entry: GPU indices "
-                                "(0,1,2,3; each process sees its card as cuda:0) or cpu,cpu (sharing the cores).")
+                                "among the visible GPUs (0,1; each process sees its card as cuda:0) and cpu (cpu,cpu "
+                                "share the cores).")
 @_stops_at_safe_points
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None,
           devices: str | None) -> None:
@@ -159,7 +160,8 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @click.option("--trials", type=click.IntRange(min=1), help="Total finished trials for the study (all workers).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds before no new trial starts.")
 @storage_option()
-@click.option("--devices", help="GPU indices to use, e.g. 0,1; or cpu.")
+@click.option("--devices", help="Where the workers run, round-robin: GPU indices among the visible GPUs and cpu, "
+                                "e.g. 0,1 or cpu (default: every visible GPU, else the CPU).")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
 @ALLOW_CHANGES

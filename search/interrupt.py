@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -125,3 +125,28 @@ def start_shielded(process: Any, env: dict[str, str]) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# A child that has not stopped this long after its SIGTERM is killed: the user is promised a stop within 30 s.
+STOP_GRACE_S = 20
+
+
+def stop_children(processes: Sequence[Any], *, starting: Sequence[Any] = ()) -> None:
+    """Stop ``processes`` (multiprocessing Processes) the one way: one SIGTERM to each live one, which it sees at its
+    next safe point; SIGKILL at once to those still ``starting`` (importing, opening the store: they hold no trial
+    and no write); each joined, and one still alive STOP_GRACE_S after the signals (stuck in a call that never
+    returns to Python) is killed. One that already exited is simply joined."""
+    import time
+
+    for proc in processes:
+        if proc.is_alive():
+            if any(proc is s for s in starting):
+                proc.kill()
+            else:
+                proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -72,6 +72,19 @@ def import_graph() -> dict[str, set[str]]:
     return {name: {m for m in _imports(path, name) if m in modules and m != name} for name, path in modules.items()}
 
 
+# The ground floor: what every floor may use (devices, environment, errors, stopping, quiet), so it uses none of them.
+GROUND = ("search.devices", "search.env", "search.errors", "search.interrupt", "search.quiet")
+
+
+def test_the_ground_floor_imports_no_floor_and_no_library_at_import():
+    graph = import_graph()
+    for module in GROUND:
+        assert graph[module] <= set(GROUND) | {"search"}, f"{module} imports {graph[module] - set(GROUND)}"
+    loaded = loaded_after(*GROUND)
+    for forbidden in ("torch", "optuna", "click", "matplotlib"):
+        assert forbidden not in loaded, f"the ground floor loads {forbidden}"
+
+
 def test_nothing_imports_the_cli():
     users = [name for name, imported in import_graph().items() if "search.cli" in imported
              and name != "search.__main__"]

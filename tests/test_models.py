@@ -62,9 +62,9 @@ def test_checking_a_config_or_a_study_loads_no_torch() -> None:
     """What `search start` does before its workers start (check the study file's every value, plan the devices
     on a machine without a GPU, check the data) and what `search export` does: no torch (3 s on two cores)."""
     code = ("import sys; from search.hpo.studies import load_study; "
-            "from search.hpo.supervisor import plan_devices, prepare_data; "
+            "from search.devices import placements; from search.hpo.supervisor import prepare_data; "
             "from search.train.config import TrainConfig; "
-            "spec = load_study('digits'); plan_devices(2, None); prepare_data(spec); "
+            "spec = load_study('digits'); placements(None, 2); prepare_data(spec); "
             "TrainConfig(dataset='digits', architecture='resnet50', augmentation='dihedral+color'); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from search import devices
 from search.errors import SearchError
 from search.hpo import slots
 from tests.helpers import cli_env, search_cmd, study_file
@@ -71,16 +72,6 @@ def test_a_folder_where_no_slot_can_be_made_is_one_line(tmp_path):
     assert "\n" not in err.value.message
 
 
-@pytest.mark.parametrize(("slot", "count", "visible", "gpu"), [
-    (0, 4, None, "0"), (3, 4, None, "3"), (5, 4, None, "1"),  # every GPU: round-robin over 0..count-1
-    (0, 2, "2,3", "2"), (1, 2, "2,3", "3"), (2, 2, "2,3", "2"),  # the GPUs CUDA_VISIBLE_DEVICES names
-    (2, 2, "1,3,7", "1"),  # only the GPUs that exist count (CUDA stops at the first it cannot find)
-    (1, 2, "GPU-aa,GPU-bb", "GPU-bb"),  # UUIDs as well
-])
-def test_a_slot_takes_gpu_slot_mod_count_of_those_visible(slot, count, visible, gpu):
-    assert slots.choose_gpu(slot, count, visible) == gpu
-
-
 @pytest.mark.parametrize(("device", "visible", "chooses"), [
     ("cuda", None, True), ("cuda", "0,1", True), ("cuda", "GPU-aa,GPU-bb", True),
     ("cuda", "1", False),  # one GPU named: that one
@@ -105,7 +96,7 @@ def slot_folder(tmp_path, monkeypatch):
 
 def test_take_sets_the_slots_gpu_before_cuda_starts_and_keeps_an_explicit_choice(slot_folder, monkeypatch):
     counted = []
-    monkeypatch.setattr(slots, "gpu_count", lambda: counted.append(os.environ.get("CUDA_VISIBLE_DEVICES")) or 4)
+    monkeypatch.setattr(devices, "gpu_count", lambda: counted.append(os.environ.get("CUDA_VISIBLE_DEVICES")) or 4)
     held = hold(slot_folder, 2)  # two workers already run on this host: slots 0 and 1
     try:
         line = slots.take("cuda")
@@ -118,7 +109,7 @@ def test_take_sets_the_slots_gpu_before_cuda_starts_and_keeps_an_explicit_choice
         for device, visible in (("cuda:3", "4,5,6,7"), ("cuda", "5")):
             monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
             assert slots.take(device) is None and os.environ["CUDA_VISIBLE_DEVICES"] == visible
-        monkeypatch.setattr(slots, "gpu_count", lambda: 1)
+        monkeypatch.setattr(devices, "gpu_count", lambda: 1)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         assert slots.take("cuda") is None and "CUDA_VISIBLE_DEVICES" not in os.environ  # one GPU: nothing to pick
         assert slots.held(slot_folder) == 3
@@ -126,30 +117,11 @@ def test_take_sets_the_slots_gpu_before_cuda_starts_and_keeps_an_explicit_choice
         release(held)
 
 
-def test_gpu_count_asks_nvml_else_a_child_process_never_cuda_here(monkeypatch):
-    def cuda_here() -> int:
-        raise AssertionError("CUDA started in this process: CUDA_VISIBLE_DEVICES set later would be ignored")
-
-    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
-    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", cuda_here, raising=False)
-    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: 3)
-    assert slots.gpu_count() == 3
-    children = []
-
-    def child(cmd, **kw):  # type: ignore[no-untyped-def]
-        children.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, stdout="2\n", stderr="")
-
-    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: -1)  # NVML missing or failing
-    monkeypatch.setattr(slots.subprocess, "run", child)
-    assert slots.gpu_count() == 2 and children[0][0] == sys.executable and "device_count()" in children[0][-1]
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU is visible (torch.cuda.is_available() is False)")
 def test_after_gpu_count_cuda_visible_devices_still_decides():
     """On a GPU: the count leaves CUDA unstarted, so the GPU a worker then sets is the one CUDA shows it."""
-    code = ("import os\nfrom search.hpo.slots import gpu_count\nn = gpu_count()\n"
+    code = ("import os\nfrom search.devices import gpu_count\nn = gpu_count()\n"
             "os.environ['CUDA_VISIBLE_DEVICES'] = ''\nimport torch\nprint(n, torch._C._cuda_getDeviceCount())\n")
     env = {k: v for k, v in cli_env().items() if k != "CUDA_VISIBLE_DEVICES"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env,

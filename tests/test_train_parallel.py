@@ -61,8 +61,8 @@ def test_parallel_seeds_write_what_the_sequential_run_writes(tmp_path):
 @pytest.mark.parametrize("devices, words", [
     ("cpu,,cpu", "has an empty entry"),
     ("", "has an empty entry"),
-    ("99", "no GPU 99; valid entries: "),
-    ("cpu,gpu0", "no GPU gpu0; valid entries: "),
+    ("99", "no GPU 99 ("),
+    ("cpu,gpu0", "'gpu0' is neither a GPU index nor cpu"),
 ])
 def test_bad_devices_is_one_line_and_writes_nothing(tmp_path, devices, words):
     (tmp_path / "c.yaml").write_text("dataset: digits\nepochs: 1\n")

@@ -1,24 +1,14 @@
-"""The supervisor of `search start`: N worker processes (search/hpo/worker.py) on one study store.
+"""The supervisor of `search start`: N worker processes (search/hpo/worker.py) on one study store, their
+progress lines (search/hpo/progress.py), and what happens when one dies or the user stops them.
 
-The supervisor is the only authority on the budget: a worker asks it for a ticket before each trial, so the
-study ends with exactly the requested number of finished (complete or pruned) trials. A failed trial gives its
-ticket back. The supervisor watches every worker's process sentinel, so a worker that dies (SIGKILL, out of
-memory, crash) is noticed at once: its RUNNING trial is marked FAIL with the reason, its parameters are queued
-once more, and a replacement worker starts. On Ctrl-C or SIGTERM it stops the workers, marks every trial they
-left RUNNING as FAIL ("interrupted") and exits; the same command resumes the study.
-
-Progress (search/hpo/progress.py): a line per worker (trial, epoch, latest value, images/s) and the totals with an
-ETA, redrawn in place on a terminal; elsewhere, a line per finished trial and a summary after 30 s without one.
-
-Stopping (search/interrupt.py): signals are only recorded, and polled at safe points. Workers start with both
-stop signals blocked and ignore SIGINT from their first line, so a terminal's Ctrl-C is the supervisor's alone;
-it sends each live worker one SIGTERM, which the worker's training loop sees at the next batch. A worker that
-already exited is simply joined. Each stopped trial is queued again and resumes from its checkpoint.
+The one thing to know: the supervisor alone keeps the budget. A worker asks it for a ticket before each trial,
+so the study ends with exactly the requested number of finished trials; a failed trial gives its ticket back,
+and a trial whose worker died or was stopped is failed with its reason and queued once more, to resume from its
+checkpoint. Stopping follows search/interrupt.py: Ctrl-C is the supervisor's alone, and each worker gets one SIGTERM.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,7 +19,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import env, interrupt
+from search import interrupt
+from search.devices import Placement, placements
 from search.errors import Interrupted, SearchError
 from search.hpo import objectives as goals
 from search.hpo import progress, queue, worker
@@ -37,7 +28,6 @@ from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
 
-STOP_GRACE_S = 20  # after this, workers that did not stop on SIGTERM are killed (the promise is 30 s)
 # Give up when more trials than this fail in a row: a few failures are a search's normal cost (a diverging lr, a
 # batch too large for the card); a streak longer than every worker failing twice means the cause is not the
 # configurations (a broken data folder, a full disk), and going on would only burn the budget.
@@ -47,11 +37,11 @@ DEATHS_PER_WORKER = 3
 
 
 @dataclass
-class Slot:
+class WorkerProcess:
+    """The supervisor's record of one worker process."""
+
     index: int  # the worker's number; its sampler seed is the study seed + this
-    device: str
-    env: dict[str, str]
-    threads: int
+    place: Placement  # its device, CUDA_VISIBLE_DEVICES and threads
     process: Any = None
     conn: Connection | None = None
     ticket: bool = False  # holds a ticket: a trial is (about to be) running
@@ -60,41 +50,6 @@ class Slot:
     stopped: bool = False  # was told to stop
     ready: bool = False  # has asked for its first ticket: it runs our code, with its SIGTERM handler set
     line: progress.WorkerLine = field(default_factory=progress.WorkerLine)  # what it does now, for the display
-
-
-# Where a GPU driver shows itself (NVIDIA's, WSL's GPU bridge, ROCm's): only there can torch see a GPU.
-GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
-
-
-def gpu_count() -> int:
-    """torch.cuda.device_count(), without importing torch where no GPU driver is installed: the supervisor never
-    trains, and on a CPU machine torch would cost it seconds before its workers start (~3 s on two cores)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not any(map(os.path.exists, GPU_DRIVER_FILES)):
-        return 0
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def plan_devices(workers: int, devices: str | None) -> list[tuple[str, dict[str, str], int]]:
-    """(device, environment, CPU threads) per worker: visible GPUs round-robin, else the CPU cores split evenly."""
-    if devices == "cpu":
-        ids: list[str] = []
-    elif devices:
-        ids = [d.strip() for d in devices.split(",") if d.strip()]
-        count = gpu_count()
-        bad = [d for d in ids if not d.isdigit() or int(d) >= count]
-        if bad:
-            valid = f"0..{count - 1}" if count else "none here (no CUDA GPU is visible); use --devices cpu"
-            raise SearchError(f"--devices {devices}: no GPU {bad[0]}; valid GPU indices: {valid}")
-    else:
-        ids = [str(i) for i in range(gpu_count())]
-    if ids:
-        # Each worker sees only its own GPU, which it knows as cuda:0.
-        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]}, 0) for i in range(workers)]
-    cores = env.cores()
-    threads = max(1, cores // workers)
-    return [("cpu", {"CUDA_VISIBLE_DEVICES": ""}, threads) for _ in range(workers)]
 
 
 @dataclass
@@ -121,8 +76,7 @@ class Supervisor:
         self.already = len(self.study.get_trials(deepcopy=False, states=FINISHED))
         self.budget = trials - self.already
         self.trials, self.timeout, self.seed_offset = trials, timeout, seed_offset
-        self.slots = [Slot(i, dev, env, threads) for i, (dev, env, threads) in
-                      enumerate(plan_devices(workers, devices))]
+        self.slots = [WorkerProcess(i, place) for i, place in enumerate(placements(devices, workers))]
         self.next_index = len(self.slots)
         self.progress = Progress()
         self.abort: str | None = None
@@ -130,24 +84,25 @@ class Supervisor:
 
     # -- worker lifecycle
 
-    def _spawn(self, slot: Slot) -> None:
+    def _spawn(self, slot: WorkerProcess) -> None:
         parent, child = self.ctx.Pipe()
         slot.process = self.ctx.Process(
             target=worker.supervised, name=f"search-worker-{slot.index}", daemon=True,
-            args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.device, slot.threads))
+            args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.place.device,
+                  slot.place.threads))
         # Its own CUDA_VISIBLE_DEVICES; it starts deaf to Ctrl-C, and SIGTERM waits for its handler.
-        interrupt.start_shielded(slot.process, slot.env)
+        interrupt.start_shielded(slot.process, slot.place.env)
         child.close()
         slot.conn, slot.ticket, slot.waiting, slot.trial, slot.stopped = parent, False, False, None, False
 
-    def _replace(self, dead: Slot) -> Slot:
-        slot = Slot(self.next_index, dead.device, dead.env, dead.threads)
+    def _replace(self, dead: WorkerProcess) -> WorkerProcess:
+        slot = WorkerProcess(self.next_index, dead.place)
         self.next_index += 1
         self.slots[self.slots.index(dead)] = slot
         self._spawn(slot)
         return slot
 
-    def _worker_name(self, slot: Slot) -> str:
+    def _worker_name(self, slot: WorkerProcess) -> str:
         return f"worker {slot.index} (pid {slot.process.pid})"
 
     def _fail_trial(self, number: int, reason: str, *, interrupted: bool = False) -> None:
@@ -179,7 +134,7 @@ class Supervisor:
                 slot.waiting, slot.ticket = False, True
                 in_flight += 1
 
-    def _on_message(self, slot: Slot, msg: worker.Message) -> None:
+    def _on_message(self, slot: WorkerProcess, msg: worker.Message) -> None:
         p = self.progress
         if isinstance(msg, worker.Ticket):
             slot.waiting = slot.ready = True
@@ -211,7 +166,7 @@ class Supervisor:
         where = "" if self.storage_url == resolve_url(None) else f" --storage {mask(self.storage_url)}"
         return f"search status --study {self.spec.name}{where} --trial {number}"
 
-    def _on_death(self, slot: Slot) -> None:
+    def _on_death(self, slot: WorkerProcess) -> None:
         slot.process.join()
         code = slot.process.exitcode
         if slot.stopped and code == 0:
@@ -264,9 +219,8 @@ class Supervisor:
             if interrupt.requested():
                 return self._shutdown()
             self._spawn(slot)
-        devices = sorted({f"GPU {s.env['CUDA_VISIBLE_DEVICES']}" if s.device.startswith("cuda")
-                          else f"cpu ({s.threads} threads each)" for s in self.slots})
-        self.echo(f"study '{self.spec.name}': {len(self.slots)} workers on {', '.join(devices)}; "
+        names = sorted({s.place.name.replace(" threads)", " threads each)") for s in self.slots})
+        self.echo(f"study '{self.spec.name}': {len(self.slots)} workers on {', '.join(names)}; "
                   f"{self.already} finished before, {self.budget} to go")
         while any(s.process.is_alive() or s.conn is not None for s in self.slots):
             if interrupt.requested():
@@ -304,19 +258,9 @@ class Supervisor:
         live = [s for s in started if s.process.is_alive()]
         if live:
             self.echo(f"{signame}: stopping {len(live)} workers...")
-        for slot in live:
-            # One SIGTERM; a worker that exited meanwhile is fine (terminate ignores it). A worker still starting
-            # (importing torch, opening the study) holds no trial and no write: it is killed rather than waited for.
-            if slot.ready:
-                slot.process.terminate()
-            else:
-                slot.process.kill()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for slot in started:
-            slot.process.join(max(0.0, deadline - time.monotonic()))
-            if slot.process.is_alive():  # stuck in a call that never returns to Python: its trial is failed below
-                slot.process.kill()
-                slot.process.join()
+        # A worker still starting (importing torch, opening the study) holds no trial and no write: it is killed
+        # rather than waited for; one stuck past the grace period is killed, and its trial failed below.
+        interrupt.stop_children([s.process for s in started], starting=[s.process for s in started if not s.ready])
         mine = {worker_id(s.process.pid) for s in started}
         stopped = {s.trial for s in started if s.trial is not None}  # a worker failed its own, or we do below
         stopped |= {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -390,7 +334,7 @@ def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | Non
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     try:
         with interrupt.raising():  # may load torch (a GPU machine): seconds, and nothing written yet
-            plan_devices(workers, devices)  # a bad --devices fails before anything is written
+            placements(devices, workers)  # a bad --devices fails before anything is written
         prepare_data(spec)
         ensure_study(spec, storage_url, allow_changes=allow_changes)
         interrupt.check()

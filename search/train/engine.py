@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from torch import nn
 
 from models import ModelError, build_model
 from search import interrupt
+from search.devices import physical_name, visible
 from search.errors import SearchError
 from search.train import checkpoint as checkpoint_mod
 from search.train import config as config_mod
@@ -77,19 +77,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     raise SearchError(f"precision '{name}' is not known; valid: auto, bf16, fp16, fp32")
 
 
-def physical_gpu(index: int, visible: str | None) -> str:
-    """The card that CUDA's device ``index`` is, as the machine names it: "GPU 2" when CUDA_VISIBLE_DEVICES=2.
-
-    ``visible`` is the value of CUDA_VISIBLE_DEVICES (None or "" when unset: every card, in CUDA's order). A UUID
-    entry (GPU-..., MIG-...) is returned as it is.
-    """
-    entries = [e.strip() for e in (visible or "").split(",") if e.strip()]
-    if index < len(entries):
-        entry = entries[index]
-        return f"GPU {entry}" if entry.isdigit() else entry
-    return f"GPU {index}"
-
-
 def device_label(device: torch.device) -> str:
     """Which card a worker trains on: "cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)"; "cpu" else.
 
@@ -102,7 +89,7 @@ def device_label(device: torch.device) -> str:
     details = [props.name]
     if all(hasattr(props, k) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
         details.append(f"PCI {props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
-    return f"cuda:{index} = {physical_gpu(index, os.environ.get('CUDA_VISIBLE_DEVICES'))} ({', '.join(details)})"
+    return f"cuda:{index} = {physical_name(index, visible())} ({', '.join(details)})"
 
 
 def _grad_scaler(enabled: bool) -> Any:

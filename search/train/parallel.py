@@ -2,8 +2,8 @@
 `search export --rerank K --devices LIST`: the K trials' seeds, all in one such pool).
 
 Each device gets one process, spawned (fresh interpreters: no CUDA or thread state forked from the parent) with its
-own environment, as `search start`'s workers are: a GPU index is the process's only visible card (its cuda:0,
-through CUDA_VISIBLE_DEVICES), and the `cpu` entries split the cores between them (torch.set_num_threads). The
+own environment, as `search start`'s workers are (search/devices.py): a GPU index is the process's only visible
+card (its cuda:0), and the `cpu` entries split the cores between them (torch.set_num_threads). The
 parent hands the runs out in order, one at a time, to whichever process is free, over a pipe per process; that is
 why this is a small pool of our own rather than a ProcessPoolExecutor, whose initializer cannot give each process a
 different device. Each run writes its folder itself (`engine.train`, atomic writes); the parent writes
@@ -23,37 +23,16 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from search import env, interrupt
+from search import interrupt
+from search.devices import Placement, placements
 from search.errors import SearchError
 from search.train.config import TrainConfig
 
-STOP_GRACE_S = 20  # after this, a process that did not stop on SIGTERM is killed (as search/hpo/supervisor.py)
 
-
-def plan(devices: str, processes: int) -> list[tuple[str, dict[str, str], int]]:
-    """(device, environment, CPU threads) for the first ``processes`` entries of ``devices`` ("0,1": GPU indices,
-    "cpu,cpu"), every entry checked; the `cpu` ones among them split the cores evenly."""
-    ids = [d.strip() for d in devices.split(",")]
-    if not all(ids):
-        raise SearchError(f"--devices {devices!r} has an empty entry; valid: GPU indices and 'cpu', e.g. 0,1 or "
-                          f"cpu,cpu")
-    gpus = [d for d in ids if d != "cpu"]
-    if gpus:
-        import torch
-
-        count = torch.cuda.device_count()
-        bad = [d for d in gpus if not d.isdigit() or int(d) >= count]
-        if bad:
-            valid = f"0..{count - 1} or cpu" if count else "cpu (no CUDA GPU is visible here)"
-            raise SearchError(f"--devices {devices}: no GPU {bad[0]}; valid entries: {valid}")
-    ids = ids[:processes]  # more devices than seeds: the extra ones start no process
-    cpus = ids.count("cpu")
-    cores = env.cores()
-    threads = max(1, cores // cpus) if cpus else 0
-    # An index counts among the cards this process sees: under CUDA_VISIBLE_DEVICES=2,3, "0" is GPU 2.
-    visible = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if e.strip()]
-    return [("cpu", {"CUDA_VISIBLE_DEVICES": ""}, threads) if d == "cpu"
-            else ("cuda:0", {"CUDA_VISIBLE_DEVICES": visible[int(d)] if visible else d}, 0) for d in ids]
+def plan(devices: str, processes: int) -> list[Placement]:
+    """The pool's processes: one per entry of ``devices`` (search/devices.py's grammar), at most ``processes``
+    (more devices than runs: the extra ones start no process)."""
+    return placements(devices, processes, per_entry=True)
 
 
 Job = tuple[TrainConfig, int, Path]  # (config, seed, run folder): one `engine.train` run
@@ -79,8 +58,7 @@ def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[
     rerank of `search export` hands several trials' seeds to one pool, so no device waits for another trial)."""
     slots = plan(devices, len(jobs))
     interrupt.check()
-    names = ", ".join(f"GPU {env['CUDA_VISIBLE_DEVICES']}" if dev != "cpu" else f"cpu ({threads} threads)"
-                      for dev, env, threads in slots)
+    names = ", ".join(p.name for p in slots)
     print(f"training {what or f'{len(jobs)} runs'} in parallel on {names}", file=sys.stderr, flush=True)
     pool = _Pool(slots)
     try:
@@ -91,18 +69,18 @@ def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[
 
 
 class _Pool:
-    def __init__(self, slots: list[tuple[str, dict[str, str], int]]) -> None:
+    def __init__(self, slots: list[Placement]) -> None:
         self.slots = slots
         self.ctx = mp.get_context("spawn")
         self.procs: list[Any] = []
         self.conns: list[Connection | None] = []
         self.busy: list[tuple[int, Job] | None] = []  # (index, job) of the run each process trains now
 
-    def _spawn(self, device: str, env: dict[str, str], threads: int) -> None:
+    def _spawn(self, place: Placement) -> None:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_child, args=(child, device, threads),
+        proc = self.ctx.Process(target=_child, args=(child, place.device, place.threads),
                                 name=f"search-train-{len(self.procs)}", daemon=True)
-        interrupt.start_shielded(proc, env)  # its own CUDA_VISIBLE_DEVICES; deaf to Ctrl-C until its first line
+        interrupt.start_shielded(proc, place.env)  # its own CUDA_VISIBLE_DEVICES; deaf to Ctrl-C until its first line
         child.close()
         self.procs.append(proc)
         self.conns.append(parent)
@@ -113,7 +91,7 @@ class _Pool:
         todo, results = list(enumerate(jobs)), {}
         for slot in self.slots:
             interrupt.check()
-            self._spawn(*slot)
+            self._spawn(slot)
         for i in range(len(self.procs)):
             self._hand_out(i, todo)
         while any(b is not None for b in self.busy):
@@ -136,8 +114,7 @@ class _Pool:
                     proc.join()
                     what = f"seed {self.busy[i][1][1]} ({self.busy[i][1][2]})" if self.busy[i] else "nothing"
                     interrupt.check()  # a child stopped by the same Ctrl-C is no failure of its own
-                    raise SearchError(f"the process training {what} on {self.slots[i][0]} "
-                                      f"(CUDA_VISIBLE_DEVICES={self.slots[i][1]['CUDA_VISIBLE_DEVICES']!r}) died "
+                    raise SearchError(f"the process training {what} on {self.slots[i].name} died "
                                       f"(exit code {proc.exitcode}); the seeds that finished are kept")
         return results
 
@@ -155,17 +132,7 @@ class _Pool:
     def stop(self) -> None:
         """One SIGTERM to each live process (a finished one is simply joined); kill any still alive after the
         grace period."""
-        import time
-
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in self.procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        interrupt.stop_children(self.procs)
 
 
 def _receive(conn: Connection) -> tuple[str, Any] | None:
