@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from search.errors import Interrupted, SearchError
 from search.hpo.urls import DEFAULT_STORAGE
 
 # `search --help` lists the commands in the order a user meets them; a command left out comes last.
-COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "enqueue", "worker", "studies", "proxy")
+COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "enqueue", "worker", "submit", "studies",
+                 "proxy")
 
 
 class _OneLineErrors(click.Group):
@@ -77,8 +79,20 @@ ALLOW_CHANGES = click.option(
 
 
 def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
-    """The --storage option of every command that opens the study store; only the first words of its help differ."""
-    return click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}).")
+    """The --storage option of every command that opens the study store (only the first words of its help differ),
+    with --allow-network-sqlite beside it."""
+    url = click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
+                                         f"filesystem: journal:///abs/path/study.log).")
+    allow = click.option("--allow-network-sqlite", is_flag=True, expose_value=False, callback=_allow_network_sqlite,
+                         help="Use a SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) although its "
+                              "locking is unsafe there.")
+    return lambda fn: url(allow(fn))
+
+
+def _allow_network_sqlite(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # Through the environment, so that the workers this command starts allow it too.
+    if value:
+        os.environ["SEARCH_ALLOW_NETWORK_SQLITE"] = "1"
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,6 +238,51 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
                                   echo=click.echo))
 
 
+@main.command(short_help="Run a search on SLURM: one job array of `search worker` tasks.")
+@click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
+@click.option("--workers", type=click.IntRange(min=1), required=True, help="Tasks of the job array: one worker each.")
+@click.option("--gpus-per-worker", "gpus", type=click.IntRange(0, 1), default=1, show_default=True,
+              help="GPUs per task (0: train on the CPU).")
+@click.option("--cpus-per-worker", "cpus", type=click.IntRange(min=1), help="CPU cores per task (SLURM's default: 1).")
+@click.option("--mem", help="Memory per task, e.g. 16G.")
+@click.option("--time", "time_limit", metavar="TIME", help="Time limit per task, e.g. 4:00:00 (SLURM's forms).")
+@click.option("--partition", help="SLURM partition.")
+@click.option("--account", help="SLURM account to charge.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="Any other sbatch option, e.g. --sbatch-arg=--signal=B:TERM@120 (repeat for more).")
+@storage_option("Study store URL the tasks share: journal:///abs/path or postgresql://")
+@click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
+@ALLOW_CHANGES
+@_stops_at_once
+def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | None, time_limit: str | None,
+           partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: str | None,
+           dry_run: bool, allow_changes: bool) -> None:
+    """Run a search on SLURM: one job array of N tasks, each a `search worker` on the study."""
+    from search.hpo import slurm
+    from search.hpo.urls import mask, resolve_url
+
+    spec = _spec(study)
+    shipped = not Path(study).exists()  # a name of a shipped study; a file is given to the tasks by its full path
+    job = slurm.Job(study=study if shipped else str(Path(study).absolute()), name=spec.name, workers=workers,
+                    storage=resolve_url(storage), gpus=gpus, cpus=cpus, mem=mem, time=time_limit, partition=partition,
+                    account=account, sbatch_args=sbatch_args)
+    slurm.check(job)
+    if dry_run:
+        click.echo(slurm.script(job), nl=False)
+        return
+    from search.hpo import supervisor
+
+    slurm.submit(job, test_only=True)  # sbatch's checks of the options, before the study is written
+    supervisor.prepare_data(spec)  # on the login node: compute nodes often cannot download
+    supervisor.ensure_study(spec, job.storage, allow_changes=allow_changes)
+    job_id = slurm.submit(job)
+    click.echo(f"submitted job array {job_id}: {workers} workers on study '{spec.name}' in {mask(job.storage)}")
+    click.echo(f"watch it:  squeue -j {job_id}")
+    shown = mask(job.storage)
+    where = f" --storage {shown}" if shown == job.storage else "   (with $SEARCH_STORAGE set to the store's URL)"
+    click.echo(f"           search status --study {spec.name}{where}")
+
+
 @main.command(short_help="A study's progress and best trials, or one trial in detail.")
 @click.option("--study", required=True)
 @storage_option()
@@ -352,10 +411,14 @@ def enqueue(study: str, file: Path, storage: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--artifacts", "artifacts_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite store).")
+              help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite or journal "
+                   "store).")
 @_stops_at_once
 def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | None) -> None:
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
+    import threading
+    from wsgiref.simple_server import make_server
+
     import optuna_dashboard
 
     from search.hpo.storage import open_storage
@@ -368,11 +431,20 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the dashboard is bound to all interfaces (%s): anyone who can reach "
                                             "this machine can see and change the study", host)
+    app = optuna_dashboard.wsgi(store, artifact_store=artifacts.open_store(folder) if folder is not None else None)
+    try:
+        server = make_server(host, port, app)
+    except OSError as err:
+        raise SearchError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port") from None
     where = f", trial files in {folder}" if folder is not None else ""
     click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/{where} (Ctrl-C to stop)")
+    # wsgiref catches every exception raised while it answers a request, a stop signal's too: served from a thread,
+    # so that the signal reaches this one (Python runs handlers in the main thread), waiting here.
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
     try:
-        optuna_dashboard.run_server(store, host=host, port=port,
-                                    artifact_store=artifacts.open_store(folder) if folder is not None else None)
+        while serving.is_alive():
+            serving.join(0.5)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: not an error
         click.echo("dashboard stopped")
 
@@ -386,13 +458,13 @@ def studies(storage: str | None) -> None:
 
     from search.hpo.storage import open_storage
     from search.hpo.studies import list_study_files
-    from search.hpo.urls import mask, resolve_url, sqlite_path
+    from search.hpo.urls import mask, resolve_url, store_file
 
     click.echo("study files:")
     for name, path in list_study_files().items():
         click.echo(f"  {name:<16} {path}")
     url = resolve_url(storage)
-    path = sqlite_path(url)
+    path = store_file(url)
     if path is not None and not path.exists():
         click.echo(f"no study store at {path} yet")
         return

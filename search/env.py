@@ -15,6 +15,8 @@ VARIABLES: dict[str, str] = {
     "SEARCH_ARTIFACTS": "the folder of the trials' files (default: artifacts/ beside a SQLite store)",
     "SEARCH_HEARTBEAT_S": "seconds between a running trial's heartbeats (default 10)",
     "SEARCH_GRACE_S": "seconds without a heartbeat before a running trial is failed and retried (default 3 beats)",
+    "SEARCH_ALLOW_NETWORK_SQLITE": "any value: use a SQLite store on a network filesystem anyway "
+                                   "(--allow-network-sqlite sets it)",
     "SEARCH_PROXY_WAIT_S": "seconds a worker waits for a grpc:// storage proxy to answer (default 30)",
     "SEARCH_SLOTS": "the folder of the per-host worker slots (default search-slots-UID in the temporary folder)",
     "SEARCH_WORKERS_PER_HOST": "how many `search worker` processes share this host (default: the slots held)",

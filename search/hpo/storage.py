@@ -22,6 +22,7 @@ import random
 import sqlite3
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -33,7 +34,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from search import env
 from search.errors import SearchError
-from search.hpo.urls import mask, mask_text, resolve_url, sqlite_path
+from search.hpo import journal, netfs
+from search.hpo.urls import JOURNAL, mask, mask_text, resolve_url, sqlite_path
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states a trial budget counts
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -199,6 +201,8 @@ def claim_study_attr(storage: optuna.storages.BaseStorage, study_name: str, key:
     back to Optuna's read-then-write.
     """
     study_id = storage.get_study_id_from_name(study_name)
+    if journal.is_journal(storage):
+        return journal.claim_study_attr(storage, study_id, key, value)  # type: ignore[arg-type]
     if not isinstance(storage, optuna.storages.RDBStorage):
         if key in storage.get_study_user_attrs(study_id):
             return False
@@ -246,6 +250,8 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
     url = resolve_url(url)
     if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/hpo/proxy.py
         return grpc_storage(url)
+    if url.startswith(JOURNAL):  # a file on a shared filesystem: see search/hpo/journal.py
+        return journal.open_journal(url, must_exist=must_exist, **_heartbeat(heartbeat))
     try:
         backend = make_url(url).get_backend_name()
     except Exception:
@@ -259,15 +265,14 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
             raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
         if path is not None and not path.parent.exists():
             raise SearchError(f"storage folder {path.parent} does not exist")
+        if path is not None:
+            refuse_network_sqlite(path)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     elif backend.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
         kwargs["pool_pre_ping"] = True
         url_for_engine = _postgres_driver(url)
-    hb: dict[str, Any] = {}
-    if heartbeat:
-        beat, grace = heartbeat_settings()
-        hb = dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
+    hb = _heartbeat(heartbeat)
     try:
         cls = SQLiteStorage if backend == "sqlite" else optuna.storages.RDBStorage
         # Creating the tables races with other workers starting at the same moment: retried too.
@@ -276,6 +281,24 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
         text = str(getattr(err, "orig", None) or err).strip()
         reason = text.splitlines()[0] if str(err).strip() else type(err).__name__
         raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
+
+
+def refuse_network_sqlite(path: Path) -> None:
+    """SQLite on NFS, Lustre, GPFS, ...: refused (search/hpo/netfs.py says why), unless the user allowed it."""
+    fs = netfs.network_filesystem(path.parent)
+    if fs is None or env.text("SEARCH_ALLOW_NETWORK_SQLITE"):
+        return
+    raise SearchError(f"{path} is on {fs}, where SQLite's file locking is unsafe and a study can be corrupted "
+                      f"silently; use --storage journal://{path.with_suffix('.log').absolute()} (made for shared "
+                      f"filesystems) or a PostgreSQL URL, or pass --allow-network-sqlite to use it anyway")
+
+
+def _heartbeat(on: bool) -> dict[str, Any]:
+    """The heartbeat arguments of a store that records them (RDB and journal stores take the same)."""
+    if not on:
+        return {}
+    beat, grace = heartbeat_settings()
+    return dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
 
 
 def _postgres_driver(url: str) -> str:
@@ -303,6 +326,7 @@ def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, interrup
     """
     clean = copy.deepcopy(trial)
     clean.user_attrs = {"retry_of": trial.number}
+    clean.system_attrs.pop(journal.BEAT, None)  # the retry's heartbeats are its own
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None if interrupted else 1)(study, clean)
 
 

@@ -1,7 +1,7 @@
 """Each trial's learning curve and confusion matrix as Optuna artifacts, shown by optuna-dashboard with the trial.
 
 Where the files go: ``--artifacts DIR`` (of `search dashboard`), else ``$SEARCH_ARTIFACTS``, else ``artifacts/``
-beside a SQLite study file. Other stores (PostgreSQL, a gRPC proxy) have no default folder: set
+beside a SQLite or journal study file. Other stores (PostgreSQL, a gRPC proxy) have no default folder: set
 ``$SEARCH_ARTIFACTS`` to a folder every worker and the dashboard can reach, or their trials carry no files.
 
 What: every trial that trained at least one epoch gets ``trial-N-learning-curve.png`` and ``.csv`` (pruned and
@@ -25,7 +25,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
 from search import env
-from search.hpo.urls import sqlite_path
+from search.hpo.urls import store_file
 
 log = logging.getLogger("search")
 ENV = "SEARCH_ARTIFACTS"
@@ -34,14 +34,15 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_auc", "lr"
 
 
 def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = None) -> Path | None:
-    """The artifact folder for a study store: explicit, else $SEARCH_ARTIFACTS, else beside a SQLite file."""
+    """The artifact folder for a study store: explicit, else $SEARCH_ARTIFACTS, else beside a SQLite or journal
+    file."""
     if explicit:
         return Path(explicit).expanduser()
     from_env = env.path(ENV)
     if from_env is not None:
         return from_env
     try:
-        db = sqlite_path(storage_url) if storage_url else None
+        db = store_file(storage_url) if storage_url else None
     except Exception:  # not a SQLAlchemy URL (grpc://...): no default
         db = None
     return db.parent / "artifacts" if db is not None else None
@@ -52,8 +53,11 @@ def storage_url(storage: Any) -> str | None:
     # Optuna 4.x wraps an RDBStorage in its private _CachedStorage, whose `_backend` is the RDBStorage; no public
     # call returns a trial's storage URL. This is the one place that reads it: if a later Optuna renames it, the
     # trials only lose their dashboard files (None: no folder), never their results.
-    url = getattr(getattr(storage, "_backend", storage), "url", None)
-    return url if isinstance(url, str) else None
+    for holder in (storage, getattr(storage, "_backend", None)):  # a journal store carries its own url
+        url = getattr(holder, "url", None)
+        if isinstance(url, str):
+            return url
+    return None
 
 
 def open_store(folder: Path) -> FileSystemArtifactStore:

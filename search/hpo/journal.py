@@ -1,0 +1,100 @@
+"""The journal store: Optuna's JournalStorage on one append-only file, for folders on a network filesystem.
+
+SQLite's locking is unsafe on NFS, Lustre, GPFS and the like (Optuna's and SQLite's own docs say so): a study kept
+there can be corrupted silently. Optuna's JournalFileBackend appends each operation as one JSON line under a lock
+made for those filesystems (`JournalFileOpenLock`: an O_EXCL create, atomic on NFSv3 and later), and every
+process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:study.log`` (search/hpo/urls.py).
+
+What the RDB stores do in SQL is done here through the log:
+- Taking a queued trial (WAITING -> RUNNING) is Optuna's own: the log's order decides, and only the process whose
+  line came first owns the trial (JournalStorage.set_trial_state_values).
+- A study attribute set once (`claim_study_attr`) is decided under a second lock file, ``<file>.claim.lock``:
+  read, check and append while holding it.
+- Heartbeats, which JournalStorage lacks: each beat of a running trial is a trial system attribute holding the
+  wall-clock time; a RUNNING trial whose last beat (or start) is older than the grace period is stale. The clocks
+  of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (30 s by
+  default) is far above their usual skew.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import SearchError
+from search.hpo.urls import journal_path
+
+BEAT = "search:heartbeat"  # trial system attribute: the wall-clock time (s) of the last heartbeat
+CLAIM_SUFFIX = ".claim"  # the lock file of claim_study_attr: <file>.claim.lock
+
+
+class JournalStore(JournalStorage, BaseHeartbeat):
+    """JournalStorage with heartbeats, so that Optuna fails a dead worker's trial and retries it, as on RDB stores
+    (`heartbeat_interval` None: no heartbeat, as RDBStorage without one)."""
+
+    def __init__(self, path: Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+        super().__init__(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        self.path = path
+        self.url = f"journal://{path}" if path.is_absolute() else f"journal:{path}"  # artifacts.storage_url reads it
+        self._beat = heartbeat_interval
+        self._grace = grace_period
+        self._on_stale = heartbeat_stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, BEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        assert self._grace is not None
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            # A retried trial copies its predecessor's system attributes, an old beat included: its start counts.
+            started = t.datetime_start.timestamp() if t.datetime_start is not None else now
+            if now - max(t.system_attrs.get(BEAT, 0.0), started) > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._beat
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._on_stale
+
+
+def open_journal(url: str, *, must_exist: bool, **heartbeat: Any) -> JournalStore:
+    """The journal store at ``url``; ``must_exist``: a read-only command never creates the file."""
+    path = journal_path(url)
+    assert path is not None, url
+    path = path.absolute()  # the dashboard's server and spawned workers may run in another folder
+    if must_exist and not path.exists():
+        raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
+    if not path.parent.is_dir():
+        raise SearchError(f"storage folder {path.parent} does not exist")
+    try:
+        return JournalStore(path, **heartbeat)
+    except OSError as err:
+        raise SearchError(f"cannot open storage {url}: {err.strerror or err}") from None
+
+
+def claim_study_attr(storage: JournalStore, study_id: int, key: str, value: Any) -> bool:
+    """storage.claim_study_attr on a journal: under the claim lock, set ``key`` only if no process has yet."""
+    lock = JournalFileOpenLock(str(storage.path) + CLAIM_SUFFIX)
+    lock.acquire()
+    try:
+        if key in storage.get_study_user_attrs(study_id):  # reads the log up to its end first
+            return False
+        storage.set_study_user_attr(study_id, key, value)  # appended before the lock is released
+        return True
+    finally:
+        lock.release()
+
+
+def is_journal(storage: BaseStorage) -> bool:
+    return isinstance(storage, JournalStore)

@@ -1,0 +1,156 @@
+"""`search submit`: a search as one SLURM job array, each task one `search worker` on the same study.
+
+The job is a generated sbatch script (printed by --dry-run), not submitit's pickled callables: a task runs the same
+`search worker` command a user would type, so the script can be read, kept and resubmitted by hand; nothing
+pickled crosses machines (files read back are data, never code); and resuming needs nothing of submitit's: the
+study store and the trials' checkpoints already hold all the state, so a task that is stopped, or requeued after
+a preemption, loses at most the epoch in flight.
+
+Stopping: the script `exec`s the worker, so the batch process *is* the worker and receives SLURM's signals itself:
+SIGTERM at the time limit or at a scancel (then SIGKILL after the cluster's KillWait), and the warning signal that
+``--sbatch-arg=--signal=B:TERM@SECONDS`` asks for before the limit. The worker stops its trial at the next batch
+and queues it again in the store (search/hpo/worker.py); another task, or this one requeued after a preemption
+(`--requeue`), resumes it from its checkpoint. A task killed outright (node failure) stops beating: its trial is
+failed and retried through the store's heartbeat.
+
+GPUs: ``--gres=gpu:1`` per task, and the worker trains on the GPU SLURM allocated to it, through the
+CUDA_VISIBLE_DEVICES SLURM sets (cuda:0 inside the task); no physical index is chosen here.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from search.errors import SearchError
+from search.hpo.urls import JOURNAL, journal_path, mask, sqlite_path
+
+# sbatch's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
+_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
+_MEMORY = re.compile(r"^\d+[KMGT]?$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What `search submit` asks SLURM for."""
+
+    study: str  # what the tasks pass to `search worker --study`: a shipped study's name or an absolute path
+    name: str  # the study's name in the store
+    workers: int
+    storage: str  # the store's URL (given to the tasks through the environment, never written in the script)
+    gpus: int = 1
+    cpus: int | None = None
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = field(default_factory=tuple)
+    folder: Path = field(default_factory=Path.cwd)  # where the tasks start and write their logs
+
+
+def check(job: Job) -> None:
+    """Every option, before anything is written or queued: one line for the first that is wrong."""
+    if job.gpus > 1:
+        raise SearchError(f"--gpus-per-worker {job.gpus}: a worker trains one trial at a time on one GPU; for more "
+                          f"GPUs ask for more workers (--workers {job.workers * job.gpus} --gpus-per-worker 1)")
+    if job.time is not None and not _TIME.match(job.time):
+        raise SearchError(f"--time {job.time!r} is not a SLURM time limit; e.g. 90 (minutes), 4:00:00 or 1-12:00:00")
+    if job.mem is not None and not _MEMORY.match(job.mem):
+        raise SearchError(f"--mem {job.mem!r} is not a SLURM memory size; e.g. 16G or 8000M")
+    for option, value in (("--partition", job.partition), ("--account", job.account)):
+        if value is not None and not _NAME.match(value):
+            raise SearchError(f"{option} {value!r} is not a SLURM name (letters, digits, '_', '.', '-')")
+    for arg in job.sbatch_args:
+        if not arg.startswith("-") or "\n" in arg:
+            raise SearchError(f"--sbatch-arg {arg!r} is not an sbatch option; e.g. --sbatch-arg=--qos=long "
+                              f"or --sbatch-arg=--signal=B:TERM@120")
+    check_store(job.storage)
+
+
+def check_store(url: str) -> None:
+    """The tasks run on other nodes: the store must be one they all reach safely."""
+    if url.startswith(JOURNAL):
+        path = journal_path(url)
+        assert path is not None
+        if not path.is_absolute():
+            raise SearchError(f"--storage {url}: the tasks start in other folders; give the journal's absolute path, "
+                              f"e.g. journal://{path.absolute()}")
+        if not path.parent.is_dir():
+            raise SearchError(f"storage folder {path.parent} does not exist")
+        return
+    if url.startswith("grpc://"):
+        return
+    try:
+        db = sqlite_path(url)
+        sqlite = url.startswith("sqlite")
+    except Exception:
+        raise SearchError(f"storage URL '{mask(url)}' is not valid; examples: journal:///shared/path/study.log, "
+                          f"postgresql://user@host:5432/db") from None
+    if sqlite:
+        where = f"journal://{(db.with_suffix('.log') if db else Path('search.log')).absolute()}"
+        raise SearchError(f"search submit needs a store that tasks on other nodes can share safely, not SQLite "
+                          f"({mask(url)}); use --storage {where} on a shared filesystem, or a PostgreSQL URL")
+
+
+def launcher() -> str:
+    """The `search` command the tasks run: this installation's, by its absolute path (the nodes share it)."""
+    here = Path(sys.executable).with_name("search")
+    found = str(here) if here.exists() else shutil.which("search")
+    return shlex.quote(found) if found else f"{shlex.quote(sys.executable)} -m search"
+
+
+def script(job: Job) -> str:
+    """The sbatch script of the job array."""
+    lines = ["#!/bin/bash",
+             f"#SBATCH --job-name=search-{job.name}",
+             f"#SBATCH --array=0-{job.workers - 1}",
+             "#SBATCH --ntasks=1",
+             f"#SBATCH --chdir={job.folder}",
+             f"#SBATCH --output={job.folder}/search-{job.name}-%A_%a.out",
+             "#SBATCH --requeue"]
+    if job.cpus is not None:
+        lines.append(f"#SBATCH --cpus-per-task={job.cpus}")
+    if job.gpus:
+        lines.append(f"#SBATCH --gres=gpu:{job.gpus}")
+    for option, value in (("mem", job.mem), ("time", job.time), ("partition", job.partition),
+                          ("account", job.account)):
+        if value is not None:
+            lines.append(f"#SBATCH --{option}={value}")
+    lines += [f"#SBATCH {arg}" for arg in job.sbatch_args]
+    device = "cuda" if job.gpus else "cpu"
+    lines += [
+        "",
+        f"# The study store, {mask(job.storage)}, comes in $SEARCH_STORAGE from the environment of `search submit`",
+        "# (sbatch exports it), so that no password is written here.",
+        'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+        "# exec: this process becomes the worker and receives SLURM's signals (time limit, scancel) itself.",
+        f"exec {launcher()} worker --study {shlex.quote(job.study)} --device {device}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def submit(job: Job, *, test_only: bool = False) -> str:
+    """Queue the job array; returns its job id. ``test_only``: sbatch checks the script and its options and queues
+    nothing (--test-only). sbatch's own refusal is one line, and nothing is queued then."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise SearchError("sbatch is not on the PATH: run search submit on a SLURM login node")
+    env = {**os.environ, "SEARCH_STORAGE": job.storage}
+    try:
+        done = subprocess.run([sbatch, "--test-only" if test_only else "--parsable", "--export=ALL"],
+                              input=script(job), text=True, capture_output=True, env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise SearchError("sbatch did not answer within 120 s; is slurmctld reachable? (try: sinfo)") from None
+    if done.returncode != 0:
+        said = next((line for line in (done.stderr + done.stdout).splitlines() if line.strip()), "")
+        for prefix in ("sbatch: ", "error: "):
+            said = said.strip().removeprefix(prefix)
+        raise SearchError(f"sbatch refused the job: {said or f'exit status {done.returncode}'}")
+    return done.stdout.strip().split(";")[0]

@@ -1,0 +1,204 @@
+"""`search submit` on a real SLURM: the one-node slurmctld + slurmd of deploy/slurm/local.sh (which .ci/run installs
+and starts). Job arrays meet their budget on the journal store and on PostgreSQL; a task cancelled mid-trial and
+one stopped at its time limit leave their trials to be resumed from their checkpoints by other tasks.
+
+Skipped, with the reason, where SLURM is not installed or does not start."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.hpo.storage import open_storage
+from tests import pg
+from tests.helpers import FINISHED, by_state, cli_env, search_cmd, wait_for, write_medmnist_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("SEARCH_SLURM_DIR", "/tmp/search-slurm"))
+CONF = STATE / "slurm.conf"
+
+
+def _slurm_up() -> str | None:
+    """Start the local SLURM if it is installed and not running; the reason it cannot be used, or None."""
+    try:
+        done = subprocess.run(["bash", str(ROOT / "deploy" / "slurm" / "local.sh"), "start"], capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "the local SLURM did not start within 120 s (deploy/slurm/local.sh start)"
+    if done.returncode != 0:
+        return f"no local SLURM: {' '.join((done.stderr or done.stdout).split())}"
+    return None
+
+
+_why = _slurm_up()
+if _why:
+    pytest.skip(_why, allow_module_level=True)
+
+# Trials of many short epochs (one batch of a small MedMNIST-format file): a stop always falls inside a trial, and
+# the whole file costs little CPU on a small machine. No pruner: every trial runs all its epochs.
+STUDY = """\
+name: {name}
+dataset: organamnist
+data_dir: {data_dir}
+metric: val_acc
+epochs: {epochs}
+trials: {trials}
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+space:
+  lr: {{type: float, low: 0.001, high: 0.01, log: true}}
+  dropout: {{type: float, low: 0.0, high: 0.5}}
+fixed:
+  architecture: simple_cnn_v1
+  batch_size: 256
+  optimizer: adam
+"""
+
+
+def _study(tmp_path: Path, name: str, *, epochs: int, trials: int) -> Path:
+    write_medmnist_npz(tmp_path / "organamnist.npz", channels=1, classes=11, counts=(256, 64, 64))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, data_dir=tmp_path, epochs=epochs, trials=trials))
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return cli_env(SLURM_CONF=str(CONF), SEARCH_HEARTBEAT_S="2", SEARCH_GRACE_S="10", **extra)
+
+
+def _submit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(search_cmd() + ["submit", *args], cwd=tmp_path, capture_output=True, text=True,
+                          env=_env(), timeout=300)
+
+
+def _job_id(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("submitted job array "), done.stdout
+    job = first.split()[3].rstrip(":")
+    assert f"squeue -j {job}" in done.stdout and "search status --study" in done.stdout
+    return job
+
+
+def _queued(job: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %T"], capture_output=True, text=True, env=_env(),
+                         timeout=60)
+    return out.stdout.split("\n") if out.stdout.strip() else []
+
+
+def _wait_gone(job: str, timeout: float) -> None:
+    try:
+        wait_for(lambda: not _queued(job), timeout, f"job {job} to end")
+    finally:
+        if _queued(job):
+            subprocess.run(["scancel", job], env=_env(), timeout=60)
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False)).get_trials()
+
+
+def _running_past_epoch_1(url: str, name: str):  # type: ignore[no-untyped-def]
+    return next((t for t in by_state(_trials(url, name), TrialState.RUNNING) if len(t.intermediate_values) >= 1),
+                None)
+
+
+def _task_of(trial: optuna.trial.FrozenTrial) -> str:
+    """ARRAY_TASK (as scancel takes it) of the array task whose worker runs ``trial`` (this machine is the only
+    node: the worker's environment says)."""
+    pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+    environ = dict(v.split("=", 1) for v in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in v)
+    return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+
+
+def _assert_resumed(trials: list[optuna.trial.FrozenTrial], victim: int, epochs: int) -> None:
+    stopped = trials[victim]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"] == "interrupted"
+    retry = next(t for t in trials if t.user_attrs.get("resumed_from_trial") == victim)
+    assert retry.state in FINISHED and retry.params == stopped.params
+    assert retry.user_attrs["resumed_at_epoch"] >= 2  # the finished epochs were not trained again
+    assert sorted(retry.intermediate_values) == list(range(1, epochs + 1))
+
+
+def _assert_budget(trials: list[optuna.trial.FrozenTrial], budget: int, stopped: list[int]) -> None:
+    assert len(by_state(trials, *FINISHED)) >= budget
+    assert not by_state(trials, TrialState.RUNNING, TrialState.WAITING)
+    assert [t.number for t in by_state(trials, TrialState.FAIL)] == stopped
+
+
+def test_a_4_task_array_on_the_journal_store_resumes_a_cancelled_task_s_trial(tmp_path):
+    url = f"journal://{tmp_path}/study.log"
+    spec = _study(tmp_path, "sj", epochs=10, trials=6)
+    job = _job_id(_submit(tmp_path, "--study", str(spec), "--workers", "4", "--gpus-per-worker", "0",
+                          "--storage", url))
+    try:
+        victim = wait_for(lambda: _running_past_epoch_1(url, "sj"), 240, "a trial past its first epoch")
+        task = _task_of(victim)
+        subprocess.run(["scancel", task], env=_env(), check=True, timeout=60)
+        _wait_gone(job, 300)
+    finally:
+        subprocess.run(["scancel", job], env=_env(), timeout=60)
+    trials = _trials(url, "sj")
+    _assert_budget(trials, 6, [victim.number])
+    _assert_resumed(trials, victim.number, 10)
+    logs = "".join(p.read_text() for p in tmp_path.glob(f"search-sj-{job}_*.out"))
+    assert f"trial {victim.number} was stopped and will resume from its last finished epoch" in logs, logs
+    assert "Traceback" not in logs, logs
+
+
+def test_a_4_task_array_on_postgresql_resumes_a_task_stopped_at_its_time_limit(tmp_path, pg_db):
+    url = pg.url_of(pg_db)
+    spec = _study(tmp_path, "sp", epochs=40, trials=5)
+    # One task with a one-minute limit and SLURM's warning signal before it; it runs alone until it is stopped.
+    timed = _job_id(_submit(tmp_path, "--study", str(spec), "--workers", "1", "--gpus-per-worker", "0",
+                            "--storage", url, "--time", "1", "--sbatch-arg=--signal=B:TERM@10"))
+    _wait_gone(timed, 240)
+    trials = _trials(url, "sp")
+    stopped = [t.number for t in by_state(trials, TrialState.FAIL)]
+    assert len(stopped) == 1 and len(by_state(trials, *FINISHED)) < 5, [t.state for t in trials]
+    log = next(tmp_path.glob(f"search-sp-{timed}_0.out")).read_text()
+    assert f"trial {stopped[0]} was stopped and will resume" in log and "(SIGTERM)" in log, log
+
+    job = _job_id(_submit(tmp_path, "--study", str(spec), "--workers", "4", "--gpus-per-worker", "0",
+                          "--storage", url))
+    _wait_gone(job, 300)
+    trials = _trials(url, "sp")
+    _assert_budget(trials, 5, stopped)
+    _assert_resumed(trials, stopped[0], 40)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--workers", "0"], "--workers"),
+    (["--time", "soon"], "--time 'soon' is not a SLURM time limit"),
+    (["--sbatch-arg=--no-such-sbatch-option"], "sbatch refused the job"),
+    (["--storage", "sqlite:///search.db"], "not SQLite"),
+])
+def test_a_bad_option_is_one_line_exit_2_and_nothing_is_queued(tmp_path, args, says):
+    spec = _study(tmp_path, "bad", epochs=1, trials=1)
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=_env()).stdout
+    storage = [] if "--storage" in args else ["--storage", f"journal://{tmp_path}/bad.log"]
+    done = _submit(tmp_path, "--study", str(spec), "--gpus-per-worker", "0", *storage,
+                   *([] if "--workers" in args else ["--workers", "2"]), *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    out = (done.stdout + done.stderr).strip()
+    assert len(out.splitlines()) == 1 and says in out and "Traceback" not in out, out
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=_env()).stdout
+    assert after == before
+    assert not list(tmp_path.glob("search-bad-*.out"))
+
+
+def test_dry_run_prints_the_job_script_and_submits_nothing(tmp_path):
+    spec = _study(tmp_path, "dry", epochs=1, trials=1)
+    done = _submit(tmp_path, "--study", str(spec), "--workers", "3", "--gpus-per-worker", "1", "--cpus-per-worker",
+                   "4", "--mem", "16G", "--time", "4:00:00", "--storage", f"journal://{tmp_path}/dry.log", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    script = done.stdout
+    for line in ("#SBATCH --array=0-2", "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
+                 "#SBATCH --time=4:00:00", "#SBATCH --requeue"):
+        assert line in script.splitlines(), script
+    assert f"worker --study {spec} --device cuda" in script
+    assert not (tmp_path / "dry.log").exists()  # nothing written, nothing queued
