@@ -258,6 +258,7 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
            partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: str | None,
            dry_run: bool, allow_changes: bool) -> None:
     """Run a search on SLURM: one job array of N tasks, each a `search worker` on the study."""
+    from search import env
     from search.hpo import slurm
     from search.hpo.urls import mask, resolve_url
 
@@ -265,7 +266,7 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
     shipped = not Path(study).exists()  # a name of a shipped study; a file is given to the tasks by its full path
     job = slurm.Job(study=study if shipped else str(Path(study).absolute()), name=spec.name, workers=workers,
                     storage=resolve_url(storage), gpus=gpus, cpus=cpus, mem=mem, time=time_limit, partition=partition,
-                    account=account, sbatch_args=sbatch_args)
+                    account=account, sbatch_args=sbatch_args, artifacts=env.path("SEARCH_ARTIFACTS"))
     slurm.check(job)
     if dry_run:
         click.echo(slurm.script(job), nl=False)
@@ -276,7 +277,8 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
     supervisor.prepare_data(spec)  # on the login node: compute nodes often cannot download
     supervisor.ensure_study(spec, job.storage, allow_changes=allow_changes)
     job_id = slurm.submit(job)
-    click.echo(f"submitted job array {job_id}: {workers} workers on study '{spec.name}' in {mask(job.storage)}")
+    click.echo(f"submitted job array {job_id}: {workers} workers on study '{spec.name}' in {mask(job.storage)}, "
+               f"trial files and checkpoints in {job.artifact_dir()}")
     click.echo(f"watch it:  squeue -j {job_id}")
     shown = mask(job.storage)
     where = f" --storage {shown}" if shown == job.storage else "   (with $SEARCH_STORAGE set to the store's URL)"

@@ -52,6 +52,14 @@ class Job:
     account: str | None = None
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)
     folder: Path = field(default_factory=Path.cwd)  # where the tasks start and write their logs
+    artifacts: Path | None = None  # the trials' files and checkpoints, a folder every node reaches
+
+    def artifact_dir(self) -> Path:
+        """``artifacts``, else the store's own default (beside a journal file), else artifacts/ in ``folder``:
+        without one the tasks keep no checkpoints, and a stopped trial would start again from epoch 1."""
+        from search.results.artifacts import artifact_dir
+
+        return (self.artifacts or artifact_dir(self.storage) or self.folder / "artifacts").absolute()
 
 
 def check(job: Job) -> None:
@@ -129,6 +137,8 @@ def script(job: Job) -> str:
         f"# The study store, {mask(job.storage)}, comes in $SEARCH_STORAGE from the environment of `search submit`",
         "# (sbatch exports it), so that no password is written here.",
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+        "# The trials' files and the checkpoints a stopped trial resumes from:",
+        f"export SEARCH_ARTIFACTS={shlex.quote(str(job.artifact_dir()))}",
         "# exec: this process becomes the worker and receives SLURM's signals (time limit, scancel) itself.",
         f"exec {launcher()} worker --study {shlex.quote(job.study)} --device {device}",
         "",
