@@ -177,7 +177,7 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @click.option("--devices", help="Where the workers run, round-robin: GPU indices among the visible GPUs and cpu, "
                                 "e.g. 0,1 or cpu (default: every visible GPU, else the CPU).")
 @click.option("--data-dir", help="Folder holding the dataset files.")
-@click.option("--seed", type=int, help="Sampler seed (worker k uses seed + k).")
+@click.option("--seed", type=int, help="Sampler seed, replacing the study file's (worker k uses seed + k).")
 @ALLOW_CHANGES
 @_stops_at_safe_points
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
@@ -209,33 +209,18 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
                    "by the workers on this host: $SEARCH_WORKERS_PER_HOST, else the worker slots held now; at "
                    "least 1).")
 @click.option("--data-dir", help="Folder holding the dataset files.")
-@click.option("--seed", type=int, help="Sampler seed for this worker (default: study seed + a number derived from "
-                                      "its host name and pid).")
+@click.option("--seed", type=int, help="Sampler seed of this worker, replacing the study file's (default: the "
+                                      "study's seed plus a number derived from this worker's host name and pid).")
 @ALLOW_CHANGES
 @_stops_at_safe_points
 def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
            threads: int | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
-    import zlib
+    from search.hpo.standalone import standalone
 
-    from search.hpo import slots, supervisor
-    from search.hpo.urls import resolve_url, worker_id
-    from search.hpo.worker import run_worker
-    from search.train.engine import resolve_device
-
-    spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout)
-    slots.workers_per_host()  # a bad $SEARCH_WORKERS_PER_HOST: one line, before anything is written
-    gpu = slots.take(device)  # this host's lowest free slot; its GPU is set before CUDA starts (resolve_device)
-    if gpu is not None:
-        click.echo(f"worker {worker_id()}: {gpu}")
-    dev = str(resolve_device(device))
-    url = resolve_url(storage)
-    supervisor.prepare_data(spec)
-    supervisor.ensure_study(spec, url, allow_changes=allow_changes)
-    # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
-    offset = seed if seed is not None else zlib.crc32(worker_id().encode())
-    raise SystemExit(run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset,
-                                  echo=click.echo))
+    spec = _spec(study, seed=seed, data_dir=data_dir, trials=trials, timeout=timeout)
+    raise SystemExit(standalone(spec, storage, device=device, threads=threads, seeded=seed is not None,
+                                allow_changes=allow_changes, echo=click.echo))
 
 
 @main.command(short_help="Run a search on SLURM: one job array of `search worker` tasks.")
@@ -384,7 +369,8 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
     metric = loaded.user_attrs.get("metric", "value")
     try:
         done = rerank.rerank(loaded, out, rerank_k, seeds or 3, devices=devices, rerank_dir=folder,
-                             on_run=lambda n, path, m: click.echo(rerank.run_line(n, path, m, metric)))
+                             on_run=lambda n, path, m: click.echo(rerank.run_line(n, path, m, metric)),
+                             say=click.echo)
     except KeyboardInterrupt:  # interrupt.Stop from the training loop
         raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'}): the run in progress was stopped; the "
                           f"trial folders that finished (with summary.json) are kept in {folder}; nothing was "
@@ -405,7 +391,8 @@ def enqueue(study: str, file: Path, storage: str | None) -> None:
     done = queue.enqueue_file(study, storage, file)
     params = ", ".join(f"{k}={v}" for k, v in done.params.items())
     after = f", after the {done.ahead} queued before it" if done.ahead else ""
-    click.echo(f"trial {done.number} queued in study '{study}' with {params}; the next free worker takes it{after}")
+    click.echo(f"trial {done.number} queued in study '{study}' with {params}; "
+               + (done.beyond or f"the next free worker takes it{after}"))
 
 
 @main.command(short_help="The live dashboard (optuna-dashboard) on the study store.")

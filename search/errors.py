@@ -6,6 +6,8 @@ Anything the user can fix (a bad config value, a missing data file, an unknown n
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SearchError(Exception):
     """A user error: one line that names the bad value and what would be valid."""
@@ -33,3 +35,30 @@ class Interrupted(SearchError):
         """The stop of a search that had not started a trial yet."""
         return cls(f"interrupted ({signame}) before any trial started; nothing was run. "
                    f"Run the same command again to start.")
+
+
+class ProcessFailed(SearchError):
+    """A process failed on something that is not the user's input (a crashed worker or training process): one line
+    with the reason and the file that holds its traceback; exit status 1."""
+
+    exit_code = 1
+
+
+def reason(err: BaseException) -> str:
+    """An exception as one line: a SearchError's message, else "Type: message"."""
+    text = err.message if isinstance(err, SearchError) else f"{type(err).__name__}: {err}"
+    return " ".join(text.split())[:1000]
+
+
+def write_log(folder: Path | None, name: str, text: str) -> Path | None:
+    """Append ``text`` (a traceback) to ``folder/name`` (the current folder when None, or when ``folder`` cannot
+    be written); returns where it went, None when nowhere could be written. Appended: an earlier failure's stays."""
+    for where in ([folder] if folder is not None else []) + [Path.cwd()]:
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            with (where / name).open("a") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+            return where / name
+        except OSError:
+            continue
+    return None

@@ -17,7 +17,7 @@ from search.hpo.studies import load_study, make_sampler, trial_config
 from search.hpo.supervisor import ensure_study
 from search.train import config
 from tests import pg
-from tests.helpers import trials_of
+from tests.helpers import run, trials_of
 from tests.test_search_errors import invoke, one_line_exit_2
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,7 +159,10 @@ def test_search_enqueue_queues_a_train_config_file_and_a_mapping(tmp_path, store
     code, output = invoke(["enqueue", "--study", "q", "mine.yaml"], tmp_path)
     assert code == 0, output
     assert output.startswith("trial 1 queued in study 'q' with optimizer=sgd, momentum=0.85;")
-    assert output.endswith("after the 1 queued before it")
+    # two queued, a budget of one finished trial: the line says so, and how to run both
+    assert output.endswith("2 queued trials wait in study 'q', 1 of them beyond its budget of 1 finished trials "
+                           "(0 finished); to run them, start the study with --trials 2: "
+                           "search start --study q --trials 2")
     assert queued(stored) == [{"lr": 0.002, "batch_size": 48, "optimizer": "adam"},
                               {"optimizer": "sgd", "momentum": 0.85}]
     assert trials_of(stored, "q")[1].user_attrs["queued_by"] == "search enqueue mine.yaml"
@@ -199,3 +202,22 @@ def test_search_enqueue_needs_an_existing_study_and_refuses_a_duplicate(tmp_path
     one_line_exit_2(code, output, "already has trial 0 (waiting) with these parameters; nothing queued")
     assert len(trials_of(stored, "q")) == 1
 
+
+
+def test_queue_and_budget_agree_in_enqueue_and_start(tmp_path, stored):
+    """A trial queued in a study whose budget is met: `enqueue` and `start` both say it waits and how to run it,
+    and `start --trials N` as they say runs it."""
+    spec = load_study(str(tmp_path / "q.yaml"))
+    run_trials(spec, f"sqlite:///{stored}", 1)  # the budget (trials: 1) is met
+    (tmp_path / "one.yaml").write_text("lr: 0.001\nbatch_size: 32\noptimizer: adam\n")
+    code, output = invoke(["enqueue", "--study", "q", "one.yaml"], tmp_path)
+    line = ("1 queued trial waits in study 'q', it is beyond its budget of 1 finished trials (1 finished); to run "
+            "it, start the study with --trials 2: search start --study q --trials 2")
+    assert code == 0 and output.endswith(f"with lr=0.001, batch_size=32, optimizer=adam; {line}"), output
+    code, output = invoke(["start", "--study", "q.yaml"], tmp_path)
+    assert (code, output) == (0, line)
+    proc = run(["start", "--study", "q.yaml", "--trials", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "queued trial" not in proc.stdout  # the budget runs it now
+    trials = trials_of(stored, "q")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 and trials[1].params["lr"] == 0.001

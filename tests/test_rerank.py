@@ -4,6 +4,8 @@ with nothing written; Ctrl-C keeps the trial folders that finished."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import optuna
@@ -38,7 +40,16 @@ def study_root(tmp_path_factory) -> Path:
     start = run(["start", "--study", "rr.yaml", "--workers", "1"], root)
     assert start.returncode == 0, start.stdout + start.stderr
     assert [t.state for t in trials_of(root / "search.db", "rr")] == [TrialState.COMPLETE] * 4
+    (root / "start.txt").write_text(start.stdout)
     return root
+
+
+def test_a_finished_search_ends_with_its_summary_and_the_next_command(study_root):
+    *_, summary, following = (study_root / "start.txt").read_text().strip().splitlines()
+    best = ranked_trials(study_root)[0]
+    assert re.fullmatch(rf"study 'rr': 4/4 finished \(4 in this run, 0 of them pruned\), 0 failed, in \d+ (s|min); "
+                        rf"best: trial {best.number}, val_acc {best.value:.4f}", summary), summary
+    assert following == "next: search export --study rr"
 
 
 def ranked_trials(root: Path) -> list[optuna.trial.FrozenTrial]:
@@ -77,6 +88,12 @@ def test_rerank_exports_the_trial_with_the_best_mean_over_seeds(study_root):
     assert [int(r[0]) for r in rows] == [1, 2, 3]
     assert f"trial {winner} " in lines[header + 4] and "winner.yaml" in lines[header + 4]
     assert len([line for line in lines if line.startswith("trial ") and " seed " in line]) == 6  # a line per run
+    numbers = [t.number for t in best3]
+    assert lines[0] == (f"retraining the 3 best trials ({', '.join(map(str, numbers))}) with 2 seeds each: 6 runs in "
+                        f"rr-runs")  # before any run is trained
+    for n in numbers:  # each trial says it starts before its runs' lines
+        begun = lines.index(f"trial {n}: training seeds 1..2, one after another -> rr-runs/trial-{n}")
+        assert all(lines.index(line) > begun for line in lines if line.startswith(f"trial {n} seed "))
 
     final = run(["train", "winner.yaml", "--epochs", "1", "--out", "final", "--device", "cpu"], study_root)
     assert final.returncode == 0, final.stderr
@@ -89,6 +106,15 @@ def test_rerank_on_cpu_processes_pools_every_trials_seeds(study_root):
                 "--rerank-dir", "rr-par", "-o", "par.yaml"], study_root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training 2 trials x 2 seeds in parallel on cpu (" in proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("retraining the 2 best trials (") and lines[0].endswith("4 runs in rr-par")
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for t in ranked_trials(study_root)[:2]:  # which runs are going, then which finished
+        for seed in (1, 2):
+            begun = lines.index(f"trial {t.number} seed {seed}: training on cpu ({threads} threads) -> "
+                                f"rr-par/trial-{t.number}/seed-{seed}")
+            done = next(i for i, line in enumerate(lines) if line.startswith(f"trial {t.number} seed {seed}: val_acc"))
+            assert begun < done
     means = {}
     for t in ranked_trials(study_root)[:2]:
         folder = study_root / "rr-par" / f"trial-{t.number}"

@@ -1,15 +1,11 @@
-"""trial -> TrainConfig -> engine.fit: report the study metric each epoch and prune when the pruner says so; return
-the kept epoch's validation value, or with several objectives (search/hpo/objectives.py) one value for each (a
-trial of such a study reports no epochs: Optuna neither takes nor prunes them).
+"""trial -> TrainConfig -> engine.fit: the thin adapter between Optuna and the one training loop.
 
-Each trial records, as user attributes: `worker` ("host:pid"), `device` (the physical card, e.g.
-"cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)", or "cpu"), `config` (the full TrainConfig, which
-`search export` writes back), and once trained `params`, `epoch_seconds`, `images_per_second`, `epochs_run`
-(and `latency_ms` when it is an objective);
-a diverged, failed or interrupted run records `reason`. Once trained, it also uploads its learning curve (and,
-when complete, its validation confusion matrix) to the artifact store (search/results/artifacts.py). The test
-split is never touched here. A CUDA out-of-memory error fails only its trial, with the reason "CUDA out of memory
-at batch_size N"; the worker releases the memory and goes on with the next trial.
+It reports the study metric each epoch, prunes when the pruner says so, and returns the kept epoch's validation
+value (several objectives: one value each, and no epochs reported, as Optuna takes none). The one thing to know:
+a trial's failure never costs the worker. Every exception is recorded with the trial (its `reason`, and the
+traceback in its log, trial-N-log.txt); a CUDA out-of-memory error fails only its trial; files that cannot be
+written (curves, weights, checkpoints) are warned about and never fail it. The test split is never touched here.
+What each trial records (user attributes: worker, device, config, params, timings) is what status and export read.
 """
 from __future__ import annotations
 

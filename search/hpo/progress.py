@@ -39,8 +39,14 @@ def eta(finished: int, remaining: int, seconds: float) -> str:
     """The study's time to go at this run's pace so far."""
     if finished <= 0 or remaining <= 0:
         return "-"
-    left = remaining * seconds / finished
-    return f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+    return duration(remaining * seconds / finished)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.5 h``: as precise as a person reads a time."""
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 class Board:

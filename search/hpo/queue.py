@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.errors import SearchError
 from search.hpo.space import Param, from_definition
-from search.hpo.storage import claim_study_attr, open_storage
+from search.hpo.storage import FINISHED, claim_study_attr, open_storage
 from search.hpo.studies import check_trial
 from search.hpo.urls import mask, resolve_url
 from search.train import config
@@ -57,6 +57,30 @@ def _queue(storage: optuna.storages.BaseStorage, study_id: int, params: dict[str
     return storage.get_trial_number_from_id(storage.create_new_trial(study_id, template_trial=template))
 
 
+# --- queue and budget ---
+
+
+BUDGET = "trials"  # the study's user attribute: the budget (finished trials) it was last started with
+
+
+def beyond_budget(study: optuna.Study, budget: int) -> str | None:
+    """The line saying that queued trials wait beyond ``budget`` (finished trials) and how to run them; None when
+    the budget runs every queued trial (workers take queued trials first)."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in FINISHED for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    left = max(0, budget - finished)
+    if waiting <= left:
+        return None
+    over = waiting - left
+    counted = f"{waiting} queued trial waits" if waiting == 1 else f"{waiting} queued trials wait"
+    whose = ("it is" if waiting == 1 else "all of them") if over == waiting else f"{over} of them"
+    total, them = finished + waiting, "it" if waiting == 1 else "them"
+    return (f"{counted} in study '{study.study_name}', {whose} beyond its budget of {budget} finished trials "
+            f"({finished} finished); to run {them}, start the study with --trials {total}: "
+            f"search start --study {study.study_name} --trials {total}")
+
+
 # --- search enqueue -----------------------------------------------------------------------------------------
 
 
@@ -65,6 +89,7 @@ class Queued:
     number: int  # the trial's number
     params: dict[str, Any]
     ahead: int  # queued trials that workers take before it
+    beyond: str | None = None  # `beyond_budget`'s line when the study's last budget does not run it
 
 
 def enqueue_file(study_name: str, storage_url: str | None, path: Path) -> Queued:
@@ -94,7 +119,8 @@ def enqueue_file(study_name: str, storage_url: str | None, path: Path) -> Queued
     _refuse_duplicate(study, params, source)
     number = _queue(storage, storage.get_study_id_from_name(study_name), params, f"search enqueue {path.name}")
     ahead = sum(t.state == TrialState.WAITING and t.number < number for t in study.get_trials(deepcopy=False))
-    return Queued(number, params, ahead)
+    budget = study.user_attrs.get(BUDGET)
+    return Queued(number, params, ahead, beyond_budget(study, budget) if isinstance(budget, int) else None)
 
 
 def _params_of_config(space: dict[str, Param], base: dict[str, Any], raw: dict[str, Any], *, source: str,

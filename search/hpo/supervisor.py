@@ -23,7 +23,7 @@ from search import interrupt
 from search.devices import Placement, placements
 from search.errors import Interrupted, SearchError
 from search.hpo import objectives as goals
-from search.hpo import progress, queue, worker
+from search.hpo import progress, queue, trial_log, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -49,6 +49,7 @@ class WorkerProcess:
     trial: int | None = None  # number of the trial it runs now
     stopped: bool = False  # was told to stop
     ready: bool = False  # has asked for its first ticket: it runs our code, with its SIGTERM handler set
+    crash: worker.Crashed | None = None  # the error it ended on, as it told us before exiting
     line: progress.WorkerLine = field(default_factory=progress.WorkerLine)  # what it does now, for the display
 
 
@@ -138,6 +139,8 @@ class Supervisor:
         p = self.progress
         if isinstance(msg, worker.Ticket):
             slot.waiting = slot.ready = True
+        elif isinstance(msg, worker.Crashed):
+            slot.crash = msg
         elif isinstance(msg, worker.Started):
             slot.trial = msg.number
             slot.line = progress.WorkerLine(trial=msg.number)
@@ -160,11 +163,14 @@ class Supervisor:
                     self.abort = f"{p.fail_streak} trials in a row failed; the last: {msg.reason}"
             self._show()
 
-    def _status_command(self, number: int) -> str:
+    def _where(self) -> str:
+        """The --storage a follow-up command needs: none for the default store."""
         from search.hpo.urls import mask, resolve_url
 
-        where = "" if self.storage_url == resolve_url(None) else f" --storage {mask(self.storage_url)}"
-        return f"search status --study {self.spec.name}{where} --trial {number}"
+        return "" if self.storage_url == resolve_url(None) else f" --storage {mask(self.storage_url)}"
+
+    def _status_command(self, number: int) -> str:
+        return f"search status --study {self.spec.name}{self._where()} --trial {number}"
 
     def _on_death(self, slot: WorkerProcess) -> None:
         slot.process.join()
@@ -175,20 +181,33 @@ class Supervisor:
             return
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         self.progress.deaths += 1
-        reason = f"{self._worker_name(slot)} died ({how})"
+        reason = f"{self._worker_name(slot)} " + (f"failed: {slot.crash.reason}" if slot.crash else f"died ({how})")
+        logged = self._log_death(slot, reason)
         if slot.trial is not None:
             self._fail_trial(slot.trial, reason)
             self.progress.failed += 1
-            self.echo(f"trial {slot.trial} failed: {reason}; it is queued once more and will resume from its last "
-                      f"finished epoch")
+            self.echo(f"trial {slot.trial} failed: {reason}{logged}; it is queued once more and will resume from its "
+                      f"last finished epoch")
         else:
-            self.echo(f"{reason}")
+            self.echo(f"{reason}{logged}")
         if self.progress.deaths > DEATHS_PER_WORKER * len(self.slots):
             self.abort = f"workers keep dying ({self.progress.deaths} so far); the last: {reason}"
             slot.stopped = True
             return
         if not self._closing():
             self.echo(f"started replacement {self._worker_name(self._replace(slot))}")
+
+    def _log_death(self, slot: WorkerProcess, reason: str) -> str:
+        """Its traceback in its trial's log, or in search-worker-<id>.log when it ran none; the terminal gets only
+        where (a worker killed by a signal, outside a trial, left nothing more to say than the line)."""
+        from search.results import artifacts
+
+        if slot.crash is None and slot.trial is None:
+            return ""
+        text = slot.crash.traceback if slot.crash else f"{reason}: it left no Python traceback\n"
+        where = trial_log.record_crash(text, study=self.study, trial=slot.trial, worker=worker_id(slot.process.pid),
+                                       folder=artifacts.artifact_dir(self.storage_url))
+        return f"; traceback in {where}" if where is not None else f"; details: {self._status_command(slot.trial)}"
 
     def _totals(self) -> str:
         p = self.progress
@@ -211,10 +230,13 @@ class Supervisor:
             self.board.close()
 
     def _run(self) -> int:
+        beyond = queue.beyond_budget(self.study, self.trials)
         if self.budget <= 0:
-            self.echo(f"study '{self.spec.name}' already has {self.already} finished trials "
-                      f"(budget {self.trials}); nothing to do")
+            self.echo(beyond or f"study '{self.spec.name}' already has {self.already} finished trials "
+                                f"(budget {self.trials}); nothing to do")
             return 0
+        if beyond is not None:
+            self.echo(beyond)
         for slot in self.slots:
             if interrupt.requested():
                 return self._shutdown()
@@ -236,7 +258,22 @@ class Supervisor:
         done = self.already + self.progress.finished
         if self._timed_out() and done < self.trials:
             self.echo(f"timeout of {self.timeout:g} s reached with {done}/{self.trials} finished trials")
+        self.echo(self._summary())
+        self.echo(f"next: search export --study {self.spec.name}{self._where()}")
         return 0
+
+    def _summary(self) -> str:
+        """The search's one closing line: finished, pruned, failed, wall time, the best trial."""
+        p = self.progress
+        if self.spec.multi:
+            best = goals.best_text(self.study)
+        else:
+            complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            best = f"trial {self.study.best_trial.number}, {self.spec.metric} {self.study.best_value:.4f}" \
+                if complete else "none (no trial completed)"
+        took = progress.duration(time.monotonic() - p.started)
+        return (f"study '{self.spec.name}': {self.already + p.finished}/{self.trials} finished ({p.finished} in this "
+                f"run, {p.pruned} of them pruned), {p.failed} failed, in {took}; best: {best}")
 
     def _poll(self, timeout: float) -> None:
         live = [s for s in self.slots if s.conn is not None]
@@ -313,7 +350,7 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
         study.set_user_attr("definition", new)
     objectives = [list(o) for o in spec.objectives] if spec.multi else None
     for key, value in (("dataset", spec.dataset), ("metric", spec.metric), ("epochs", spec.epochs),
-                       ("objectives", objectives)):
+                       ("objectives", objectives), (queue.BUDGET, spec.trials)):
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     queue.warm_start(storage, study, spec.enqueue)  # the file's `enqueue:` entries, once per study

@@ -2,7 +2,8 @@
 
 Workers keep Optuna and the libraries quiet (search/quiet.py), so this file is where a failure's details live:
 it is uploaded as the artifact ``trial-N-log.txt`` (the dashboard shows it with the trial) and
-`search status --study S --trial N` prints its last lines.
+`search status --study S --trial N` prints its last lines. A worker that dies during a trial has its traceback
+added there too; one that dies outside any trial, in search-worker-<id>.log (`record_crash`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import logging
 import traceback
 import warnings
 from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from search.errors import write_log
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -49,3 +57,28 @@ def capture() -> Iterator[TrialLog]:
                     log.buffer.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     finally:
         root.removeHandler(handler)
+
+
+def worker_log_name(worker: str) -> str:
+    """The log of a worker that failed outside any trial, in the artifact folder: search-worker-<host>-<pid>.log."""
+    return f"search-worker-{worker.replace(':', '-')}.log"
+
+
+def record_crash(text: str, *, study: optuna.Study | None, trial: int | None, folder: Path | None,
+                 worker: str) -> Path | None:
+    """Put a failed worker's traceback (``text``) where a user looks for it: its trial's log (the artifact
+    trial-N-log.txt, which `search status --trial N` shows) while that trial runs, else search-worker-<id>.log in
+    the artifact folder (the current folder without one). Returns that file, or None for the trial's log."""
+    from search.results import artifacts
+
+    header = f"{datetime.now().isoformat(timespec='seconds')} worker {worker} failed\n"
+    if study is not None and trial is not None and folder is not None:
+        try:
+            frozen = study.get_trials(deepcopy=False)[trial]
+            if frozen.state == TrialState.RUNNING:
+                artifacts.upload_text(frozen, folder, f"trial-{trial}-log.txt", header + text, storage=study._storage)
+                return None
+        except Exception:  # the store or the folder is what failed: the worker's own file below
+            pass
+    name = worker_log_name(worker)
+    return write_log(folder, name, header + text) or (folder or Path.cwd()) / name

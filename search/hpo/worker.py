@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Callable
 
 import optuna
-from optuna.trial import TrialState
 
-from search import interrupt, quiet
-from search.errors import Interrupted
-from search.hpo import objectives as goals
-from search.hpo import progress, slots
-from search.hpo.storage import FINISHED, retry_once
+from search import errors, interrupt, quiet
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
-from search.hpo.urls import worker_id
 
 # --- the pipe protocol ------------------------------------------------------------------------------------
 
@@ -64,8 +57,16 @@ class Epoch:
     images_per_second: float
 
 
+@dataclass(frozen=True)
+class Crashed:
+    """worker -> supervisor: this process ends on an error: its one-line reason, and its traceback for the log."""
+
+    reason: str
+    traceback: str
+
+
 GO, STOP = "go", "stop"  # supervisor -> worker, the answers to a Ticket
-Message = Ticket | Started | Done | Epoch
+Message = Ticket | Started | Done | Epoch | Crashed
 
 
 def drain(conn: Connection) -> list[Message]:
@@ -101,9 +102,9 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
     """A supervised worker's process: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
     interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
     quiet.libraries(worker=True)
-    from search.hpo.objective import Objective
-
     try:
+        from search.hpo.objective import Objective  # torch: a process short of memory may fail right here
+
         set_threads(device, threads)
         study = open_study(spec, storage_url, seed_offset)
         objective = Objective(spec, device, on_start=lambda number: conn.send(Started(number)),
@@ -127,6 +128,12 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
         os._exit(130)  # skip interpreter teardown: nothing is left to save
     except (EOFError, BrokenPipeError):
         os._exit(3)  # the supervisor is gone
+    except Exception as err:  # no traceback on the terminal: the supervisor logs it and says one line
+        try:
+            conn.send(Crashed(errors.reason(err), traceback.format_exc()))
+        except OSError:
+            pass
+        os._exit(1)
 
 
 def _answer(conn: Connection) -> str:
@@ -134,69 +141,3 @@ def _answer(conn: Connection) -> str:
     while not conn.poll(0.2):
         interrupt.check()
     return conn.recv()
-
-
-def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
-               echo: Callable[[str], None], threads: int | None = None) -> int:
-    """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
-    MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
-    from search.hpo.objective import Objective
-
-    interrupt.install()  # the CLI did already; a no-op then
-    quiet.libraries(worker=True)
-    if threads is None and device == "cpu":
-        threads = slots.default_threads()  # None while $OMP_NUM_THREADS is set: torch follows it
-    if threads is not None:
-        set_threads(device, threads)
-    study = open_study(spec, storage_url, seed_offset)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if done >= trials:
-        echo(f"study '{spec.name}' already has {done} finished trials (budget {trials}); nothing to do")
-        return 0
-    where = device
-    if device == "cpu":
-        import torch
-
-        where = f"cpu ({torch.get_num_threads()} threads)"
-    echo(f"worker {worker_id()} on {where}: joining study '{spec.name}' ({done}/{trials} finished)")
-
-    board = progress.Board(echo)  # this worker's line: redrawn on a terminal, every 30 s elsewhere
-    began = time.monotonic()
-
-    def show(line: progress.WorkerLine) -> None:
-        board.show([line.text(f"worker {worker_id()}", spec.metric)],
-                   f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
-
-    def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = goals.values_text(spec.objectives, t.values) if spec.multi else (
-            f"{t.value:.4f}" if t.value is not None else "-")
-        extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
-        board.say(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
-
-    def stop_between_trials(study: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
-        if interrupt.requested():
-            study.stop()
-
-    objective = Objective(spec, device, on_start=lambda n: show(progress.WorkerLine(trial=n)),
-                          on_epoch=lambda *p: show(progress.WorkerLine(*p)))
-    try:
-        interrupt.check()
-        study.optimize(objective, n_trials=None, timeout=spec.timeout, catch=(Exception,),
-                       gc_after_trial=False, callbacks=[
-                           optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
-        interrupt.check()
-        board.close()
-        if spec.timeout is not None and time.monotonic() - began >= spec.timeout:
-            done = len(study.get_trials(deepcopy=False, states=FINISHED))
-            echo(f"timeout of {spec.timeout:g} s reached with {done}/{trials} finished trials")
-    except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
-        board.close()
-        what = "no trial was running"
-        number = objective.trial_number
-        if number is not None:
-            trial = study.get_trials(deepcopy=False)[number]
-            if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
-                retry_once(study, trial, interrupted=True)  # the next worker resumes it from its checkpoint
-                what = f"trial {number} was stopped and will resume from its last finished epoch"
-        raise Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on") from None
-    return 0

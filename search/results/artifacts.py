@@ -65,13 +65,14 @@ def open_store(folder: Path) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(folder)
 
 
-def upload_text(trial: optuna.Trial, folder: Path, name: str, text: str) -> None:
-    """Upload ``text`` as the trial's artifact ``name``."""
+def upload_text(trial: optuna.Trial | FrozenTrial, folder: Path, name: str, text: str, storage: Any = None) -> None:
+    """Upload ``text`` as the trial's artifact ``name`` (a FrozenTrial needs its ``storage``); a later upload of the
+    same name is the one read back (`read_bytes`)."""
     store = open_store(folder)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_text(text)
-        upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store)
+        upload_artifact(study_or_trial=trial, file_path=str(path), artifact_store=store, storage=storage)
 
 
 def upload_model(trial: optuna.Trial, folder: Path, state_dict: dict[str, Any], config: dict[str, Any]) -> None:
@@ -91,7 +92,7 @@ def read_bytes(trial: FrozenTrial, storage: Any, folder: Path | None, name: str)
         return None
     from optuna.artifacts import get_all_artifact_meta
 
-    for meta in get_all_artifact_meta(trial, storage=storage):
+    for meta in reversed(get_all_artifact_meta(trial, storage=storage)):  # the latest upload of that name
         if meta.filename == name:
             try:
                 with FileSystemArtifactStore(folder).open_reader(meta.artifact_id) as f:

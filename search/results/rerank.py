@@ -75,9 +75,11 @@ def default_dir(study: optuna.Study) -> Path:
 
 
 def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str | None = None,
-           rerank_dir: Path | None = None, on_run: OnRun | None = None) -> Reranked:
+           rerank_dir: Path | None = None, on_run: OnRun | None = None,
+           say: Callable[[str], None] | None = None) -> Reranked:
     """Retrain the K best complete trials with ``seeds`` seeds each, rank them by the mean validation metric and
-    write the winner's TrainConfig to ``out`` (as `search export` does, with the rerank noted under ``search:``)."""
+    write the winner's TrainConfig to ``out`` (as `search export` does, with the rerank noted under ``search:``).
+    ``say`` hears the plan once it is checked and each run as it starts; ``on_run``, each run as it finishes."""
     metric = _metric(study)
     folder = rerank_dir if rerank_dir is not None else default_dir(study)
     if not out.parent.exists():
@@ -85,10 +87,16 @@ def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str |
     if devices is not None:
         parallel.plan(devices, seeds)  # a bad entry is one line here, before anything is trained
     plans = _plan(study, k, seeds, folder)
+    say = say or (lambda _line: None)
+    say(f"retraining the {len(plans)} best trials ({', '.join(str(p[0].number) for p in plans)}) with {seeds} "
+        f"seed{'s' if seeds > 1 else ''} each: {len(plans) * seeds} runs in {folder}")
     if devices is not None:  # every trial's seeds in one pool: no device waits while another trial finishes
-        done = _train_pooled(plans, seeds, devices, on_run)
+        done = _train_pooled(plans, seeds, devices, on_run, say)
     else:
-        done = [_train(trial, rank, cfg, where, seeds, on_run) for trial, rank, cfg, where, _ in plans]
+        done = []
+        for trial, rank, cfg, where, runs in plans:
+            say(f"trial {trial.number}: training seeds {runs[0][0]}..{runs[-1][0]}, one after another -> {where}")
+            done.append(_train(trial, rank, cfg, where, seeds, on_run))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     order = sorted(done, key=lambda c: (-c.mean(metric) if maximize else c.mean(metric), c.search_rank))
     result = Reranked(study.study_name, metric, seeds, folder, out, order)
@@ -144,7 +152,8 @@ def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds:
     return Candidate(trial, rank, cfg, folder, summary)
 
 
-def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | None) -> list[Candidate]:
+def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | None,
+                  say: Callable[[str], None]) -> list[Candidate]:
     """All K x N runs handed to one pool over ``devices``; each trial's summary.json is written as soon as its own
     runs are done, so a Ctrl-C keeps the trials that finished, as the sequential path does."""
     jobs = [(_fresh(cfg), seed, run) for _, _, cfg, _, runs in plans for seed, run in runs]
@@ -162,7 +171,11 @@ def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | N
             ordered = [metrics[i][k] for k in sorted(metrics[i])]
             summaries[i] = engine.write_summary(_fresh(cfg), where, runs, ordered)
 
-    parallel.train_runs(jobs, devices, heard, what=f"{len(plans)} trials x {seeds} seeds")
+    def started(j: int, device: str) -> None:
+        _, seed, run = jobs[j]
+        say(f"trial {plans[owner[j]][0].number} seed {seed}: training on {device} -> {run}")
+
+    parallel.train_runs(jobs, devices, heard, what=f"{len(plans)} trials x {seeds} seeds", on_start=started)
     return [Candidate(trial, rank, cfg, where, summaries[i]) for i, (trial, rank, cfg, where, _) in enumerate(plans)]
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
+import traceback
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
 from search import interrupt
 from search.devices import Placement, placements
-from search.errors import SearchError
+from search.errors import ProcessFailed, SearchError, reason, write_log
 from search.train.config import TrainConfig
 
 
@@ -52,15 +53,16 @@ def train_seeds(cfg: TrainConfig, out: Path, seeds: int, devices: str,
 
 
 def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[str, Any]], None] | None = None,
-               *, what: str = "") -> list[dict[str, Any]]:
+               *, what: str = "", on_start: Callable[[int, str], None] | None = None) -> list[dict[str, Any]]:
     """Each job trained by `engine.train` on whichever process of ``devices`` is free, in order; returns their
     metrics in the order of ``jobs``. ``on_run(index, folder, metrics)`` hears of each run as it finishes (the
-    rerank of `search export` hands several trials' seeds to one pool, so no device waits for another trial)."""
+    rerank of `search export` hands several trials' seeds to one pool, so no device waits for another trial), and
+    ``on_start(index, device name)`` as it is handed to a process."""
     slots = plan(devices, len(jobs))
     interrupt.check()
     names = ", ".join(p.name for p in slots)
     print(f"training {what or f'{len(jobs)} runs'} in parallel on {names}", file=sys.stderr, flush=True)
-    pool = _Pool(slots)
+    pool = _Pool(slots, on_start)
     try:
         results = pool.run(jobs, on_run)
     finally:
@@ -69,8 +71,8 @@ def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[
 
 
 class _Pool:
-    def __init__(self, slots: list[Placement]) -> None:
-        self.slots = slots
+    def __init__(self, slots: list[Placement], on_start: Callable[[int, str], None] | None = None) -> None:
+        self.slots, self.on_start = slots, on_start
         self.ctx = mp.get_context("spawn")
         self.procs: list[Any] = []
         self.conns: list[Connection | None] = []
@@ -103,6 +105,8 @@ class _Pool:
                 message = _receive(conn)
                 if message is not None:
                     kind, value = message
+                    if kind == "crash":
+                        raise self._crashed(i, *value)
                     index, (_, _, folder) = self.busy[i]
                     if kind == "error":
                         raise SearchError(value)
@@ -118,9 +122,19 @@ class _Pool:
                                       f"(exit code {proc.exitcode}); the seeds that finished are kept")
         return results
 
+    def _crashed(self, i: int, why: str, text: str) -> ProcessFailed:
+        """Process i failed on an error: its traceback in search-train-<pid>.log beside the run folders."""
+        job = self.busy[i][1] if self.busy[i] else None
+        what = f"seed {job[1]} ({job[2]})" if job else "no run yet"
+        log = write_log(job[2].parent if job else None, f"search-train-{self.procs[i].pid}.log", text)
+        return ProcessFailed(f"the process training {what} on {self.slots[i].name} failed: {why}; traceback in "
+                             f"{log or 'no file (no folder could be written)'}; the seeds that finished are kept")
+
     def _hand_out(self, i: int, todo: list[tuple[int, Job]]) -> None:
         """The next run in order to process i, or None: it exits."""
         self.busy[i] = todo.pop(0) if todo else None
+        if self.busy[i] is not None and self.on_start is not None:
+            self.on_start(self.busy[i][0], self.slots[i].name)
         try:
             self.conns[i].send(self.busy[i][1] if self.busy[i] else None)
         except OSError:  # it died (BrokenPipeError): its sentinel reports it on the next turn
@@ -174,3 +188,9 @@ def _child(conn: Connection, device: str, threads: int) -> None:
         os._exit(130)
     except (EOFError, BrokenPipeError):
         os._exit(3)  # the parent is gone
+    except Exception as err:  # no traceback on the terminal: the parent writes it to a log and says one line
+        try:
+            conn.send(("crash", (reason(err), traceback.format_exc())))
+        except OSError:
+            pass
+        os._exit(1)

@@ -1,0 +1,143 @@
+"""`search worker`: one worker without a supervisor, e.g. on another machine, joining a study in a shared store.
+
+The one thing to know: without a supervisor nobody hands out tickets, so the budget is Optuna's
+MaxTrialsCallback, and workers that started a trial as the budget filled may overshoot it by that trial. A worker
+takes its host's slot first (search/hpo/slots.py), which may choose its GPU. A failure that is not the user's
+input ends it with one line; the traceback goes to the trial's log or to search-worker-<id>.log.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+import zlib
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search import interrupt, quiet
+from search.errors import Interrupted, ProcessFailed, SearchError, reason
+from search.hpo import objectives, progress, queue, slots, supervisor, trial_log
+from search.hpo.storage import FINISHED, fail_running, retry_once
+from search.hpo.studies import StudySpec
+from search.hpo.urls import resolve_url, worker_id
+from search.hpo.worker import open_study, set_threads
+
+
+def standalone(spec: StudySpec, storage: str | None, *, device: str, threads: int | None, seeded: bool,
+               allow_changes: bool, echo: Callable[[str], None]) -> int:
+    """`search worker`: take this host's slot (and with it maybe a GPU), check the data, join or create the study
+    and run its trials. ``seeded``: the spec's sampler seed is the worker's own (--seed); else the worker adds a
+    number derived from its id, so that workers do not draw the same trials."""
+    url = resolve_url(storage)
+    try:
+        from search.train.engine import resolve_device  # torch: a process short of memory may fail right here
+
+        slots.workers_per_host()  # a bad $SEARCH_WORKERS_PER_HOST: one line, before anything is written
+        gpu = slots.take(device)  # this host's lowest free slot; its GPU is set before CUDA starts (resolve_device)
+        if gpu is not None:
+            echo(f"worker {worker_id()}: {gpu}")
+        dev = str(resolve_device(device))
+        supervisor.prepare_data(spec)
+        supervisor.ensure_study(spec, url, allow_changes=allow_changes)
+    except (SearchError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise _failed(err, url, None, None) from None
+    # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
+    offset = 0 if seeded else zlib.crc32(worker_id().encode())
+    return run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset, echo=echo)
+
+
+def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | None) -> ProcessFailed:
+    """The one line of a worker that failed on ``err`` (being handled); its traceback goes to ``trial``'s log while
+    that trial runs (then failed, and queued to run again), else to search-worker-<id>.log."""
+    from search.results import artifacts
+
+    text = traceback.format_exc()
+    folder = artifacts.artifact_dir(url)
+    log = trial_log.record_crash(text, study=study, trial=trial, folder=folder, worker=worker_id())
+    where = log if log is not None else f"trial {trial}'s log (search status --trial {trial})"
+    if study is not None and trial is not None:
+        try:  # the next worker resumes it; a store that is what failed leaves it to the heartbeat's grace period
+            failed = fail_running(study._storage, study, trial, f"worker {worker_id()} failed: {reason(err)}")
+            if failed is not None and failed.state == TrialState.FAIL:
+                retry_once(study, failed)
+        except Exception:
+            pass
+    return ProcessFailed(f"worker {worker_id()} failed: {reason(err)}; traceback in {where}")
+def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
+               echo: Callable[[str], None], threads: int | None = None) -> int:
+    """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
+    MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
+    from search.hpo.objective import Objective
+
+    interrupt.install()  # the CLI did already; a no-op then
+    quiet.libraries(worker=True)
+    if threads is None and device == "cpu":
+        threads = slots.default_threads()  # None while $OMP_NUM_THREADS is set: torch follows it
+    if threads is not None:
+        set_threads(device, threads)
+    try:
+        study = open_study(spec, storage_url, seed_offset)
+    except (SearchError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise _failed(err, storage_url, None, None) from None
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done >= trials:
+        echo(queue.beyond_budget(study, trials)
+             or f"study '{spec.name}' already has {done} finished trials (budget {trials}); nothing to do")
+        return 0
+    where = device
+    if device == "cpu":
+        import torch
+
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    echo(f"worker {worker_id()} on {where}: joining study '{spec.name}' ({done}/{trials} finished)")
+
+    board = progress.Board(echo)  # this worker's line: redrawn on a terminal, every 30 s elsewhere
+    began = time.monotonic()
+
+    def show(line: progress.WorkerLine) -> None:
+        board.show([line.text(f"worker {worker_id()}", spec.metric)],
+                   f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
+
+    def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        value = objectives.values_text(spec.objectives, t.values) if spec.multi else (
+            f"{t.value:.4f}" if t.value is not None else "-")
+        extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
+        board.say(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
+
+    def stop_between_trials(study: optuna.Study, _t: optuna.trial.FrozenTrial) -> None:
+        if interrupt.requested():
+            study.stop()
+
+    objective = Objective(spec, device, on_start=lambda n: show(progress.WorkerLine(trial=n)),
+                          on_epoch=lambda *p: show(progress.WorkerLine(*p)))
+    try:
+        interrupt.check()
+        study.optimize(objective, n_trials=None, timeout=spec.timeout, catch=(Exception,),
+                       gc_after_trial=False, callbacks=[
+                           optuna.study.MaxTrialsCallback(trials, states=FINISHED), report, stop_between_trials])
+        interrupt.check()
+        board.close()
+        if spec.timeout is not None and time.monotonic() - began >= spec.timeout:
+            done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            echo(f"timeout of {spec.timeout:g} s reached with {done}/{trials} finished trials")
+    except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
+        board.close()
+        what = "no trial was running"
+        number = objective.trial_number
+        if number is not None:
+            trial = study.get_trials(deepcopy=False)[number]
+            if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
+                retry_once(study, trial, interrupted=True)  # the next worker resumes it from its checkpoint
+                what = f"trial {number} was stopped and will resume from its last finished epoch"
+        raise Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on") from None
+    except SearchError:
+        raise
+    except Exception as err:  # outside the objective (which records its own failures): Optuna's or the store's
+        board.close()
+        raise _failed(err, storage_url, study, objective.trial_number) from None
+    return 0
