@@ -380,7 +380,7 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     do not all draw the same random start-up trials."""
     settings = dict(spec.sampler)
     name = settings.pop("name")
-    settings["seed"] = settings.get("seed", 0) + seed_offset
+    settings["seed"] = (settings.get("seed", 0) + seed_offset) % 2**32  # numpy's seeds: the sum wraps, never fails
     needs = _SAMPLER_NEEDS.get(name)
     if needs and importlib.util.find_spec(needs) is None:
         raise SearchError(f"{_display(spec.path)}: sampler {name} needs the '{needs}' package: pip install {needs}")
