@@ -250,8 +250,9 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
     spec = _spec(study)
     shipped = not Path(study).exists()  # a name of a shipped study; a file is given to the tasks by its full path
     job = slurm.Job(study=study if shipped else str(Path(study).absolute()), name=spec.name, workers=workers,
-                    storage=resolve_url(storage), gpus=gpus, cpus=cpus, mem=mem, time=time_limit, partition=partition,
-                    account=account, sbatch_args=sbatch_args, artifacts=env.path("SEARCH_ARTIFACTS"))
+                    storage=slurm.absolute(resolve_url(storage)), gpus=gpus, cpus=cpus, mem=mem, time=time_limit,
+                    partition=partition, account=account, sbatch_args=sbatch_args,
+                    artifacts=env.path("SEARCH_ARTIFACTS"))
     slurm.check(job)
     if dry_run:
         click.echo(slurm.script(job), nl=False)

@@ -86,9 +86,6 @@ def check_store(url: str) -> None:
     if url.startswith(JOURNAL):
         path = journal_path(url)
         assert path is not None
-        if not path.is_absolute():
-            raise SearchError(f"--storage {url}: the tasks start in other folders; give the journal's absolute path, "
-                              f"e.g. journal://{path.absolute()}")
         if not path.parent.is_dir():
             raise SearchError(f"storage folder {path.parent} does not exist")
         return
@@ -104,6 +101,12 @@ def check_store(url: str) -> None:
         where = f"journal://{(db.with_suffix('.log') if db else Path('search.log')).absolute()}"
         raise SearchError(f"search submit needs a store that tasks on other nodes can share safely, not SQLite "
                           f"({mask(url)}); use --storage {where} on a shared filesystem, or a PostgreSQL URL")
+
+
+def absolute(url: str) -> str:
+    """A journal URL with its path made absolute (the tasks may start elsewhere); any other URL as it is."""
+    path = journal_path(url)
+    return f"journal://{path.absolute()}" if path is not None else url
 
 
 def launcher() -> str:
