@@ -62,3 +62,16 @@ def write_log(folder: Path | None, name: str, text: str) -> Path | None:
         except OSError:
             continue
     return None
+
+
+def unexpected(err: BaseException) -> int:
+    """A command's last resort for an error that is not the user's input and that nothing expected: its traceback
+    to search-<pid>.log in the current folder, one line on stderr; returns the exit status, 1."""
+    import os
+    import sys
+    import traceback
+
+    log = write_log(None, f"search-{os.getpid()}.log", traceback.format_exc())
+    where = f"its traceback is in {log}" if log is not None else "no folder could be written for its traceback"
+    print(f"Error: {reason(err)}; {where}", file=sys.stderr, flush=True)
+    return 1

@@ -110,3 +110,14 @@ def test_a_worker_killed_in_a_trial_puts_it_in_the_trials_log(tmp_path):
     status = run(["status", "--study", "segv", "--trial", str(victim.number)], tmp_path)
     assert status.returncode == 0, status.stderr
     assert "killed by SIGSEGV): it left no Python traceback" in status.stdout, status.stdout
+
+
+def test_a_command_that_fails_unexpectedly_says_one_line(tmp_path, torch_needs_more_than_the_limit):
+    """`search train` itself cannot load torch: the command's last resort, one line and the traceback in a file."""
+    (tmp_path / "c.yaml").write_text("dataset: digits\nepochs: 1\n")
+    proc = limited_search(["train", "c.yaml", "--out", "run", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+    [path] = [tmp_path / p for p in re.findall(r"its traceback is in (\S+\.log)", proc.stderr)]
+    assert path.parent == tmp_path and "Traceback (most recent call last)" in path.read_text()
+    assert not (tmp_path / "run").exists()
