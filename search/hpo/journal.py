@@ -8,8 +8,9 @@ process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:stu
 What the RDB stores do in SQL is done here through the log:
 - Taking a queued trial (WAITING -> RUNNING) is Optuna's own: the log's order decides, and only the process whose
   line came first owns the trial (JournalStorage.set_trial_state_values).
-- A study attribute set once (`claim_study_attr`) is decided under a second lock file, ``<file>.claim.lock``:
-  read, check and append while holding it.
+- A study attribute set once (`claim_study_attr`), and the finishing of a trial (two workers may both find the
+  same stale trial), are decided under a second lock file, ``<file>.claim.lock``: read, check and append while
+  holding it.
 - Heartbeats, which JournalStorage lacks: each beat of a running trial is a trial system attribute holding the
   wall-clock time; a RUNNING trial whose last beat (or start) is older than the grace period is stale. The clocks
   of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (30 s by
@@ -18,10 +19,12 @@ What the RDB stores do in SQL is done here through the log:
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
@@ -46,6 +49,18 @@ class JournalStore(JournalStorage, BaseHeartbeat):
         self._beat = heartbeat_interval
         self._grace = grace_period
         self._on_stale = heartbeat_stale_trial_callback
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        """As JournalStorage's, but finishing a trial that another process finished first raises
+        UpdateFinishedTrialError, as RDBStorage does. The journal would ignore the second line on replay and still
+        return True: two workers that find the same stale trial would then both queue its retry."""
+        if not state.is_finished():
+            return super().set_trial_state_values(trial_id, state, values)
+        with _claim_lock(self):
+            if self.get_trial(trial_id).state.is_finished():  # read up to the log's end first
+                raise UpdateFinishedTrialError(f"trial {self.get_trial(trial_id).number} is already finished")
+            return super().set_trial_state_values(trial_id, state, values)
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, BEAT, time.time())
@@ -83,17 +98,24 @@ def open_journal(url: str, *, must_exist: bool, **heartbeat: Any) -> JournalStor
         raise SearchError(f"cannot open storage {url}: {err.strerror or err}") from None
 
 
-def claim_study_attr(storage: JournalStore, study_id: int, key: str, value: Any) -> bool:
-    """storage.claim_study_attr on a journal: under the claim lock, set ``key`` only if no process has yet."""
+@contextmanager
+def _claim_lock(storage: JournalStore) -> Iterator[None]:
+    """The claim lock: a read, a check and an append under it are one step for every process sharing the file."""
     lock = JournalFileOpenLock(str(storage.path) + CLAIM_SUFFIX)
     lock.acquire()
     try:
+        yield
+    finally:
+        lock.release()
+
+
+def claim_study_attr(storage: JournalStore, study_id: int, key: str, value: Any) -> bool:
+    """storage.claim_study_attr on a journal: under the claim lock, set ``key`` only if no process has yet."""
+    with _claim_lock(storage):
         if key in storage.get_study_user_attrs(study_id):  # reads the log up to its end first
             return False
         storage.set_study_user_attr(study_id, key, value)  # appended before the lock is released
         return True
-    finally:
-        lock.release()
 
 
 def is_journal(storage: BaseStorage) -> bool:
