@@ -229,7 +229,10 @@ def test_two_runs_with_the_same_seed_agree_within_tolerance(gpu_data):
 
 @gpu
 @needs_cuda
-def test_device_attribute_names_the_physical_card(gpu_data, tmp_path):
+@pytest.mark.parametrize("visible", [False, True], ids=["all-visible", "cuda-visible-devices-set"])
+def test_device_attribute_names_the_physical_card(gpu_data, tmp_path, visible):
+    """`--devices N` is the N-th visible GPU: with every GPU visible, the last one by its index; under
+    CUDA_VISIBLE_DEVICES=LAST, index 0, which the worker must be given as GPU LAST (search/devices.py)."""
     last = torch.cuda.device_count() - 1  # the worker sees it as cuda:0 through CUDA_VISIBLE_DEVICES
     spec = tmp_path / "dev.yaml"
     spec.write_text(f"name: dev\ndataset: pathmnist\ndata_dir: {gpu_data}\nepochs: 1\ntrials: 1\n"
@@ -239,7 +242,10 @@ def test_device_attribute_names_the_physical_card(gpu_data, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1])]
                                         + [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(
                                             os.pathsep) if p])
-    proc = subprocess.run(search_cmd() + ["start", "--study", str(spec), "--workers", "1", "--devices", str(last),
+    if visible:
+        env["CUDA_VISIBLE_DEVICES"] = str(last)
+    proc = subprocess.run(search_cmd() + ["start", "--study", str(spec), "--workers", "1",
+                                          "--devices", "0" if visible else str(last),
                                           "--storage", f"sqlite:///{db}"],
                           cwd=tmp_path, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -53,7 +53,7 @@ def test_a_supervised_worker_that_fails_outside_any_trial_says_one_line(tmp_path
     spec = study_file(tmp_path, "nomem", epochs=1, trials=2)
     proc = limited_search(["start", "--study", str(spec), "--workers", "1"], tmp_path)
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Traceback" not in output, output
+    assert proc.returncode == 1 and "Traceback" not in output, output
     failed = [line for line in output.splitlines() if re.match(r"worker \d+ \(pid \d+\) failed: ", line)]
     assert len(failed) >= 2, output  # the first worker and a replacement, each one line with its reason
     assert "search stopped: workers keep dying" in output

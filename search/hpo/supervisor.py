@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.devices import Placement, placements
-from search.errors import Interrupted, SearchError
+from search.errors import Interrupted, ProcessFailed, SearchError
 from search.hpo import objectives as goals
 from search.hpo import progress, queue, trial_log, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
@@ -81,6 +81,7 @@ class Supervisor:
         self.next_index = len(self.slots)
         self.progress = Progress()
         self.abort: str | None = None
+        self.abort_error: type[SearchError] = SearchError
         self.ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA or thread state forked from the parent
 
     # -- worker lifecycle
@@ -192,6 +193,7 @@ class Supervisor:
             self.echo(f"{reason}{logged}")
         if self.progress.deaths > DEATHS_PER_WORKER * len(self.slots):
             self.abort = f"workers keep dying ({self.progress.deaths} so far); the last: {reason}"
+            self.abort_error = ProcessFailed  # not the configurations: the processes (exit status 1)
             slot.stopped = True
             return
         if not self._closing():
@@ -254,7 +256,7 @@ class Supervisor:
         if interrupt.requested():  # it came as the last workers finished: report it the same way
             return self._shutdown()
         if self.abort is not None:
-            raise SearchError(f"search stopped: {self.abort}")
+            raise self.abort_error(f"search stopped: {self.abort}")
         done = self.already + self.progress.finished
         if self._timed_out() and done < self.trials:
             self.echo(f"timeout of {self.timeout:g} s reached with {done}/{self.trials} finished trials")

@@ -76,6 +76,7 @@ def record_crash(text: str, *, study: optuna.Study | None, trial: int | None, fo
         try:
             frozen = study.get_trials(deepcopy=False)[trial]
             if frozen.state == TrialState.RUNNING:
+                # A FrozenTrial's artifact needs the storage; Optuna keeps a study's as the private _storage.
                 artifacts.upload_text(frozen, folder, f"trial-{trial}-log.txt", header + text, storage=study._storage)
                 return None
         except Exception:  # the store or the folder is what failed: the worker's own file below
