@@ -234,7 +234,7 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
 @click.option("--partition", help="SLURM partition.")
 @click.option("--account", help="SLURM account to charge.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
-              help="Any other sbatch option, e.g. --sbatch-arg=--signal=B:TERM@120 (repeat for more).")
+              help="Any other sbatch option, e.g. --sbatch-arg=--qos=long (repeat for more).")
 @storage_option("Study store URL the tasks share: journal:///abs/path or postgresql://")
 @click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
 @ALLOW_CHANGES

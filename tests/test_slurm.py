@@ -120,8 +120,11 @@ def _assert_resumed(trials: list[optuna.trial.FrozenTrial], victim: int, epochs:
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"] == "interrupted"
     retry = next(t for t in trials if t.user_attrs.get("resumed_from_trial") == victim)
     assert retry.state in FINISHED and retry.params == stopped.params
-    assert retry.user_attrs["resumed_at_epoch"] >= 2  # the finished epochs were not trained again
+    # From the checkpoint of the last epoch the stopped task finished: no finished epoch is trained again.
+    assert retry.user_attrs["resumed_at_epoch"] >= len(stopped.intermediate_values) + 1
     assert sorted(retry.intermediate_values) == list(range(1, epochs + 1))
+    for step, value in stopped.intermediate_values.items():
+        assert retry.intermediate_values[step] == value  # the stopped trial's curve, continued
 
 
 def _assert_budget(trials: list[optuna.trial.FrozenTrial], budget: int, stopped: list[int]) -> None:
@@ -145,18 +148,30 @@ def test_a_4_task_array_on_the_journal_store_resumes_a_cancelled_task_s_trial(tm
     trials = _trials(url, "sj")
     _assert_budget(trials, 6, [victim.number])
     _assert_resumed(trials, victim.number, 10)
+    assert next(t for t in trials if t.user_attrs.get("resumed_from_trial") == victim.number
+                ).user_attrs["resumed_at_epoch"] >= 2  # it was cancelled after its first epoch
+    assert "Restarts=0" in _state(task)  # a cancelled task is not requeued
     logs = "".join(p.read_text() for p in tmp_path.glob(f"search-sj-{job}_*.out"))
     assert f"trial {victim.number} was stopped and will resume from its last finished epoch" in logs, logs
     assert "Traceback" not in logs, logs
 
 
+def _state(job: str) -> str:
+    return " ".join(subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=_env(),
+                                   timeout=60).stdout.split())
+
+
 def test_a_4_task_array_on_postgresql_resumes_a_task_stopped_at_its_time_limit(tmp_path, pg_db):
     url = pg.url_of(pg_db)
     spec = _study(tmp_path, "sp", epochs=40, trials=5)
-    # One task with a one-minute limit and SLURM's warning signal before it; it runs alone until it is stopped.
+    # One task with a one-minute limit: SLURM warns it 15 s before (USR1, the script's --signal); its worker stops
+    # the trial, and the task requeues itself.
     timed = _job_id(_submit(tmp_path, "--study", str(spec), "--workers", "1", "--gpus-per-worker", "0",
-                            "--storage", url, "--time", "1", "--sbatch-arg=--signal=B:TERM@10"))
-    _wait_gone(timed, 240)
+                            "--storage", url, "--time", "1"))
+    try:
+        wait_for(lambda: "Restarts=1" in _state(timed), 240, "the task to be stopped and requeued")
+    finally:
+        subprocess.run(["scancel", timed], env=_env(), timeout=60)  # its second run would wait SLURM's BeginTime
     trials = _trials(url, "sp")
     stopped = [t.number for t in by_state(trials, TrialState.FAIL)]
     assert len(stopped) == 1 and len(by_state(trials, *FINISHED)) < 5, [t.state for t in trials]
@@ -198,7 +213,7 @@ def test_dry_run_prints_the_job_script_and_submits_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     script = done.stdout
     for line in ("#SBATCH --array=0-2", "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16G",
-                 "#SBATCH --time=4:00:00", "#SBATCH --requeue"):
+                 "#SBATCH --time=4:00:00", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120"):
         assert line in script.splitlines(), script
     assert f"worker --study {spec} --device cuda" in script
     assert not (tmp_path / "dry.log").exists()  # nothing written, nothing queued

@@ -6,12 +6,14 @@ pickled crosses machines (files read back are data, never code); and resuming ne
 study store and the trials' checkpoints already hold all the state, so a task that is stopped, or requeued after
 a preemption, loses at most the epoch in flight.
 
-Stopping: the script `exec`s the worker, so the batch process *is* the worker and receives SLURM's signals itself:
-SIGTERM at the time limit or at a scancel (then SIGKILL after the cluster's KillWait), and the warning signal that
-``--sbatch-arg=--signal=B:TERM@SECONDS`` asks for before the limit. The worker stops its trial at the next batch
-and queues it again in the store (search/hpo/worker.py); another task, or this one requeued after a preemption
-(`--requeue`), resumes it from its checkpoint. A task killed outright (node failure) stops beating: its trial is
-failed and retried through the store's heartbeat.
+Stopping: SLURM sends SIGTERM at the time limit, at a scancel and at a preemption (then SIGKILL after the
+cluster's KillWait), and USR1 a little before the time limit (``--signal=B:USR1@WARN``: a quarter of the limit, at
+most two minutes). The script's shell passes either on to the worker as SIGTERM: the worker stops its trial at the
+next batch and queues it again in the store (search/hpo/standalone.py), and another task resumes it from its
+checkpoint. After the warning the shell also requeues its own task (`scontrol requeue`), which joins the study
+again when SLURM starts it, so a study longer than the time limit still meets its budget; a preempted task is
+requeued by SLURM itself (`--requeue`). A task killed outright (node failure) stops beating: its trial is failed
+and retried through the store's heartbeat.
 
 GPUs: ``--gres=gpu:1`` per task, and the worker trains on the GPU SLURM allocated to it, through the
 CUDA_VISIBLE_DEVICES SLURM sets (cuda:0 inside the task); no physical index is chosen here.
@@ -76,8 +78,7 @@ def check(job: Job) -> None:
             raise SearchError(f"{option} {value!r} is not a SLURM name (letters, digits, '_', '.', '-')")
     for arg in job.sbatch_args:
         if not arg.startswith("-") or "\n" in arg:
-            raise SearchError(f"--sbatch-arg {arg!r} is not an sbatch option; e.g. --sbatch-arg=--qos=long "
-                              f"or --sbatch-arg=--signal=B:TERM@120")
+            raise SearchError(f"--sbatch-arg {arg!r} is not an sbatch option; e.g. --sbatch-arg=--qos=long")
     check_store(job.storage)
 
 
@@ -124,6 +125,7 @@ def script(job: Job) -> str:
              "#SBATCH --ntasks=1",
              f"#SBATCH --chdir={job.folder}",
              f"#SBATCH --output={job.folder}/search-{job.name}-%A_%a.out",
+             "#SBATCH --open-mode=append",  # a requeued task's log goes on in the same file
              "#SBATCH --requeue"]
     if job.cpus is not None:
         lines.append(f"#SBATCH --cpus-per-task={job.cpus}")
@@ -133,6 +135,8 @@ def script(job: Job) -> str:
                           ("account", job.account)):
         if value is not None:
             lines.append(f"#SBATCH --{option}={value}")
+    if not any(arg.startswith("--signal") for arg in job.sbatch_args):
+        lines.append(f"#SBATCH --signal=B:USR1@{warning(job.time)}")
     lines += [f"#SBATCH {arg}" for arg in job.sbatch_args]
     device = "cuda" if job.gpus else "cpu"
     lines += [
@@ -142,11 +146,43 @@ def script(job: Job) -> str:
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         "# The trials' files and the checkpoints a stopped trial resumes from:",
         f"export SEARCH_ARTIFACTS={shlex.quote(str(job.artifact_dir()))}",
-        "# exec: this process becomes the worker and receives SLURM's signals (time limit, scancel) itself.",
-        f"exec {launcher()} worker --study {shlex.quote(job.study)} --device {device}",
-        "",
+        f"{launcher()} worker --study {shlex.quote(job.study)} --device {device} &",
+        _SUPERVISE,
     ]
     return "\n".join(lines)
+
+
+# The worker runs in the background so that this shell can pass SLURM's signals on and, after the warning before
+# the time limit, requeue its task. A signal ends `wait` early: it is called again until the worker has ended.
+_SUPERVISE = """\
+worker=$!
+requeue=0
+trap 'requeue=1; kill -TERM "$worker" 2>/dev/null' USR1
+trap 'kill -TERM "$worker" 2>/dev/null' TERM INT
+while :; do
+    wait "$worker"
+    status=$?
+    kill -0 "$worker" 2>/dev/null || break
+done
+if [ "$requeue" = 1 ] && [ "$status" != 0 ]; then
+    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+fi
+exit "$status"
+"""
+
+
+def warning(limit: str | None) -> int:
+    """Seconds before the time limit at which SLURM warns the task: a quarter of the limit, 10 s to 2 minutes."""
+    if limit is None:
+        return 120
+    days, _, clock = limit.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        seconds = int(days) * 86400 + sum(v * u for v, u in zip(parts, (3600, 60, 1)))
+    else:  # minutes, minutes:seconds, hours:minutes:seconds
+        seconds = sum(v * u for v, u in zip(reversed(parts), (1, 60, 3600)))
+        seconds = seconds * 60 if len(parts) == 1 else seconds
+    return max(10, min(120, seconds // 4))
 
 
 def submit(job: Job, *, test_only: bool = False) -> str:
