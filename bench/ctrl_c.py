@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers import CTRL_C_STUDY, Interruptible, assert_clean_stop  # noqa: E402  (the test's own checks)
+# the test's own harness and checks
+from tests.support.signals import Interruptible, assert_clean_stop  # noqa: E402
+from tests.support.studies import CTRL_C_STUDY  # noqa: E402
 
 
 def main() -> int:

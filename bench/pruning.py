@@ -84,7 +84,7 @@ TINT_SD, CYCLES_SD, NOISE_SD, CONTRAST = 6.0, 0.3, 30.0, (4.0, 30.0)  # grey lev
 
 def pathmnist_like(counts: tuple[int, int, int], seed: int = 0, size: int = 28) -> dict[str, np.ndarray]:
     """medmnist's pathmnist.npz layout: {train,val,test}_images uint8 N x S x S x 3, _labels uint8 N x 1 (as
-    tests/helpers.py writes it), with a signal to learn: a jittered tint and a grating of the class's scale, under
+    tests/support/data.py writes it), with a signal to learn: a jittered tint and a grating of the class's scale, under
     Gaussian pixel noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size

@@ -1,4 +1,4 @@
-"""Shared fixtures; the helpers they use (and tests import) are in tests/helpers.py."""
+"""Shared fixtures; the helpers they use (and tests import) are in tests/support/, by concern."""
 from __future__ import annotations
 
 import uuid
@@ -8,7 +8,9 @@ from typing import Iterator
 import pytest
 
 from tests import pg
-from tests.helpers import Searched, search_tiny, sigint_as_in_a_terminal, write_medmnist_npz
+from tests.support.data import write_medmnist_npz
+from tests.support.signals import sigint_as_in_a_terminal
+from tests.support.studies import Searched, search_tiny
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,9 +38,7 @@ def searched(tmp_path_factory) -> Searched:
 @pytest.fixture
 def pg_db() -> Iterator[str]:
     """The name of a new empty database; dropped at the end, after ending any connection left to it."""
-    reason = pg.unreachable()
-    if reason:
-        pytest.skip(reason)
+    pg.skip_unless_reachable()
     name = f"search_{uuid.uuid4().hex}"
     conn = pg.connect()
     try:

@@ -1,14 +1,17 @@
 """A real PostgreSQL for tests: a fresh, empty database per test, dropped afterwards.
 
 The server is $SEARCH_TEST_PG (default postgresql://postgres@127.0.0.1:5432), reached as its `postgres` database
-to create and drop the test databases. Where it cannot be reached, the PostgreSQL tests skip with the reason.
+to create and drop the test databases. Where it cannot be reached, the PostgreSQL tests skip with the reason;
+with $SEARCH_REQUIRE_PG=1 (set by .ci/run in CI) they fail instead, so that a run cannot pass with them skipped.
 """
 from __future__ import annotations
 
 import os
 
-import optuna
+import pytest
 from sqlalchemy.engine import make_url
+
+from tests.support.store import reader
 
 SERVER = os.environ.get("SEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 _server = make_url(SERVER)
@@ -38,6 +41,21 @@ def unreachable() -> str | None:
     return None
 
 
+def required() -> bool:
+    return os.environ.get("SEARCH_REQUIRE_PG", "") == "1"
+
+
+def skip_unless_reachable(*, module: bool = False) -> None:
+    """Skip the calling test (or, with `module`, its whole module) where no server answers, saying why; fail
+    instead under $SEARCH_REQUIRE_PG=1."""
+    reason = unreachable()
+    if reason is None:
+        return
+    if required():
+        pytest.fail(f"{reason}; $SEARCH_REQUIRE_PG=1 requires the PostgreSQL tests to run", pytrace=False)
+    pytest.skip(reason, allow_module_level=module)
+
+
 def url_of(database: str, password: str | None = None) -> str:
     """The storage URL of `database` on the test server, optionally with a password in it."""
     u = _server.set(database=database)
@@ -46,27 +64,9 @@ def url_of(database: str, password: str | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def _reader(url: str) -> optuna.storages.RDBStorage:
-    # psycopg2, which this module uses anyway, whichever driver SQLAlchemy would pick for postgresql://.
-    # It never creates tables: the test only reads, and must not take part in the workers' race to create them.
-    u = make_url(url).set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return optuna.storages.RDBStorage(u, skip_table_creation=True, skip_compatibility_check=True)
-
-
-def trials_of(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    """All trials of `study`, read with a storage of our own that closes its connections afterwards."""
-    storage = _reader(url)
-    try:
-        return optuna.load_study(study_name=study, storage=storage).get_trials()
-    finally:
-        storage.engine.dispose()
-
-
 def study_attrs(url: str, study: str) -> tuple[dict, dict]:
-    """The study's user and system attributes."""
-    storage = _reader(url)
-    try:
+    """The study's user and system attributes (its trials: tests/support/store.trials_of, for every store)."""
+    with reader(url) as storage:
+        assert storage is not None, f"no study store at {url}"
         study_id = storage.get_study_id_from_name(study)
         return storage.get_study_user_attrs(study_id), storage.get_study_system_attrs(study_id)
-    finally:
-        storage.engine.dispose()

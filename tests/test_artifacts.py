@@ -14,8 +14,10 @@ from optuna.trial import TrialState
 from search.hpo.objective import Objective
 from search.hpo.studies import load_study
 from search.results import artifacts
-from tests.helpers import cli_env, free_port, search_cmd, wait_for, write_medmnist_npz
-from tests.helpers import http_get as _get
+from tests.support.cli import cli_env, search_cmd
+from tests.support.data import write_medmnist_npz
+from tests.support.wait import free_port, wait_for
+from tests.support.wait import http_get as _get
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,6 +28,7 @@ def files_of(s, trial) -> dict[str, bytes]:
             for m in get_all_artifact_meta(trial, storage=storage)}
 
 
+@pytest.mark.e2e
 def test_every_finished_trial_carries_its_learning_curve_and_a_complete_one_its_confusion_matrix(searched):
     done = [t for t in searched.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert {t.state for t in done} == {TrialState.COMPLETE, TrialState.PRUNED}
@@ -44,6 +47,7 @@ def test_every_finished_trial_carries_its_learning_curve_and_a_complete_one_its_
         assert [float(r["val_acc"]) for r in rows] == [t.intermediate_values[e] for e in range(1, len(rows) + 1)]
 
 
+@pytest.mark.e2e
 def test_the_dashboard_serves_the_trial_files(searched):
     trial = next(t for t in searched.trials if t.state == TrialState.COMPLETE)
     storage = optuna.storages.RDBStorage(f"sqlite:///{searched.root / 'search.db'}")

@@ -9,9 +9,11 @@ from click.testing import CliRunner
 
 from search.cli import main
 from search.train import config
-from tests.helpers import cli_env, search_cmd, write_medmnist_npz
+from tests.support.cli import cli_env, search_cmd
+from tests.support.data import write_medmnist_npz
 
 
+@pytest.mark.e2e
 def test_train_writes_metrics_model_and_config(tmp_path):
     cfg = tmp_path / "digits.yaml"
     cfg.write_text("dataset: digits\nepochs: 3\nbatch_size: 64\naugmentation: crop\n")
@@ -83,6 +85,7 @@ def test_corrupt_data_file_is_one_line(tmp_path):
     assert code == 2 and "pathmnist.npz is corrupt or truncated" in output and len(output.splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     (tmp_path / "c.yaml").write_text("dataset: digits\nlr: -1\n")
     proc = subprocess.run(search_cmd() + ["train", str(tmp_path / "c.yaml")], capture_output=True, text=True,

@@ -21,7 +21,8 @@ from sqlalchemy.engine import make_url
 from search.cli import main
 from search.env import VARIABLES
 from search.hpo.studies import load_study
-from tests.helpers import cli_env, write_medmnist_npz
+from tests.support.cli import cli_env
+from tests.support.data import write_medmnist_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -260,6 +261,7 @@ def _run_init(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
                           env=cli_env(SEARCH_DATA_DIR=str(data_dir)), cwd=data_dir)
 
 
+@pytest.mark.e2e
 def test_init_prepares_the_workers_dataset_and_creates_the_study_before_the_others_start(tmp_path):
     study = load_study(option(search_services()["worker"], "--study"))
     args = as_list(SERVICES["init"]["command"])

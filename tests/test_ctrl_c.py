@@ -6,39 +6,35 @@ SQLite study. bench/ctrl_c.py runs the same check at 100 random moments.
 """
 from __future__ import annotations
 
+import functools
 import subprocess
 import time
 
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import (
-    CTRL_C_STUDY,
-    FINISHED,
-    STOP_LIMIT_S,
-    Interruptible,
-    assert_clean_stop,
-    cli_env,
-    running,
-    search_cmd,
-    trials_so_far,
-    wait_until,
-)
+from tests.support.cli import cli_env, search_cmd
+from tests.support.signals import STOP_LIMIT_S, Interruptible, assert_clean_stop
+from tests.support.store import FINISHED, running, trials_of
+from tests.support.studies import CTRL_C_STUDY
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 # The moments: while the interpreter itself starts (30 ms after exec: before bin/search blocked the stop signals,
 # CPython printed its own "Fatal Python error" there), while the command starts (imports), as the workers start
 # (spawned, importing, loading), during a first epoch, right after a trial finished (between two trials), and later.
-MOMENTS = {
-    "interpreter start-up 0.03 s": lambda run, db, name: time.sleep(0.03),
-    "command start-up 0.5 s": lambda run, db, name: time.sleep(0.5),
-    "workers spawned": lambda run, db, name: wait_until(lambda: run.printed("workers on")),
-    "workers importing": lambda run, db, name: (wait_until(lambda: run.printed("workers on")), time.sleep(1.0)),
-    "workers loading": lambda run, db, name: (wait_until(lambda: run.printed("workers on")), time.sleep(3.0)),
-    "first epoch": lambda run, db, name: wait_until(lambda: running(db, name)),
-    "first epoch, later": lambda run, db, name: (wait_until(lambda: running(db, name)), time.sleep(0.7)),
-    "between trials": lambda run, db, name: wait_until(lambda: run.printed("] finished")),
-    "mid-run": lambda run, db, name: (wait_until(lambda: run.printed("] finished")), time.sleep(1.5)),
-    "command start-up 1.5 s": lambda run, db, name: time.sleep(1.5),
+MOMENTS = {  # moment: (what to wait for, or nothing; then seconds more)
+    "interpreter start-up 0.03 s": (None, 0.03),
+    "command start-up 0.5 s": (None, 0.5),
+    "workers spawned": (lambda run, db, name: run.printed("workers on"), 0.0),
+    "workers importing": (lambda run, db, name: run.printed("workers on"), 1.0),
+    "workers loading": (lambda run, db, name: run.printed("workers on"), 3.0),
+    "first epoch": (lambda run, db, name: running(db, name), 0.0),
+    "first epoch, later": (lambda run, db, name: running(db, name), 0.7),
+    "between trials": (lambda run, db, name: run.printed("] finished"), 0.0),
+    "mid-run": (lambda run, db, name: run.printed("] finished"), 1.5),
+    "command start-up 1.5 s": (None, 1.5),
 }
 
 
@@ -49,10 +45,12 @@ def test_ctrl_c_at_ten_moments_of_a_two_worker_search_then_the_same_command_resu
     study = tmp_path / f"{name}.yaml"
     study.write_text(CTRL_C_STUDY.format(name=name, trials=100))
     command = ["start", "--study", str(study), "--workers", "2"]
-    for moment, wait in MOMENTS.items():
-        before = sum(t.state in FINISHED for t in trials_so_far(db, name)) if db.exists() else 0
+    for moment, (until, delay) in MOMENTS.items():
+        before = sum(t.state in FINISHED for t in trials_of(db, name))
         run = Interruptible.start(command, tmp_path)
-        wait(run, db, name)
+        if until:  # polled often: the moment can be short (between two trials)
+            wait_for(functools.partial(until, run, db, name), 300, f"the moment '{moment}'", every=0.05)
+        time.sleep(delay)
         seconds = run.ctrl_c()
         try:
             assert_clean_stop(run, seconds, db, name)
@@ -60,11 +58,11 @@ def test_ctrl_c_at_ten_moments_of_a_two_worker_search_then_the_same_command_resu
             raise AssertionError(f"Ctrl-C at '{moment}': {err}") from None
         if run.printed("workers on"):
             assert run.printed(f"{before} finished before"), run.text()  # it resumed the study as it stood
-    done = sum(t.state in FINISHED for t in trials_so_far(db, name))
+    done = sum(t.state in FINISHED for t in trials_of(db, name))
     final = subprocess.run(search_cmd() + command + ["--trials", str(done + 2)], cwd=tmp_path,
                            capture_output=True, text=True, env=cli_env(), timeout=600)
     assert final.returncode == 0, final.stdout + final.stderr
-    trials = trials_so_far(db, name)
+    trials = trials_of(db, name)
     assert sum(t.state in FINISHED for t in trials) == done + 2
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
@@ -87,7 +85,7 @@ def test_ctrl_c_while_the_interpreter_itself_starts_is_one_line_too(tmp_path):
     study.write_text(CTRL_C_STUDY.format(name="early", trials=10))
     run = Interruptible.start(["start", "--study", str(study), "--workers", "2"], tmp_path,
                               PYTHONPATH=str(hold), MARK=str(mark))
-    wait_until(lambda: mark.exists() or run.proc.poll() is not None, timeout=30)
+    wait_for(lambda: mark.exists() or run.proc.poll() is not None, 30, "the start-up held", every=0.05)
     assert run.proc.poll() is None, run.text()
     assert_clean_stop(run, run.ctrl_c(), tmp_path / "search.db", "early")
     assert run.proc.returncode == 130  # our handler saw it: not SIGINT's default action
@@ -111,9 +109,9 @@ def test_ctrl_c_stops_a_standalone_worker_mid_trial(tmp_path):
     study = tmp_path / f"{name}.yaml"
     study.write_text(CTRL_C_STUDY.format(name=name, trials=50).replace("epochs: 2", "epochs: 20"))
     run = Interruptible.start(["worker", "--study", str(study), "--device", "cpu"], tmp_path)
-    wait_until(lambda: running(db, name))
+    wait_for(lambda: running(db, name), 300, "a running trial", every=0.05)
     assert_clean_stop(run, run.ctrl_c(), db, name)
-    failed = [t for t in trials_so_far(db, name) if t.state == TrialState.FAIL]
+    failed = [t for t in trials_of(db, name) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["reason"] == "interrupted"
 
 
@@ -122,7 +120,8 @@ def test_ctrl_c_stops_search_train_mid_epoch_and_saves_nothing_half_done(tmp_pat
     (tmp_path / "cfg.yaml").write_text("dataset: digits\narchitecture: simple_cnn_v2\nepochs: 30\nbatch_size: 32\n")
     args = ["train", "cfg.yaml", "--out", "run"] + (["--seeds", str(seeds)] if seeds else [])
     run = Interruptible.start(args, tmp_path)
-    wait_until(lambda: any("epoch" in line for line in run.err) or run.proc.poll() is not None)
+    wait_for(lambda: any("epoch" in line for line in run.err) or run.proc.poll() is not None, 300,
+             "the first epoch", every=0.05)
     time.sleep(0.5)
     seconds = run.ctrl_c()
     assert run.proc.returncode == 130, run.text()
@@ -140,8 +139,8 @@ def test_ctrl_c_stops_search_train_parallel_seeds_with_one_line(tmp_path, delay)
     (tmp_path / "cfg.yaml").write_text("dataset: digits\narchitecture: simple_cnn_v2\nepochs: 30\nbatch_size: 32\n")
     run = Interruptible.start(["train", "cfg.yaml", "--out", "run", "--seeds", "2", "--devices", "cpu,cpu"],
                               tmp_path)
-    wait_until(lambda: any("in parallel on" in line for line in run.err)
-               or run.proc.poll() is not None)
+    wait_for(lambda: any("in parallel on" in line for line in run.err) or run.proc.poll() is not None, 300,
+             "the seeds' processes", every=0.05)
     time.sleep(delay)
     seconds = run.ctrl_c()
     assert run.proc.returncode == 130, run.text()

@@ -9,7 +9,7 @@ import torch
 
 from search.errors import SearchError
 from search.train import data
-from tests.helpers import SHARED_MNIST, write_medmnist_npz, write_mnist
+from tests.support.data import SHARED_MNIST, write_medmnist_npz, write_mnist
 
 CPU = torch.device("cpu")
 

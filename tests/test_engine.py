@@ -6,7 +6,7 @@ import torch
 from search.errors import SearchError
 from search.train import engine
 from search.train.config import TrainConfig
-from tests.helpers import write_medmnist_npz
+from tests.support.data import write_medmnist_npz
 
 
 def digits(**kw) -> TrainConfig:
@@ -83,7 +83,10 @@ def test_multi_label_task_trains_with_bce(tmp_path):
     write_medmnist_npz(tmp_path / "chestmnist.npz", channels=1, classes=14, multi_label=True, counts=(256, 64, 64))
     r = engine.fit(TrainConfig(dataset="chestmnist", data_dir=str(tmp_path), epochs=2, batch_size=64,
                                device="cpu", label_smoothing=0.1, metric="val_auc"))
-    assert r.outcome == "completed" and 0.0 <= r.best["val_acc"] <= 1.0 and math.isfinite(r.best["val_loss"])
+    assert r.outcome == "completed" and math.isfinite(r.best["val_loss"])
+    # each label brightens its own band of rows: a model that learns is well above chance (AUC 0.5, and 0.5 of
+    # the labels right when half of them are on)
+    assert r.best["val_auc"] > 0.75 and r.best["val_acc"] > 0.6, r.best
 
 
 def test_rgb_medmnist_with_color_augmentation(pathmnist_dir):

@@ -27,7 +27,8 @@ from search.hpo.supervisor import ensure_study
 from search.train import engine
 from search.train.config import TrainConfig
 from search.train.data import load
-from tests.helpers import cli_env, search_cmd, write_medmnist_npz
+from tests.support.cli import cli_env, search_cmd
+from tests.support.data import write_medmnist_npz
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -227,6 +228,7 @@ def test_two_runs_with_the_same_seed_agree_within_tolerance(gpu_data):
         assert abs(x["val_acc"] - y["val_acc"]) <= 0.02
 
 
+@pytest.mark.e2e
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("visible", [False, True], ids=["all-visible", "cuda-visible-devices-set"])

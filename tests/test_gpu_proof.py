@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.e2e  # every test here starts real processes
+
 PROOF = Path(__file__).resolve().parents[1] / "bench" / "gpu_proof.py"
 
 

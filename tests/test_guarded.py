@@ -4,8 +4,13 @@ the warm start: the file's `enqueue:` entry is trial 0, and no later start queue
 from __future__ import annotations
 
 import optuna
+import pytest
 
-from tests.helpers import run, study_file, trials_of
+from tests.support.cli import run
+from tests.support.store import trials_of
+from tests.support.studies import study_file
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 
 def _attrs(tmp_path, name: str) -> dict:

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
+
+from click.testing import CliRunner
 
 from search.cli import COMMAND_ORDER, main
-from tests.helpers import cli_env, search_cmd
 
 
 def help_commands(columns: int) -> list[str]:
     """The lines of the Commands block of `search --help`, in a terminal `columns` wide."""
-    done = subprocess.run(search_cmd() + ["--help"], capture_output=True, text=True, env=cli_env(COLUMNS=str(columns)),
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split("Commands:\n", 1)[1].splitlines()
+    done = CliRunner().invoke(main, ["--help"], terminal_width=columns)
+    assert done.exit_code == 0, done.output
+    return done.output.split("Commands:\n", 1)[1].splitlines()
 
 
 def test_commands_are_listed_in_the_order_a_user_meets_them() -> None:

@@ -15,7 +15,8 @@ from search.hpo import objectives as goals
 from search.hpo.objective import Objective
 from search.hpo.studies import load_study, make_sampler
 from search.train import config
-from tests.helpers import run, trials_of
+from tests.support.cli import run
+from tests.support.store import trials_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -128,6 +129,7 @@ def front_study(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.e2e
 def test_the_front_end_to_end(front_study):
     trials = trials_of(front_study / "search.db", "front")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -160,6 +162,7 @@ def test_the_front_end_to_end(front_study):
     assert notes["values"] == {"val_acc": chosen.values[0], "params": chosen.values[1]}
 
 
+@pytest.mark.e2e
 def test_export_without_a_trial_names_the_front(front_study):
     out = run(["export", "--study", "front"], front_study)
     assert out.returncode == 2 and out.stdout == ""
@@ -176,6 +179,7 @@ def test_export_without_a_trial_names_the_front(front_study):
     assert not (front_study / "best.yaml").exists()
 
 
+@pytest.mark.e2e
 def test_the_report_draws_the_front(front_study):
     made = run(["report", "--study", "front", "-o", "out"], front_study)
     assert made.returncode == 0, made.stderr

@@ -1,6 +1,7 @@
 """The search service on a real PostgreSQL: real `search` processes, one fresh database per test.
 
-Skips (with the reason, naming host:port) where no server answers; see tests/pg.py for $SEARCH_TEST_PG.
+Skips (with the reason, naming host:port) where no server answers, fails there under $SEARCH_REQUIRE_PG=1; see
+tests/pg.py.
 """
 from __future__ import annotations
 
@@ -13,30 +14,22 @@ import subprocess
 import time
 import uuid
 
-import optuna
 import pytest
-import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
 from search.train import config
 from tests import pg
-from tests.helpers import (
-    FINISHED,
-    by_state,
-    cli_env,
-    free_port,
-    run,
-    search_cmd,
-    study_file,
-    wait_for,
-    write_medmnist_npz,
-)
-from tests.helpers import http_get as _get
+from tests.support.cli import cli_env, run, search_cmd
+from tests.support.data import write_medmnist_npz
+from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import study_file
+from tests.support.wait import free_port, wait_for
+from tests.support.wait import http_get as _get
 
-_why = pg.unreachable()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+pytestmark = pytest.mark.e2e  # every test here starts real processes
+
+pg.skip_unless_reachable(module=True)
 
 
 def test_start_status_export_dashboard_then_train_on_postgresql(tmp_path, pg_db):
@@ -46,7 +39,7 @@ def test_start_status_export_dashboard_then_train_on_postgresql(tmp_path, pg_db)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "finished 3/3" in started.stdout
     assert not (tmp_path / "search.db").exists()  # everything went to PostgreSQL
-    trials = pg.trials_of(url, "pg")
+    trials = trials_of(url, "pg")
     assert len(by_state(trials, *FINISHED)) == 3 and not by_state(trials, TrialState.FAIL, TrialState.RUNNING)
 
     status = run(["status", "--study", "pg", "--storage", url], tmp_path)
@@ -118,7 +111,7 @@ def test_eight_racing_workers_share_one_study_on_postgresql(tmp_path, pg_db):
         assert p.returncode == 0, out
         assert "Traceback" not in out, out
 
-    trials = pg.trials_of(url, "race")
+    trials = trials_of(url, "race")
     finished = by_state(trials, *FINISHED)
     # MaxTrialsCallback stops each worker once the study holds the budget; a worker already in a trial
     # finishes it, so at most one extra trial per worker.
@@ -151,11 +144,7 @@ def test_eight_racing_workers_share_one_study_on_postgresql(tmp_path, pg_db):
 
 
 def _running(url: str, study: str):
-    try:
-        running = by_state(pg.trials_of(url, study), TrialState.RUNNING)
-    except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-        # the worker has not created the tables or the study yet
-        return None
+    running = by_state(trials_of(url, study), TrialState.RUNNING)  # none before the worker created the study
     return next((t for t in running if "config" in t.user_attrs), None)  # its parameters are suggested
 
 
@@ -177,7 +166,7 @@ def test_kill_9_of_an_unsupervised_worker_is_failed_by_heartbeat_and_retried_onc
             first.kill()
             first.wait()
     assert first.returncode == -signal.SIGKILL
-    before = pg.trials_of(url, "kill")
+    before = trials_of(url, "kill")
     assert before[victim.number].state == TrialState.RUNNING  # nobody else can fail it: no supervisor
     done = len(by_state(before, *FINISHED))
 
@@ -188,7 +177,7 @@ def test_kill_9_of_an_unsupervised_worker_is_failed_by_heartbeat_and_retried_onc
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out, err = second.communicate(timeout=600)
     assert second.returncode == 0, out + err
-    trials = pg.trials_of(url, "kill")
+    trials = trials_of(url, "kill")
     assert [t.number for t in by_state(trials, TrialState.FAIL)] == [victim.number]
     # Optuna fails a stale trial without a reason: the trial is FAIL before any callback runs, and a finished
     # trial's attributes cannot change. Its user attributes are what the dead worker wrote.
@@ -258,7 +247,7 @@ def test_a_password_in_the_url_appears_in_no_output_and_no_attribute(tmp_path, p
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["search"]["study"] == "secret"
 
-    trials = pg.trials_of(pg.url_of(pg_db), "secret")
+    trials = trials_of(pg.url_of(pg_db), "secret")
     assert len(by_state(trials, *FINISHED)) == 2
     stored = json.dumps(list(pg.study_attrs(pg.url_of(pg_db), "secret"))
                         + [[t.user_attrs, t.system_attrs, t.params] for t in trials], default=str)

@@ -10,9 +10,13 @@ import struct
 import subprocess
 import termios
 
-from tests.helpers import cli_env, search_cmd, study_file
+import pytest
+
+from tests.support.cli import cli_env, search_cmd
+from tests.support.studies import study_file
 
 
+@pytest.mark.e2e
 def test_on_a_terminal_each_worker_has_a_line_with_its_epoch_redrawn_in_place(tmp_path):
     spec = study_file(tmp_path, "live", epochs=3, trials=2)
     main, terminal = pty.openpty()

@@ -10,7 +10,10 @@ from optuna.trial import TrialState
 
 from search.errors import SearchError
 from search.hpo.storage import parse_grpc_url
-from tests.helpers import FINISHED, by_state, cli_env, free_port, run, search_cmd, study_file, trials_of
+from tests.support.cli import cli_env, run, search_cmd
+from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import study_file
+from tests.support.wait import free_port
 
 try:
     import grpc  # noqa: F401
@@ -27,6 +30,7 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.e2e
 @needs_grpc
 def test_two_workers_finish_a_study_through_the_proxy(tmp_path):
     spec = study_file(tmp_path, "proxy", epochs=1, trials=4)
@@ -60,6 +64,7 @@ def test_two_workers_finish_a_study_through_the_proxy(tmp_path):
     assert not list(tmp_path.glob("search.db*"))  # nothing fell back to the default SQLite store
 
 
+@pytest.mark.e2e
 @needs_grpc
 def test_no_proxy_listening_is_one_line_error(tmp_path):
     port = free_port()  # nothing listens there
@@ -71,6 +76,7 @@ def test_no_proxy_listening_is_one_line_error(tmp_path):
                                    f"start one with: search proxy --storage URL --port {port}")
 
 
+@pytest.mark.e2e
 @needs_grpc
 def test_proxy_on_a_port_in_use_is_one_line_error(tmp_path):
     with socket.socket() as busy:
@@ -84,12 +90,14 @@ def test_proxy_on_a_port_in_use_is_one_line_error(tmp_path):
     assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_proxy_of_a_proxy_is_refused(tmp_path):
     proc = run(["proxy", "--storage", "grpc://127.0.0.1:13000"], tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "must be the database URL" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_without_grpcio_the_error_names_the_extra(tmp_path):
     # A real interpreter in which `import grpc` fails: a package of that name earlier on the path refuses to load.
     shadow = tmp_path / "shadow" / "grpc"

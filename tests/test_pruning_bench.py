@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # every test here starts real processes
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "pruning.py"
 TRIALS, EPOCHS = 3, 2
 

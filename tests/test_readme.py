@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from search.hpo.studies import load_study
 from search.train import config
-from tests.helpers import FINISHED, by_state, cli_env, search_cmd, trials_of
+from tests.support.cli import cli_env, search_cmd
+from tests.support.store import FINISHED, by_state, trials_of
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -67,6 +68,7 @@ def check_train(cwd: Path, out: str) -> None:
 CHECKS = {"start": check_start, "status": check_status, "export": check_export, "train": check_train}
 
 
+@pytest.mark.e2e
 def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     lines = quickstart_lines()
     assert [line.split()[1] for line in lines] == list(CHECKS), lines

@@ -22,7 +22,8 @@ from search.cli import main
 from search.results import published as benchmarks
 from search.results import report
 from search.train import config, engine
-from tests.helpers import Searched, write_medmnist_npz
+from tests.support.data import write_medmnist_npz
+from tests.support.studies import Searched
 
 STUDY_FIGURES = ("optimisation_history", "importances", "marginal_effects", "parallel_coordinates",
                  "learning_curves", "best_per_architecture", "trial_states", "pruning_savings")
@@ -35,6 +36,7 @@ TABLES = ("best_per_architecture", "trial_states", "pruning_savings", "top_trial
 # --- search train --seeds -------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_seeds_keep_each_run_in_its_folder_and_report_mean_and_sd(searched):
     final = searched.root / "final"
     runs = [json.loads((final / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
@@ -53,6 +55,7 @@ def test_seeds_keep_each_run_in_its_folder_and_report_mean_and_sd(searched):
     assert f"{summary['test_acc']['mean']:.4f}" in last
 
 
+@pytest.mark.e2e
 def test_final_runs_record_the_test_confusion_matrix_of_the_same_pass(searched):
     m = json.loads((searched.root / "final" / "seed-0" / "metrics.json").read_text())
     cm = m["test_confusion"]
@@ -69,6 +72,7 @@ def test_final_runs_record_the_test_confusion_matrix_of_the_same_pass(searched):
     assert sum(y == p for y, p in zip(labels, predictions)) / 269 == pytest.approx(m["test_acc"])
 
 
+@pytest.mark.e2e
 def test_seeds_refuse_a_folder_with_finished_runs(searched, monkeypatch):
     monkeypatch.chdir(searched.root)
     before = (searched.root / "final" / "summary.json").read_text()
@@ -80,6 +84,7 @@ def test_seeds_refuse_a_folder_with_finished_runs(searched, monkeypatch):
 # --- search report: files ------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_every_figure_is_a_png_and_a_pdf_and_every_table_markdown_and_latex(searched):
     figures = searched.report / "figures"
     for name in STUDY_FIGURES + RUN_FIGURES:
@@ -117,6 +122,7 @@ def _page(s: Searched) -> str:
     return (s.report / "index.html").read_text()
 
 
+@pytest.mark.e2e
 def test_the_page_shows_every_figure_and_table_and_fetches_nothing(searched):
     page = _page(searched)
     refs = _Refs()
@@ -149,6 +155,7 @@ def tex(s: Searched, name: str) -> str:
     return (s.report / "tables" / f"{name}.tex").read_text()
 
 
+@pytest.mark.e2e
 def test_latex_tables_have_one_row_per_item(searched):
     trials = searched.trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -182,6 +189,7 @@ def test_latex_tables_have_one_row_per_item(searched):
     assert len([line for line in md.splitlines() if line.startswith("| simple_cnn")]) == len(archs)
 
 
+@pytest.mark.e2e
 def test_status_writes_every_trial_to_csv(searched, monkeypatch):
     monkeypatch.chdir(searched.root)  # in-process: a fourth process start would cost more than the test
     result = CliRunner().invoke(main, ["status", "--study", "tiny", "--csv", "trials.csv"])
@@ -253,6 +261,7 @@ def test_pathmnist_runs_are_tabled_beside_the_published_benchmark(tmp_path):
     assert "test_metrics" in [item.name for item in section.items if isinstance(item, report.FigureItem)]
 
 
+@pytest.mark.e2e
 def test_a_folder_without_runs_is_one_line_and_writes_nothing(searched, monkeypatch):
     monkeypatch.chdir(searched.root)
     (searched.root / "empty-run").mkdir()
@@ -302,6 +311,7 @@ def _cell_numbers(cell: str) -> list[float]:
 DEFAULT_AUC, SEARCHED_AUC = [0.950, 0.955, 0.960], [0.940, 0.990, 0.970]
 
 
+@pytest.mark.e2e
 def test_two_run_groups_get_rows_of_their_own_and_a_difference_with_a_welch_interval(searched, tmp_path):
     m = _metrics(searched)
     default = _group(tmp_path / "runs" / "default", m, [0.80, 0.82, 0.84], DEFAULT_AUC)
@@ -354,6 +364,7 @@ def test_two_run_groups_get_rows_of_their_own_and_a_difference_with_a_welch_inte
     assert len({line.get_color() for line in legend.get_lines()}) == 3
 
 
+@pytest.mark.e2e
 def test_mcnemar_compares_the_best_runs_per_image(searched, tmp_path):
     m = _metrics(searched)
     labels = [i % 10 for i in range(269)]
@@ -373,6 +384,7 @@ def test_mcnemar_compares_the_best_runs_per_image(searched, tmp_path):
     assert not [item for item in section.items if isinstance(item, report.Note)]
 
 
+@pytest.mark.e2e
 def test_groups_on_different_datasets_are_refused_in_one_line_and_nothing_is_written(searched, tmp_path,
                                                                                      monkeypatch):
     m = _metrics(searched)
@@ -386,6 +398,7 @@ def test_groups_on_different_datasets_are_refused_in_one_line_and_nothing_is_wri
     assert not (tmp_path / "mixed").exists()
 
 
+@pytest.mark.e2e
 def test_marginal_effects_have_one_panel_per_searched_parameter_beside_the_importances(searched, tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{searched.root / 'search.db'}")
     section, _ = report.study_section(study)

@@ -13,7 +13,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import Interruptible, run, trials_of, wait_until
+from tests.support.cli import run
+from tests.support.signals import Interruptible
+from tests.support.store import trials_of
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 # Four trials of one epoch on the bundled digits, all complete (no pruner), so that K can be up to 4.
 STUDY = """\
@@ -165,7 +170,7 @@ def test_ctrl_c_keeps_the_trials_that_finished(study_root):
     done = study_root / "stopped" / f"trial-{first.number}" / "summary.json"
     cmd = Interruptible.start(["export", "--study", "rr", "--rerank", "4", "--seeds", "2", "--rerank-dir", "stopped",
                                "-o", "stopped.yaml"], study_root)
-    wait_until(done.exists, timeout=120)
+    wait_for(done.exists, 120, f"{done}", every=0.05)
     cmd.ctrl_c()
     assert cmd.proc.returncode == 130, cmd.text()
     errors = [line for line in cmd.err if line.strip()]

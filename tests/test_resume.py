@@ -20,19 +20,11 @@ from search.hpo.storage import open_storage
 from search.hpo.studies import load_study
 from search.train import checkpoint, engine
 from search.train.config import TrainConfig
-from tests.helpers import (
-    Interruptible,
-    assert_clean_stop,
-    by_state,
-    cli_env,
-    run,
-    search_cmd,
-    study_file,
-    trials_of,
-    trials_so_far,
-    wait_for,
-    wait_until,
-)
+from tests.support.cli import cli_env, run, search_cmd
+from tests.support.signals import Interruptible, assert_clean_stop
+from tests.support.store import by_state, trials_of
+from tests.support.studies import study_file
+from tests.support.wait import wait_for
 
 CFG = TrainConfig(dataset="digits", architecture="simple_cnn_v2", epochs=4, batch_size=64, lr=3e-3, dropout=0.3,
                   augmentation="flip", schedule="cosine", device="cpu", seed=3)
@@ -93,7 +85,7 @@ def test_a_retry_whose_checkpoint_is_truncated_says_so_in_one_line_and_starts_fr
 
 def _reported(db, name: str, epochs: int):
     """The running trial once it reported `epochs` epochs (its checkpoint holds at least those)."""
-    return next((t for t in by_state(trials_so_far(db, name), TrialState.RUNNING)
+    return next((t for t in by_state(trials_of(db, name), TrialState.RUNNING)
                  if len(t.intermediate_values) >= epochs), None)
 
 
@@ -111,6 +103,7 @@ def _assert_resumed(trials, victim_number: int, epochs: int) -> optuna.trial.Fro
     return retry
 
 
+@pytest.mark.e2e
 def test_kill_9_at_epoch_3_of_6_resumes_the_trial_at_the_next_epoch(tmp_path):
     spec = study_file(tmp_path, "kill", epochs=6, trials=1, arch="simple_cnn_v2")
     db = tmp_path / "search.db"
@@ -127,12 +120,13 @@ def test_kill_9_at_epoch_3_of_6_resumes_the_trial_at_the_next_epoch(tmp_path):
     assert not list((tmp_path / "artifacts" / "checkpoints").rglob("*.pt"))
 
 
+@pytest.mark.e2e
 def test_ctrl_c_then_the_same_command_resumes_the_interrupted_trial_from_its_checkpoint(tmp_path):
     spec = study_file(tmp_path, "stop", epochs=5, trials=1, arch="simple_cnn_v2")
     db = tmp_path / "search.db"
     command = ["start", "--study", str(spec), "--workers", "1"]
     first = Interruptible.start(command, tmp_path)
-    wait_until(lambda: _reported(db, "stop", 2))
+    wait_for(lambda: _reported(db, "stop", 2), 300, "epoch 2 of a running trial", every=0.05)
     assert_clean_stop(first, first.ctrl_c(), db, "stop")
     stopped = by_state(trials_of(db, "stop"), TrialState.FAIL)
     assert len(stopped) == 1 and stopped[0].user_attrs["reason"] == "interrupted"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from search.cli import main
-from tests.helpers import study_file
+from tests.support.studies import study_file
 
 
 def invoke(args: list[str], cwd: Path) -> tuple[int, str]:
@@ -143,7 +143,7 @@ def test_bad_values_in_a_study_file_leave_the_store_untouched(tmp_path, store, r
 
 
 def test_truncated_data_file_stops_start_before_the_store_is_touched(tmp_path, store):
-    from tests.helpers import write_medmnist_npz
+    from tests.support.data import write_medmnist_npz
 
     npz = write_medmnist_npz(tmp_path / "pathmnist.npz", channels=3, classes=9)
     npz.write_bytes(npz.read_bytes()[:3000])
@@ -172,11 +172,13 @@ def test_dashboard_refuses_a_missing_store(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.e2e
 def test_dashboard_binds_to_localhost_by_default_and_warns_on_all_interfaces(tmp_path, store):
     import subprocess
 
-    from tests.helpers import cli_env, free_port, search_cmd, wait_for
-    from tests.helpers import http_get as _get
+    from tests.support.cli import cli_env, search_cmd
+    from tests.support.wait import free_port, wait_for
+    from tests.support.wait import http_get as _get
 
     for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
         port = free_port()

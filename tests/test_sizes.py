@@ -10,7 +10,7 @@ from search.errors import SearchError
 from search.hpo.studies import load_study, trial_config
 from search.train import data, engine
 from search.train.config import TrainConfig
-from tests.helpers import write_medmnist_npz
+from tests.support.data import write_medmnist_npz
 
 LARGER = [s for s in SIZES if s != 28]
 

@@ -13,7 +13,8 @@ import torch
 from search import devices
 from search.errors import SearchError
 from search.hpo import slots
-from tests.helpers import cli_env, search_cmd, study_file
+from tests.support.cli import cli_env, search_cmd
+from tests.support.studies import study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,7 @@ def release(held: list[tuple[int, subprocess.Popen]]) -> None:
         p.stdout.close()  # type: ignore[union-attr]
 
 
+@pytest.mark.e2e
 def test_processes_claiming_together_get_distinct_slots_and_a_killed_holders_slot_is_free_at_once(tmp_path):
     folder = tmp_path / "slots"  # created by the first claim
     held = hold(folder, 3)
@@ -94,6 +96,7 @@ def slot_folder(tmp_path, monkeypatch):
         slots._mine.release()
 
 
+@pytest.mark.e2e
 def test_take_sets_the_slots_gpu_before_cuda_starts_and_keeps_an_explicit_choice(slot_folder, monkeypatch):
     counted = []
     monkeypatch.setattr(devices, "gpu_count", lambda: counted.append(os.environ.get("CUDA_VISIBLE_DEVICES")) or 4)
@@ -132,6 +135,7 @@ def test_after_gpu_count_cuda_visible_devices_still_decides():
 # --- the CPU threads of `search worker` -----------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_threads_default_omp_num_threads_else_the_cores_split_among_the_hosts_workers(slot_folder, monkeypatch):
     monkeypatch.delenv("SEARCH_WORKERS_PER_HOST", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
@@ -163,6 +167,7 @@ def test_a_bad_workers_per_host_is_one_line(value, monkeypatch):
                                  f"got {value!r}")
 
 
+@pytest.mark.e2e
 def test_search_worker_refuses_a_bad_workers_per_host_in_one_line_before_writing_anything(tmp_path):
     spec = study_file(tmp_path, "share", epochs=1, trials=1)
     proc = subprocess.run(search_cmd() + ["worker", "--study", str(spec), "--device", "cpu"], cwd=tmp_path,

@@ -6,6 +6,7 @@ import sqlite3
 from collections import Counter
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from sqlalchemy import event
 
@@ -26,6 +27,7 @@ def _open(url: str) -> str:
         return f"{type(err).__name__}: {err}"
 
 
+@pytest.mark.e2e
 def test_six_processes_creating_one_fresh_sqlite_store_all_succeed(tmp_path):
     # Without the retry, some lose the race: "table studies already exists", "UNIQUE constraint failed:
     # alembic_version.version_num".
@@ -74,10 +76,12 @@ def _every_queued_trial_taken_once(url: str) -> None:
     assert sorted(takes) == list(range(QUEUED))
 
 
+@pytest.mark.e2e
 def test_eight_processes_take_each_queued_trial_exactly_once_on_sqlite(tmp_path):
     _every_queued_trial_taken_once(f"sqlite:///{tmp_path}/queue.db")
 
 
+@pytest.mark.e2e
 def test_eight_processes_take_each_queued_trial_exactly_once_on_postgresql(pg_db):
     _every_queued_trial_taken_once(pg.url_of(pg_db))
 

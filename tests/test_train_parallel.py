@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from search.cli import main
-from tests.helpers import cli_env, search_cmd
+from tests.support.cli import cli_env, search_cmd
 
 # Per-run timings: the only keys allowed to differ between two runs of the same seed.
 TIMES = ("seconds", "images_per_second")
@@ -21,6 +21,7 @@ def _without_times(metrics: dict) -> dict:
     return kept
 
 
+@pytest.mark.e2e
 def test_parallel_seeds_write_what_the_sequential_run_writes(tmp_path):
     cfg = tmp_path / "digits.yaml"
     cfg.write_text("dataset: digits\nepochs: 2\nbatch_size: 64\n")
@@ -83,6 +84,7 @@ def test_devices_without_seeds_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_more_devices_than_seeds_start_one_process_per_seed(tmp_path):
     (tmp_path / "c.yaml").write_text("dataset: digits\nepochs: 1\nbatch_size: 64\n")
     out = tmp_path / "out"

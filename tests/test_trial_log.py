@@ -2,7 +2,12 @@
 `search status --trial N` shows it; the failure line of `search start` ends with that command."""
 from __future__ import annotations
 
-from tests.helpers import run, study_file
+import pytest
+
+from tests.support.cli import run
+from tests.support.studies import study_file
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 
 def test_a_failed_trial_keeps_its_traceback_and_status_shows_it(tmp_path):

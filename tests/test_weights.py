@@ -9,7 +9,11 @@ from optuna.trial import TrialState
 
 from search.train import config, engine
 from search.train.data import load
-from tests.helpers import run, study_file, trials_of
+from tests.support.cli import run
+from tests.support.store import trials_of
+from tests.support.studies import study_file
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 
 def test_the_exported_weights_give_the_best_trials_value_and_only_improvements_are_kept(tmp_path):

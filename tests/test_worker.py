@@ -1,7 +1,13 @@
 """`search worker` (no supervisor): its own CPU share and its own time limit."""
 from __future__ import annotations
 
-from tests.helpers import FINISHED, by_state, run, study_file, trials_of
+import pytest
+
+from tests.support.cli import run
+from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import study_file
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 
 def test_a_standalone_worker_takes_its_cpu_threads_and_stops_at_its_timeout(tmp_path):
