@@ -19,7 +19,7 @@ from search.hpo import slots
 from search.hpo.studies import load_study
 from search.hpo.supervisor import Supervisor, ensure_study
 from search.train import parallel
-from tests.helpers import study_file
+from tests.support.studies import study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,12 @@ from optuna.testing.pytest_storages import StorageTestCase
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.errors import SearchError
 from search.hpo import netfs
 from search.hpo.storage import claim_study_attr, open_storage
-from tests.helpers import FINISHED, by_state, cli_env, free_port, http_get, run, search_cmd, study_file, wait_for
+from tests.support.cli import cli_env, run, search_cmd
+from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import study_file
+from tests.support.wait import free_port, http_get, wait_for
 from tests.test_storage import _every_queued_trial_taken_once
 
 
@@ -34,6 +36,7 @@ class TestOptunaStorageTestsOnTheJournalStore(StorageTestCase):
         return open_storage(f"journal://{tmp_path}/optuna.log")
 
 
+@pytest.mark.e2e
 def test_eight_processes_take_each_queued_trial_exactly_once_on_the_journal(tmp_path):
     _every_queued_trial_taken_once(f"journal://{tmp_path}/queue.log")
 
@@ -44,6 +47,7 @@ def _claim(url: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
     results.put(claim_study_attr(storage, "c", "enqueued", [os.getpid()]))
 
 
+@pytest.mark.e2e
 def test_six_processes_claiming_one_study_attribute_at_once_win_it_once(tmp_path):
     url = f"journal:{tmp_path}/claim.log"  # the relative form's parser, on an absolute path
     optuna.create_study(study_name="c", storage=open_storage(url, heartbeat=False))
@@ -60,18 +64,12 @@ def test_six_processes_claiming_one_study_attribute_at_once_win_it_once(tmp_path
     assert winner[0] in {p.pid for p in procs}
 
 
-def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False)).get_trials()
-
-
 def _running(url: str, name: str):  # type: ignore[no-untyped-def]
-    try:
-        trials = _trials(url, name)
-    except (KeyError, SearchError):  # the worker has not created the file or the study yet
-        return None
+    trials = trials_of(url, name)  # none before the worker created the file and the study
     return next((t for t in by_state(trials, TrialState.RUNNING) if len(t.intermediate_values) >= 1), None)
 
 
+@pytest.mark.e2e
 def test_kill_9_of_a_worker_is_failed_by_the_heartbeat_and_resumed_from_its_checkpoint(tmp_path):
     url = f"journal://{tmp_path}/kill.log"
     spec = study_file(tmp_path, "kill", epochs=4, trials=20, arch="simple_cnn_v2")
@@ -87,13 +85,13 @@ def test_kill_9_of_a_worker_is_failed_by_the_heartbeat_and_resumed_from_its_chec
         if first.poll() is None:
             first.kill()
             first.wait()
-    assert _trials(url, "kill")[victim.number].state == TrialState.RUNNING  # no supervisor fails it
+    assert trials_of(url, "kill")[victim.number].state == TrialState.RUNNING  # no supervisor fails it
     time.sleep(3 + 1)  # past the grace period: the next worker's first trial fails it and takes the retry
-    done = len(by_state(_trials(url, "kill"), *FINISHED))
+    done = len(by_state(trials_of(url, "kill"), *FINISHED))
     second = subprocess.run(search_cmd() + args + ["--trials", str(done + 1)], cwd=tmp_path, capture_output=True,
                             text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
-    trials = _trials(url, "kill")
+    trials = trials_of(url, "kill")
     assert [t.number for t in by_state(trials, TrialState.FAIL)] == [victim.number]
     retry = next(t for t in trials if t.user_attrs.get("resumed_from_trial") == victim.number)
     assert retry.state in FINISHED and retry.params == victim.params
@@ -102,6 +100,7 @@ def test_kill_9_of_a_worker_is_failed_by_the_heartbeat_and_resumed_from_its_chec
     assert not by_state(trials, TrialState.RUNNING, TrialState.WAITING)
 
 
+@pytest.mark.e2e
 def test_start_status_export_enqueue_report_and_the_dashboard_on_a_journal_file(tmp_path):
     spec = study_file(tmp_path, "j", epochs=1, trials=3)
     url = "journal:store/j.log"  # relative to the working directory
@@ -109,7 +108,7 @@ def test_start_status_export_enqueue_report_and_the_dashboard_on_a_journal_file(
     started = run(["start", "--study", str(spec), "--storage", url, "--workers", "2"], tmp_path)
     assert started.returncode == 0, started.stdout + started.stderr
     absolute = f"journal://{tmp_path}/store/j.log"
-    trials = _trials(absolute, "j")
+    trials = trials_of(absolute, "j")
     assert len(by_state(trials, *FINISHED)) == 3 and not by_state(trials, TrialState.FAIL, TrialState.RUNNING)
     assert not (tmp_path / "search.db").exists()
     assert list((tmp_path / "store" / "artifacts").glob("*"))  # the trials' files beside the journal
@@ -121,7 +120,7 @@ def test_start_status_export_enqueue_report_and_the_dashboard_on_a_journal_file(
     (tmp_path / "one.yaml").write_text("lr: 0.003\ndropout: 0.25\noptimizer: adam\n")
     queued = run(["enqueue", "--study", "j", "--storage", url, "one.yaml"], tmp_path)
     assert queued.returncode == 0 and "trial 3 queued" in queued.stdout, queued.stdout + queued.stderr
-    assert _trials(absolute, "j")[3].state == TrialState.WAITING
+    assert trials_of(absolute, "j")[3].state == TrialState.WAITING
     report = run(["report", "--study", "j", "--storage", url, "-o", "rep"], tmp_path)
     assert report.returncode == 0 and (tmp_path / "rep" / "index.html").exists(), report.stderr
 
@@ -136,6 +135,7 @@ def test_start_status_export_enqueue_report_and_the_dashboard_on_a_journal_file(
         dash.wait(timeout=30)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("url", "says"), [
     ("journal://host/x.log", "names a host"),
     ("journal:", "names no file"),
@@ -147,6 +147,7 @@ def test_a_bad_journal_url_is_one_line(tmp_path, url, says):
     assert len((done.stdout + done.stderr).strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_read_only_commands_create_no_journal_file(tmp_path):
     done = run(["status", "--study", "x", "--storage", "journal:x.log"], tmp_path)
     assert done.returncode == 2 and f"no study store at {tmp_path}/x.log" in done.stderr, done.stderr

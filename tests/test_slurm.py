@@ -13,9 +13,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.hpo.storage import open_storage
 from tests import pg
-from tests.helpers import FINISHED, by_state, cli_env, search_cmd, wait_for, write_medmnist_npz
+from tests.support.cli import cli_env, search_cmd
+from tests.support.data import write_medmnist_npz
+from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("SEARCH_SLURM_DIR", "/tmp/search-slurm"))
@@ -98,12 +102,8 @@ def _wait_gone(job: str, timeout: float) -> None:
             subprocess.run(["scancel", job], env=_env(), timeout=60)
 
 
-def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False)).get_trials()
-
-
 def _running_past_epoch_1(url: str, name: str):  # type: ignore[no-untyped-def]
-    return next((t for t in by_state(_trials(url, name), TrialState.RUNNING) if len(t.intermediate_values) >= 1),
+    return next((t for t in by_state(trials_of(url, name), TrialState.RUNNING) if len(t.intermediate_values) >= 1),
                 None)
 
 
@@ -145,7 +145,7 @@ def test_a_4_task_array_on_the_journal_store_resumes_a_cancelled_task_s_trial(tm
         _wait_gone(job, 300)
     finally:
         subprocess.run(["scancel", job], env=_env(), timeout=60)
-    trials = _trials(url, "sj")
+    trials = trials_of(url, "sj")
     _assert_budget(trials, 6, [victim.number])
     _assert_resumed(trials, victim.number, 10)
     assert next(t for t in trials if t.user_attrs.get("resumed_from_trial") == victim.number
@@ -172,7 +172,7 @@ def test_a_4_task_array_on_postgresql_resumes_a_task_stopped_at_its_time_limit(t
         wait_for(lambda: "Restarts=1" in _state(timed), 240, "the task to be stopped and requeued")
     finally:
         subprocess.run(["scancel", timed], env=_env(), timeout=60)  # its second run would wait SLURM's BeginTime
-    trials = _trials(url, "sp")
+    trials = trials_of(url, "sp")
     stopped = [t.number for t in by_state(trials, TrialState.FAIL)]
     assert len(stopped) == 1 and len(by_state(trials, *FINISHED)) < 5, [t.state for t in trials]
     log = next(tmp_path.glob(f"search-sp-{timed}_0.out")).read_text()
@@ -181,7 +181,7 @@ def test_a_4_task_array_on_postgresql_resumes_a_task_stopped_at_its_time_limit(t
     job = _job_id(_submit(tmp_path, "--study", str(spec), "--workers", "4", "--gpus-per-worker", "0",
                           "--storage", url))
     _wait_gone(job, 300)
-    trials = _trials(url, "sp")
+    trials = trials_of(url, "sp")
     _assert_budget(trials, 5, stopped)
     _assert_resumed(trials, stopped[0], 40)
 

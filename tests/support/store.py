@@ -57,7 +57,19 @@ def _made(url: str, engine_kwargs: dict) -> bool:
 
 
 def trials_of(store: Path | str, name: str) -> list[FrozenTrial]:
-    """The study's trials; none while a command has not created the store, its tables or the study yet."""
+    """The study's trials; none while a command has not created the store, its tables or the study yet.
+
+    `store`: a SQLite file, a PostgreSQL URL, or a journal:// URL (read through the project's own opener: a journal
+    file has no tables to race for, and a missing one is not created)."""
+    if isinstance(store, str) and store.startswith("journal:"):
+        from search.errors import SearchError
+        from search.hpo.storage import open_storage
+
+        try:
+            journal = open_storage(store, must_exist=True, heartbeat=False)
+            return optuna.load_study(study_name=name, storage=journal).get_trials()
+        except (SearchError, KeyError):  # no file, or no such study (yet)
+            return []
     with reader(store) as storage:
         if storage is None:
             return []
