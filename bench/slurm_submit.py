@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import optuna  # noqa: E402
-
-from search.hpo.storage import open_storage  # noqa: E402
-from tests.helpers import cli_env, search_cmd, study_file  # noqa: E402
+from tests.support.cli import cli_env, search_cmd  # noqa: E402
+from tests.support.store import trials_of  # noqa: E402
+from tests.support.studies import study_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(os.environ.get("SEARCH_SLURM_DIR", "/tmp/search-slurm")) / "slurm.conf"
@@ -30,10 +29,7 @@ CONF = Path(os.environ.get("SEARCH_SLURM_DIR", "/tmp/search-slurm")) / "slurm.co
 def first_trial_start(url: str, timeout: float = 600) -> float:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            trials = optuna.load_study(study_name="tiny", storage=open_storage(url, heartbeat=False)).get_trials()
-        except Exception:  # the study or the file is not there yet
-            trials = []
+        trials = trials_of(url, "tiny")  # none before the file and the study are there
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start is not None]
         if starts:
             return min(starts)

@@ -203,6 +203,7 @@ def test_search_enqueue_needs_an_existing_study_and_refuses_a_duplicate(tmp_path
 
 
 
+@pytest.mark.e2e
 def test_queue_and_budget_agree_in_enqueue_and_start(tmp_path, stored):
     """A trial queued in a study whose budget is met: `enqueue` and `start` both say it waits and how to run it,
     and `start --trials N` as they say runs it."""

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import by_state, cli_env, run, search_cmd, study_file, trials_of, wait_for
+from tests.support.cli import cli_env, run, search_cmd
+from tests.support.store import by_state, trials_of
+from tests.support.studies import study_file
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 # Address space for a whole `search` process: the supervisor (Optuna, SQLAlchemy, no torch) fits in it; a
 # process that loads torch's libraries does not, as in a login node's or a container's `ulimit -v`.

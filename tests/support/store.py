@@ -10,6 +10,8 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
+from search.hpo.urls import sqlite_path
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -22,6 +24,8 @@ def reader(store: Path | str) -> Iterator[optuna.storages.RDBStorage | None]:
     it is opened only once alembic's row, written last, is there). It closes its connections afterwards, so that
     a test's PostgreSQL database can be dropped.
     """
+    if isinstance(store, str) and sqlite_path(store) is not None:
+        store = sqlite_path(store)
     if isinstance(store, Path):
         if not store.exists():
             yield None
