@@ -226,7 +226,7 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
 @main.command(short_help="Run a search on SLURM: one job array of `search worker` tasks.")
 @click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
 @click.option("--workers", type=click.IntRange(min=1), required=True, help="Tasks of the job array: one worker each.")
-@click.option("--gpus-per-worker", "gpus", type=click.IntRange(0, 1), default=1, show_default=True,
+@click.option("--gpus-per-worker", "gpus", type=click.IntRange(min=0), default=1, show_default=True,
               help="GPUs per task (0: train on the CPU).")
 @click.option("--cpus-per-worker", "cpus", type=click.IntRange(min=1), help="CPU cores per task (SLURM's default: 1).")
 @click.option("--mem", help="Memory per task, e.g. 16G.")

@@ -189,20 +189,22 @@ def test_a_4_task_array_on_postgresql_resumes_a_task_stopped_at_its_time_limit(t
 @pytest.mark.parametrize(("args", "says"), [
     (["--workers", "0"], "--workers"),
     (["--time", "soon"], "--time 'soon' is not a SLURM time limit"),
+    (["--gpus-per-worker", "2"], "a worker trains one trial at a time on one GPU"),
     (["--sbatch-arg=--no-such-sbatch-option"], "sbatch refused the job"),
     (["--storage", "sqlite:///search.db"], "not SQLite"),
 ])
 def test_a_bad_option_is_one_line_exit_2_and_nothing_is_queued(tmp_path, args, says):
     spec = _study(tmp_path, "bad", epochs=1, trials=1)
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=_env()).stdout
     storage = [] if "--storage" in args else ["--storage", f"journal://{tmp_path}/bad.log"]
-    done = _submit(tmp_path, "--study", str(spec), "--gpus-per-worker", "0", *storage,
+    gpus = [] if "--gpus-per-worker" in args else ["--gpus-per-worker", "0"]
+    done = _submit(tmp_path, "--study", str(spec), *gpus, *storage,
                    *([] if "--workers" in args else ["--workers", "2"]), *args)
     assert done.returncode == 2, done.stdout + done.stderr
     out = (done.stdout + done.stderr).strip()
     assert len(out.splitlines()) == 1 and says in out and "Traceback" not in out, out
-    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=_env()).stdout
-    assert after == before
+    queued = subprocess.run(["squeue", "-h", "--states=all", "-n", "search-bad", "-o", "%i"], capture_output=True,
+                            text=True, env=_env(), timeout=60)
+    assert queued.returncode == 0 and queued.stdout == "", queued.stdout  # no job of this study, in any state
     assert not list(tmp_path.glob("search-bad-*.out"))
 
 
