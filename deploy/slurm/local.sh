@@ -39,7 +39,8 @@ start() {
     sed -e "s|@HOST@|$host|g" -e "s|@CPUS@|$(nproc)|g" -e "s|@MEMORY@|$memory|g" -e "s|@STATE@|$state|g" \
         -e "s|@USER@|$(id -un)|g" -e "s|@CTLD_PORT@|${SEARCH_SLURMCTLD_PORT:-6817}|g" \
         -e "s|@D_PORT@|${SEARCH_SLURMD_PORT:-6818}|g" "$here/slurm.conf" > "$conf"
-    running slurmctld || slurmctld -f "$conf"
+    # -c: no job of an earlier run comes back (their folders are gone); this SLURM is for one run of the tests.
+    running slurmctld || slurmctld -c -f "$conf"
     running slurmd || slurmd -f "$conf"
     for _ in $(seq 60); do
         if up && sinfo -h -o %t 2>/dev/null | grep -qE "^(idle|mix|alloc)"; then return; fi
