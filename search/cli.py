@@ -412,12 +412,13 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
     import optuna_dashboard
 
     from search.hpo.storage import open_storage
-    from search.hpo.urls import mask, resolve_url
+    from search.hpo.urls import check_port, mask, resolve_url
     from search.results import artifacts
 
     url = resolve_url(storage)
     store = open_storage(url, must_exist=True, heartbeat=False)
     folder = artifacts.artifact_dir(url, artifacts_dir)
+    check_port(host, port)
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the dashboard is bound to all interfaces (%s): anyone who can reach "
                                             "this machine can see and change the study", host)

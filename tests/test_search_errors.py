@@ -173,6 +173,24 @@ def test_dashboard_refuses_a_missing_store(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_dashboard_on_a_taken_port_is_one_line_before_any_banner(tmp_path, store, host):
+    import socket
+
+    from tests.support.cli import run
+
+    with socket.socket() as busy:
+        busy.bind((host, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run(["dashboard", "--port", str(port), "--host", host], tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # no banner, no warning about the interfaces it never bound
+    assert proc.stderr.strip() == (f"Error: port {port} is already in use on {host} (another program listens "
+                                   f"there); choose another with --port")
+
+
+@pytest.mark.e2e
 def test_dashboard_binds_to_localhost_by_default_and_warns_on_all_interfaces(tmp_path, store):
     import subprocess
 

@@ -20,7 +20,7 @@ import optuna
 
 from search.errors import SearchError
 from search.hpo.storage import open_storage, require_grpc
-from search.hpo.urls import mask
+from search.hpo.urls import check_port, mask
 
 
 def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
@@ -29,6 +29,7 @@ def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> Non
         raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "
                           f"not another proxy ({url})")
     require_grpc()
+    check_port(host, port)  # before the store is opened (or created) and the banner printed
     # Heartbeats are recorded by the workers' storage, which here is the gRPC client: none to configure.
     rdb = open_storage(url, heartbeat=False)
     if host in ("0.0.0.0", "::", ""):
