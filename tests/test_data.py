@@ -1,5 +1,4 @@
 import logging
-import os
 import subprocess
 import sys
 
@@ -52,9 +51,56 @@ def test_data_dir_then_env_then_default(tmp_path, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(tmp_path / "env"))
     assert data.data_root(None) == tmp_path / "env"
     monkeypatch.delenv("SEARCH_DATA_DIR")
-    from medmnist.info import DEFAULT_ROOT
+    from medmnist.info import get_default_root
 
-    assert data.data_root(None) == data.Path(os.path.expanduser("~/.medmnist")) == data.Path(DEFAULT_ROOT)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # medmnist's default root, made where it does no harm
+    assert data.data_root(None) == tmp_path / "home" / ".medmnist" == data.Path(get_default_root())
+
+
+def files_under(*folders):
+    return {str(p) for folder in folders for p in folder.rglob("*")}
+
+
+# Each dataset's failing path, offline (every download fails): where the files are, what the command is.
+FAILING = {
+    "pathmnist in an empty data folder": ("train", "dataset: pathmnist\nepochs: 1\n", "data"),
+    "pathmnist_64 in a folder whose parents are missing": ("train", "dataset: pathmnist\nsize: 64\nepochs: 1\n",
+                                                           "data/a/b"),
+    "chestmnist in the default folder": ("train", "dataset: chestmnist\nepochs: 1\n", None),
+    "mnist in an empty data folder": ("train", "dataset: mnist\nepochs: 1\n", "data"),
+    "mnist in the default folder": ("train", "dataset: mnist\nepochs: 1\n", None),
+    "search start --study pathmnist": ("start", None, "data"),
+}
+
+
+def test_a_failed_download_leaves_nothing_behind_in_home_or_the_data_folder(tmp_path):
+    """Each dataset's failing download through the real command line, with a scratch HOME (no ~/.medmnist unless
+    it is the data folder used, and then removed again) and a scratch data folder: one line, exit 2, no new file
+    anywhere in either (nor in the working folder)."""
+    from tests.helpers import cli_env, search_cmd
+
+    runs = {}
+    for case, (command, text, data_dir) in FAILING.items():
+        scratch = tmp_path / str(len(runs))
+        home, work, folder = scratch / "home", scratch / "work", scratch / "data"
+        for made in (home, work, folder):
+            made.mkdir(parents=True)
+        args = ["train", "c.yaml", "--out", str(scratch / "out")] if command == "train" else \
+            ["start", "--study", "pathmnist", "--trials", "1"]
+        if text is not None:
+            (work / "c.yaml").write_text(text + (f"data_dir: {scratch / data_dir}\n" if data_dir else ""))
+        elif data_dir:
+            args += ["--data-dir", str(scratch / data_dir)]
+        env = {k: v for k, v in cli_env(HOME=str(home)).items() if k != "SEARCH_DATA_DIR"}
+        before = files_under(home, folder, work)
+        proc = subprocess.Popen(search_cmd() + args, cwd=work, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        runs[case] = (proc, before, (home, folder, work))
+    for case, (proc, before, folders) in runs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 2, (case, out, err)
+        assert len(err.strip().splitlines()) == 1 and "download" in err and "Traceback" not in err, (case, err)
+        assert files_under(*folders) == before, case
 
 
 def test_truncated_npz_is_a_clear_error(pathmnist_dir):

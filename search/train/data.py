@@ -12,11 +12,14 @@ Missing files are downloaded with medmnist's and torchvision's own code (MD5 che
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,10 +219,8 @@ def medmnist_file(flag: str, size: int = 28) -> str:
 
 def _medmnist_reader(flag: str) -> Callable[..., Arrays]:
     def read(root: Path, download: bool, size: int = 28) -> Arrays:
-        import medmnist
-        from medmnist.info import INFO
-
-        info = INFO[flag]
+        medmnist = _medmnist()
+        info = medmnist.INFO[flag]
         path = root / medmnist_file(flag, size)
         if not path.is_file():
             if not download:
@@ -244,33 +245,64 @@ def _medmnist_reader(flag: str) -> Callable[..., Arrays]:
     return read
 
 
-def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> None:
-    import medmnist
-    from medmnist.info import INFO
+def _medmnist():  # type: ignore[no-untyped-def]
+    """medmnist, imported without creating ~/.medmnist: its module medmnist.info makes that folder (its default
+    root) as it is imported, and this project passes the data folder every time (data_root), so HOME points to a
+    scratch folder, removed at once, while it loads."""
+    if "medmnist" not in sys.modules:
+        home = os.environ.get("HOME")
+        with tempfile.TemporaryDirectory(prefix="medmnist-home-") as scratch:
+            os.environ["HOME"] = scratch
+            try:
+                import medmnist  # noqa: F401
+                import medmnist.dataset  # noqa: F401
+            finally:
+                if home is None:
+                    del os.environ["HOME"]
+                else:
+                    os.environ["HOME"] = home
+    return sys.modules["medmnist"]
 
-    info = INFO[flag]
-    suffix = "" if size == 28 else f"_{size}"  # medmnist's keys: url, MD5, url_64, MD5_64, ...
-    created = not root.exists()
+
+@contextlib.contextmanager
+def _removed_if_failed(root: Path):  # type: ignore[no-untyped-def]
+    """A download into ``root`` (created with its parents if missing) that fails takes back what it made: the
+    folders it created and the new entries of a folder that was there (a partial file, MNIST/raw/)."""
+    missing = [p for p in (root, *root.parents) if not p.exists()]
+    before = set(root.iterdir()) if root.is_dir() else set()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        getattr(medmnist, info["python_class"])(split="train", root=str(root), download=True, size=size)
+        yield
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        else:
+            for entry in set(root.iterdir()) - before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
+def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> None:
+    medmnist = _medmnist()
+    info = medmnist.INFO[flag]
+    suffix = "" if size == 28 else f"_{size}"  # medmnist's keys: url, MD5, url_64, MD5_64, ...
+    try:
+        with _removed_if_failed(root):
+            getattr(medmnist, info["python_class"])(split="train", root=str(root), download=True, size=size)
     except Exception as err:  # medmnist wraps every download failure in a bare RuntimeError
-        path.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
         raise SearchError(f"{flag}: {path} is missing and the download from {info['url' + suffix]} failed "
                           f"({type(err).__name__}); place {path.name} (MD5 {info['MD5' + suffix]}) in {root}, or set "
                           f"data_dir / $SEARCH_DATA_DIR to the folder that holds it") from None
 
 
 def _register_medmnist() -> None:
-    import medmnist
-    from medmnist.dataset import MedMNIST2D
-    from medmnist.info import INFO
-
-    for flag, info in INFO.items():
+    medmnist = _medmnist()
+    for flag, info in medmnist.INFO.items():
         cls = getattr(medmnist, info["python_class"], None)
-        if cls is None or not issubclass(cls, MedMNIST2D):
+        if cls is None or not issubclass(cls, medmnist.dataset.MedMNIST2D):
             continue  # the 3D volumes are not 28x28 images
         names = [info["label"].get(str(i)) for i in range(len(info["label"]))]
         register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
@@ -354,12 +386,10 @@ def _read_mnist(root: Path, download: bool, size: int = 28) -> Arrays:
 def _mnist_download(root: Path) -> None:
     from torchvision.datasets import MNIST
 
-    created = not root.exists()
     try:
-        MNIST(str(root), train=True, download=True)
+        with _removed_if_failed(root):
+            MNIST(str(root), train=True, download=True)
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError depending on the failure
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
         names = ", ".join(f"{n}.gz" for n in MNIST_FILES.values())
         raise SearchError(f"mnist: files not found in {root} and the download failed ({type(err).__name__}); "
                           f"place {names} (gzipped or not) in {root} or {root / 'MNIST' / 'raw'}") from None
