@@ -6,11 +6,20 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests import pg
 from tests.support.data import write_medmnist_npz
 from tests.support.signals import sigint_as_in_a_terminal
 from tests.support.studies import Searched, search_tiny
+
+# Property-based tests (tests/test_fuzz.py): a capped number of examples, and no example database written into the
+# repository. `pytest --hypothesis-profile=thorough tests/test_fuzz.py` runs many more.
+_FUZZ = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                                                   HealthCheck.function_scoped_fixture])
+settings.register_profile("search", max_examples=60, **_FUZZ)
+settings.register_profile("thorough", max_examples=2000, **_FUZZ)
+settings.load_profile("search")
 
 
 def pytest_configure(config: pytest.Config) -> None:
