@@ -63,8 +63,8 @@ import yaml  # noqa: E402
 from search import env  # noqa: E402
 from search.errors import SearchError  # noqa: E402
 from search.hpo.studies import PRUNERS, StudySpec, check_trial, load_study, make_pruner, make_sampler  # noqa: E402
-from search.train import config as train_config  # noqa: E402
 from search.train import data  # noqa: E402
+from search.train.config import from_dict  # noqa: E402
 
 DATA = {"study": None, "real-mnist": "mnist", "pathmnist-shaped": "pathmnist"}  # --data -> the study it runs
 ARMS = ("median", "hyperband", "successivehalving", "none")
@@ -142,7 +142,7 @@ def study_for(args: argparse.Namespace, data_dir: str | None) -> StudySpec:
     if args.architectures:
         spec = dataclasses.replace(spec, space=restricted(spec, args.architectures))
     try:
-        train_config.from_dict(spec.base_config(), source=f"study {spec.name}")
+        from_dict(spec.base_config(), source=f"study {spec.name}")
     except SearchError as err:
         raise SearchError(f"--epochs {spec.epochs}: {err.message}") from None
     kept = []
@@ -192,13 +192,13 @@ def set_up(threads: int, ignore_sigint: bool) -> None:
     """A process's set-up: its torch threads, and the libraries as quiet as a search worker keeps them."""
     import torch
 
-    from search import quiet as search_quiet
+    from search import quiet
 
     if ignore_sigint:  # a pool process: the parent alone hears Ctrl-C, and ends it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads:
         torch.set_num_threads(threads)
-    search_quiet.libraries(worker=True)
+    quiet.libraries(worker=True)
     # A generated pathmnist.npz is not the official file's size: medmnist's reader says so once per load.
     logging.getLogger("search").addFilter(lambda r: "the official file has" not in r.getMessage())
 
@@ -235,7 +235,7 @@ def retrain(config: dict[str, Any], metric: str, device: str) -> dict[str, float
     the test value of the same kept epoch."""
     from search.train import engine
 
-    cfg = train_config.from_dict({**config, "device": device}, source="the best trial's config")
+    cfg = from_dict({**config, "device": device}, source="the best trial's config")
     with tempfile.TemporaryDirectory() as out:
         m = engine.train(cfg, Path(out), progress=False)
     test = "test_" + metric.removeprefix("val_")
@@ -357,9 +357,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from search import quiet as search_quiet
+    from search import quiet
 
-    search_quiet.libraries()  # loading a study builds its sampler: TPE's `group` is experimental, knowingly
+    quiet.libraries()  # loading a study builds its sampler: TPE's `group` is experimental, knowingly
     runner = None
     try:
         with tempfile.TemporaryDirectory(prefix="pruning-bench-") as tmp:

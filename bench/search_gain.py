@@ -55,7 +55,7 @@ import optuna  # noqa: E402
 import real_mnist  # noqa: E402
 import yaml  # noqa: E402
 
-from search.train import config as config_mod  # noqa: E402
+from search.train import config  # noqa: E402
 from search.train.config import TrainConfig  # noqa: E402
 
 STUDY_FILE = REPO / "studies" / "mnist.yaml"
@@ -254,7 +254,7 @@ class Bench:
         """The seed's default TrainConfig; the fields not named here keep their TrainConfig defaults."""
         cfg = TrainConfig(dataset="mnist", data_dir=str(self.data), architecture="simple_cnn_v2", optimizer="adam",
                           lr=1e-3, batch_size=128, dropout=0.5, epochs=self.epochs, augmentation="none", seed=0)
-        config_mod.dump(cfg, self.work / "default.yaml", notes={"bench": "the seed's default configuration"})
+        config.dump(cfg, self.work / "default.yaml", notes={"bench": "the seed's default configuration"})
         group, phase = train_seeds("default.yaml", "default", self.work, self.args, "default",
                                    "default (simple_cnn_v2, Adam 1e-3, batch 128, dropout 0.5, no augmentation)")
         self.phases.append(phase)

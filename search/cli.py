@@ -141,13 +141,13 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
 
 
 def _train(cfg, out: Path, seeds: int | None, devices: str | None, line) -> None:  # type: ignore[no-untyped-def]
-    from search.train import engine, parallel
+    from search.train import engine, parallel, replicates
 
     if seeds is not None:
         if devices is not None:
             s = parallel.train_seeds(cfg, out, seeds, devices, on_run=line)
         else:
-            s = engine.train_seeds(cfg, out, seeds, on_run=line)
+            s = replicates.train_seeds(cfg, out, seeds, on_run=line)
         sd = lambda k: f" ± {s[k]['sd']:.4f}" if s[k]["sd"] is not None else ""  # noqa: E731
         click.echo(f"{cfg.dataset} {cfg.architecture}, {seeds} seeds: test_acc {s['test_acc']['mean']:.4f}"
                    f"{sd('test_acc')} test_auc {s['test_auc']['mean']:.4f}{sd('test_auc')} (mean ± sample sd) "

@@ -49,7 +49,7 @@ def test_overrides_win_and_none_is_ignored(tmp_path):
     ("dataset: digits\nschedule: step\n", ["schedule 'step'", "onecycle"]),
     ("dataset: digits\naugmentation: rotate\n", ["rotate", "dihedral"]),
     ("dataset: digits\ndevice: tpu\n", ["device 'tpu'"]),
-    ("dataset: digits\nlr: fast\n", ["lr must be a number"]),
+    ("dataset: digits\nlr: fast\n", ["lr must be a finite number", "'fast'"]),
     ("- a\n- b\n", ["expected a mapping"]),
 ])
 def test_bad_values_are_one_line_naming_the_key(tmp_path, text, words):

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from search.errors import SearchError
 from search.hpo.storage import claim_study_attr, open_storage
-from search.hpo.studies import load_study, make_sampler, trial_config
+from search.hpo.studies import load_study, make_sampler, suggest_config
 from search.hpo.supervisor import ensure_study
 from search.train import config
 from tests import pg
@@ -52,7 +52,7 @@ def study_file(folder: Path, name: str = "warm", extra: str = ENQUEUE) -> Path:
 def run_trials(spec, url: str, n: int) -> list[optuna.trial.FrozenTrial]:
     """n trials as a worker runs them (the study's own sampler, queued trials first), with a stand-in objective."""
     study = optuna.load_study(study_name=spec.name, storage=url, sampler=make_sampler(spec))
-    study.optimize(lambda trial: trial_config(spec, trial).lr, n_trials=n)
+    study.optimize(lambda trial: suggest_config(spec, trial).lr, n_trials=n)
     return study.get_trials()
 
 

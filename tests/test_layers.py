@@ -23,7 +23,7 @@ def loaded_after(*imports: str) -> set[str]:
 
 
 TRAIN_FLOOR = ("search.train.config", "search.train.data", "search.train.augment", "search.train.engine",
-               "search.train.metrics", "search.train.parallel")
+               "search.train.metrics", "search.train.parallel", "search.train.replicates")
 
 
 @pytest.mark.parametrize("imports", [TRAIN_FLOOR, ("models",)], ids=["search.train", "models"])

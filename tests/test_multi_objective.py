@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.hpo import objectives as goals
+from search.hpo import goals
 from search.hpo.objective import Objective
 from search.hpo.studies import load_study, make_sampler
 from search.train import config

@@ -12,7 +12,7 @@ import pytest
 from medmnist.dataset import MedMNIST2D
 from medmnist.info import INFO
 
-from search.results import published as benchmarks
+from search.results import published
 
 # The twelve 2D flags, found the way search/train/data.py's _register_medmnist finds them.
 FLAGS_2D = [flag for flag, info in INFO.items()
@@ -25,20 +25,20 @@ def test_medmnist_has_the_twelve_2d_flags_of_the_paper():
 
 
 def test_every_2d_flag_is_listed_and_nothing_else():
-    assert list(benchmarks.MEDMNIST_V2) == FLAGS_2D  # the paper's (and medmnist's) order
+    assert list(published.MEDMNIST_V2) == FLAGS_2D  # the paper's (and medmnist's) order
 
 
 def test_methods_are_known_in_the_papers_order_and_only_the_unchecked_ones_are_missing():
-    for dataset, rows in benchmarks.MEDMNIST_V2.items():
-        assert set(rows) <= set(benchmarks.METHODS), dataset
-        assert list(rows) == [m for m in benchmarks.METHODS if m in rows], dataset  # table and figure order
-        missing = tuple(m for m in benchmarks.METHODS if m not in rows)
-        assert missing == benchmarks.NOT_CHECKED.get(dataset, ()), dataset
-    assert benchmarks.NOT_CHECKED == {"bloodmnist": ("ResNet-18 (224)", "auto-sklearn")}
+    for dataset, rows in published.MEDMNIST_V2.items():
+        assert set(rows) <= set(published.METHODS), dataset
+        assert list(rows) == [m for m in published.METHODS if m in rows], dataset  # table and figure order
+        missing = tuple(m for m in published.METHODS if m not in rows)
+        assert missing == published.NOT_CHECKED.get(dataset, ()), dataset
+    assert published.NOT_CHECKED == {"bloodmnist": ("ResNet-18 (224)", "auto-sklearn")}
 
 
 def test_every_value_is_an_auc_and_acc_in_0_1():
-    for dataset, rows in benchmarks.MEDMNIST_V2.items():
+    for dataset, rows in published.MEDMNIST_V2.items():
         for method, pair in rows.items():
             assert isinstance(pair, tuple) and len(pair) == 2, (dataset, method)
             for value in pair:
@@ -64,8 +64,8 @@ def test_every_value_is_an_auc_and_acc_in_0_1():
     ("organsmnist", "AutoKeras", 0.974, 0.813),
 ])
 def test_spot_values_of_table_3(dataset, method, auc, acc):
-    assert benchmarks.published(dataset)[method] == (auc, acc)  # AUC first, then ACC
+    assert published.published(dataset)[method] == (auc, acc)  # AUC first, then ACC
 
 
 def test_a_dataset_without_published_values_gets_none():
-    assert benchmarks.published("digits") is None and benchmarks.published("mnist") is None
+    assert published.published("digits") is None and published.published("mnist") is None

@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.results import published as benchmarks
-from search.results import report
+from search.results import published, report
 from search.train import config, engine
 from tests.support.data import write_medmnist_npz
 from tests.support.studies import Searched
@@ -249,10 +248,10 @@ def test_pathmnist_runs_are_tabled_beside_the_published_benchmark(tmp_path):
     section = report.runs_section(report.load_groups([tmp_path / "run"]), "pathmnist")
     tables = {item.name: item for item in section.items if isinstance(item, report.Table)}
     rows, footer = body_rows(tables["benchmark"].latex())
-    published = benchmarks.MEDMNIST_V2["pathmnist"]
-    assert [r[0] for r in rows] == list(published) == list(benchmarks.METHODS)
+    values = published.MEDMNIST_V2["pathmnist"]
+    assert [r[0] for r in rows] == list(values) == list(published.METHODS)
     assert rows[0] == ["ResNet-18 (28)", "0.907", "0.983"]  # ACC, AUC as the paper prints them
-    assert all([float(r[1]), float(r[2])] == [published[r[0]][1], published[r[0]][0]] for r in rows)
+    assert all([float(r[1]), float(r[2])] == [values[r[0]][1], values[r[0]][0]] for r in rows)
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert footer == [["simple\\_cnn\\_v1, this work (1 run)", f"{m['test_acc']:.3f}", f"{m['test_auc']:.3f}"]]
     assert "doi:10.1038/s41597-022-01721-8" in tables["benchmark"].latex()

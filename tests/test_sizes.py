@@ -7,7 +7,7 @@ import torch
 
 from models import SIZES, ModelError, build_model
 from search.errors import SearchError
-from search.hpo.studies import load_study, trial_config
+from search.hpo.studies import load_study, suggest_config
 from search.train import data, engine
 from search.train.config import TrainConfig
 from tests.support.data import write_medmnist_npz
@@ -51,7 +51,7 @@ def test_missing_64_px_file_offline_names_the_file_and_its_md5(tmp_path):
 
 
 @pytest.mark.parametrize("bad, fragment", [
-    ({"size": 32}, "size must be one of 28, 64, 128, 224"),
+    ({"size": 32}, "size 32 does not exist for pathmnist; valid: 28, 64, 128, 224"),
     ({"size": 64, "dataset": "mnist"}, "size 64 does not exist for mnist; valid: 28"),
     ({"size": 224, "dataset": "digits"}, "does not exist for digits"),
     ({"precision": "fp8"}, "precision 'fp8' is not known; valid: auto, bf16, fp16, fp32"),
@@ -113,7 +113,7 @@ def test_a_study_may_search_the_size(tmp_path):
     spec = load_study(str(path))
     assert spec.sizes() == [28, 64]
     trial = optuna.create_study().ask()
-    cfg = trial_config(spec, trial)
+    cfg = suggest_config(spec, trial)
     assert cfg.size in (28, 64) and cfg.precision in ("auto", "fp32")
     fixed = tmp_path / "fixed.yaml"
     fixed.write_text("name: fixed\ndataset: pathmnist\nepochs: 1\ntrials: 2\nfixed:\n  size: 128\n")

@@ -17,7 +17,7 @@ from search.hpo.studies import (
     make_pruner,
     make_sampler,
     study_dirs,
-    trial_config,
+    suggest_config,
 )
 from search.train.config import TrainConfig
 
@@ -44,7 +44,7 @@ def run_trials(spec: StudySpec, n: int, *, seed: int = 1, storage: str | None = 
     configs: dict[int, TrainConfig] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        configs[trial.number] = trial_config(spec, trial)
+        configs[trial.number] = suggest_config(spec, trial)
         return 0.0
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), storage=storage)
@@ -125,7 +125,7 @@ def test_digits_pruner_really_prunes_within_its_budget(in_tmp):
     study = optuna.create_study(direction=spec.direction, sampler=make_sampler(spec), pruner=make_pruner(spec))
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = trial_config(spec, trial)
+        cfg = suggest_config(spec, trial)
         quality = 1 - abs(math.log10(cfg.lr) + 2.5) / 3  # best near lr 3e-3
         for epoch in range(1, spec.epochs + 1):
             value = quality * (1 - 0.5 ** epoch)
@@ -295,7 +295,7 @@ def test_the_good_base_file_loads(in_tmp):
     (GOOD + "enqueue:\n  - {optimizer: sgd, momentum: 0.99}\n",
      ["enqueue[0].momentum: 0.99 is outside the space", "values in [0.8, 0.95]"]),
     (GOOD + "enqueue:\n  - {optimizer: sgd, momentum: fast}\n",
-     ["enqueue[0].momentum: 'fast' is not a number", "values in [0.8, 0.95]"]),
+     ["enqueue[0].momentum: 'fast' is not a finite number", "values in [0.8, 0.95]"]),
     (GOOD + "enqueue:\n  - {optimizer: adam, momentum: 0.9}\n",
      ["enqueue[0].momentum: 0.9 would never be used", "optimizer one of 'sgd'", "has optimizer 'adam'"]),
     (GOOD + "enqueue:\n  - {momentum: 0.9}\n", ["enqueue[0].momentum", "has no optimizer"]),
@@ -424,7 +424,7 @@ def test_suggest_and_trial_config_with_a_fixed_trial(in_tmp):
               "optimizer": "adam"}
     trial = optuna.trial.FixedTrial(params)
     assert suggest(spec.space, trial) == params  # momentum is not asked for: adam
-    cfg = trial_config(spec, optuna.trial.FixedTrial({**params, "optimizer": "sgd", "momentum": 0.85}))
+    cfg = suggest_config(spec, optuna.trial.FixedTrial({**params, "optimizer": "sgd", "momentum": 0.85}))
     assert (cfg.optimizer, cfg.momentum, cfg.epochs, cfg.schedule, cfg.augmentation) == ("sgd", 0.85, 4, "cosine",
                                                                                           "crop")
 

@@ -18,12 +18,11 @@ from typing import Callable
 import optuna
 import torch
 
-from search.hpo import objectives as goals
-from search.hpo import trial_log
-from search.hpo.studies import StudySpec, trial_config
+from search.hpo import goals, trial_log
+from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
 from search.results import artifacts
-from search.train import checkpoint, engine
+from search.train import checkpoint, engine, metrics
 
 log = logging.getLogger("search")
 _UNSET = object()
@@ -78,7 +77,7 @@ class Objective:
             self.on_start(trial.number)  # the supervisor must know which trial to fail if this process dies
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", engine.device_label(engine.resolve_device(self.device)))
-        cfg = trial_config(self.spec, trial)
+        cfg = suggest_config(self.spec, trial)
         self._batch_size = cfg.batch_size
         trial.set_user_attr("config", cfg.to_dict())  # device 'auto': the exported file runs anywhere
         resume = self._resume(trial, cfg.to_dict())
@@ -117,7 +116,7 @@ class Objective:
         return values if self.spec.multi else values[0]
 
     def _values(self, trial: optuna.Trial, result: engine.FitResult) -> list[float]:
-        """The trial's value of each objective (search/hpo/objectives.py); latency_ms is measured here, once."""
+        """The trial's value of each objective (search/hpo/goals.py); latency_ms is measured here, once."""
         values = []
         for metric, _ in self.spec.objectives:
             if metric == "params":
@@ -211,7 +210,7 @@ class Objective:
                 # trial, costs far less than keeping every epoch's predictions inside the training loop.
                 trainer = result.trainer
                 _, scores = trainer.evaluate_with_scores(trainer.data.val)
-                confusion = engine.class_results(trainer.data.val.labels, scores, trainer.data.info.task)["confusion"]
+                confusion = metrics.class_results(trainer.data.val.labels, scores, trainer.data.info.task)["confusion"]
                 from search.train.data import class_names
                 names = class_names(self.spec.dataset, scores.shape[1])
             artifacts.upload_trial_files(trial, folder, history=result.history, outcome=outcome,

@@ -1,4 +1,4 @@
-"""A study's declarative search space -> ``trial.suggest_*`` calls (studies.trial_config makes the TrainConfig).
+"""A study's declarative search space -> ``trial.suggest_*`` calls (studies.suggest_config makes the TrainConfig).
 
 A space is a mapping from TrainConfig keys to entries, suggested in file order (YAML keeps mapping order)::
 
@@ -13,7 +13,6 @@ TrainConfig default or the study's ``fixed`` value applies.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +64,10 @@ class Param:
                 if _same(value, choice):
                     return choice
             raise ValueError(f"not a choice; choices: {_describe(self)}")
-        if self.type == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"not an integer; valid: {_describe(self)}")
-        else:
-            value = config.as_number(value)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"not a number; valid: {_describe(self)}")
-            value = float(value)
+        try:
+            value = config.number(value, integer=self.type == "int")
+        except ValueError as err:
+            raise ValueError(f"not {err}; valid: {_describe(self)}") from None
         if not self.low <= value <= self.high:  # type: ignore[operator]
             raise ValueError(f"outside the space; valid: {_describe(self)}")
         if self.step is not None:
@@ -96,14 +91,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _number(value: Any, *, where: str, key: str, integer: bool) -> Number:
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SearchError(f"{where}: {key} must be an integer, got {value!r}")
-        return value
-    value = config.as_number(value)  # `1e-4` written without a dot, as TrainConfig accepts it
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SearchError(f"{where}: {key} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        return config.number(value, integer=integer)
+    except ValueError as err:
+        raise SearchError(f"{where}: {key} must be {err}, got {value!r}") from None
 
 
 def _parse_entry(name: str, entry: Any, *, where: str, earlier: dict[str, Param]) -> Param:

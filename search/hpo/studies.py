@@ -19,20 +19,18 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 
 from search.errors import SearchError
-from search.hpo import objectives as goals
+from search.hpo import goals
 from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, suggest
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "objectives", "epochs", "trials", "timeout",
                    "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights")
 REQUIRED = ("name", "dataset")
-# Both metrics (val_acc, val_auc) are higher-is-better and the engine keeps the highest epoch.
-DIRECTIONS = ("maximize",)
 DEFAULT_TRIALS = 20
 DEFAULT_SAMPLER: dict[str, Any] = {"name": "tpe", "seed": 0}
 # Optuna's own default; it needs no settings and never prunes before 5 trials have finished.
@@ -82,7 +80,7 @@ class StudySpec:
     # some of the space's parameters, checked (search/hpo/queue.py queues them).
     enqueue: tuple[dict[str, Any], ...] = ()
     # What the trials are judged by: ((metric, direction),) for a single-objective study (``metric``,
-    # ``direction``), or the file's ``objectives`` (search/hpo/objectives.py). ``metric`` is then the validation
+    # ``direction``), or the file's ``objectives`` (search/hpo/goals.py). ``metric`` is then the validation
     # metric among them, which picks each trial's kept epoch, and ``direction`` the first objective's.
     objectives: goals.Objectives = ()
 
@@ -198,12 +196,6 @@ def _int(value: Any, *, source: str, key: str, minimum: int) -> int:
     return value
 
 
-def _choice(value: Any, *, source: str, key: str, valid: tuple[str, ...] | list[str]) -> str:
-    if value not in valid:
-        raise SearchError(f"{source}: {key} {value!r} is not known; valid: {', '.join(valid)}")
-    return value
-
-
 def _named(raw: Any, *, source: str, key: str, default: dict[str, Any], valid: dict[str, Any]) -> dict[str, Any]:
     """A sampler/pruner setting: a name alone (``sampler: random``) or a mapping with ``name`` and keyword args."""
     if raw is None:
@@ -213,7 +205,7 @@ def _named(raw: Any, *, source: str, key: str, default: dict[str, Any], valid: d
     elif not isinstance(raw, dict):
         raise SearchError(f"{source}: {key} must be a name or a mapping with a 'name', got {raw!r}")
     values = {**raw, "name": raw.get("name", default["name"])}
-    _choice(values["name"], source=source, key=f"{key}.name", valid=list(valid))
+    config.choice(f"{key}.name", values["name"], list(valid), source=source)
     for arg in values:
         if not isinstance(arg, str):
             raise SearchError(f"{source}: {key}: setting names must be strings, got {arg!r}")
@@ -243,7 +235,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
 
     dataset = raw["dataset"]
     if not (isinstance(dataset, str) and is_dataset(dataset)):  # the whole list only for the message
-        dataset = _choice(dataset, source=source, key="dataset", valid=list_datasets())
+        dataset = config.choice("dataset", dataset, list_datasets(), source=source)
     data_dir = data_dir if data_dir is not None else raw.get("data_dir")
     if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
         raise SearchError(f"{source}: data_dir must be a path string, got {data_dir!r}")
@@ -254,9 +246,9 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
         objectives = goals.parse(raw["objectives"], source=source)
         metric, direction = goals.training_metric(objectives), objectives[0][1]
     else:
-        metric = _choice(raw.get("metric", "val_acc"), source=source, key="metric", valid=config.METRICS)
-        direction = _choice(raw.get("direction", "maximize"), source=source, key="direction", valid=DIRECTIONS)
-        objectives = ((metric, direction),)
+        objectives = goals.single(raw.get("metric", "val_acc"), raw.get("direction", "maximize"),
+                                           source=source)
+        metric, direction = objectives[0]
     multi = len(objectives) > 1
     epochs = _int(raw.get("epochs", config.TrainConfig.epochs), source=source, key="epochs", minimum=1)
     trials = _int(trials if trials is not None else raw.get("trials", DEFAULT_TRIALS),
@@ -320,11 +312,17 @@ def _check_configs(spec: StudySpec, *, source: str) -> None:
     except SearchError as err:
         raise SearchError(f"{source}: fixed: {err.message}") from None
     for param in spec.space.values():
-        for value in param.bounds():
+        for value in _values_to_check(spec, param):
             try:
                 config.from_dict({**base, param.name: value}, source=source)
             except SearchError as err:
                 raise SearchError(f"{source}: space.{param.name}: {err.message}") from None
+
+
+def _values_to_check(spec: StudySpec, param: Param) -> Iterator[Any]:
+    yield from param.bounds()
+    if param.name == "size":  # one of a set, not an interval: once its ends pass, every size of the range
+        yield from spec.sizes()
 
 
 def _parse_enqueue(raw: Any, *, source: str, spec: StudySpec) -> tuple[dict[str, Any], ...]:
@@ -352,7 +350,7 @@ def check_trial(space: dict[str, Param], base: dict[str, Any], raw: Any, *, wher
     return values
 
 
-def trial_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:
+def suggest_config(spec: StudySpec, trial: optuna.trial.BaseTrial) -> config.TrainConfig:
     """The TrainConfig of one trial: the study's shared values plus this trial's suggestions (device 'auto')."""
     values = spec.base_config()
     values.update(suggest(spec.space, trial))

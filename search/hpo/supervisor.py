@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 from search import interrupt
 from search.devices import Placement, placements
 from search.errors import Interrupted, ProcessFailed, SearchError
-from search.hpo import objectives as goals
-from search.hpo import progress, queue, trial_log, worker
+from search.hpo import goals, progress, queue, trial_log, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id

@@ -28,7 +28,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.hpo.objectives import LABELS
+from search.hpo.goals import LABELS
 from search.results.tables import fmt as _fmt
 from search.results.trials import STATES
 

@@ -1,4 +1,4 @@
-"""The Pareto front of a study with several objectives (search/hpo/objectives.py): its figure and table.
+"""The Pareto front of a study with several objectives (search/hpo/goals.py): its figure and table.
 
 With accuracy against a cost (parameters, seconds per epoch, latency) there is no single best trial, only the
 trials that no other complete trial beats in every objective at once: the front. The figure puts the first
@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
-from search.hpo import objectives as goals
+from search.hpo import goals
 from search.results.figures import SKY, STYLE, VERMILLION, WIDTH, metric_label
 from search.results.sections import FigureItem, Note
 from search.results.tables import Table

@@ -17,6 +17,7 @@ import html
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,8 +26,8 @@ from matplotlib import rc_context
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
-from search.hpo import objectives as goals
-from search.results import published as benchmarks
+from search.hpo import goals
+from search.results import published
 from search.results.figures import (
     STYLE,
     architecture_figure,
@@ -52,143 +53,182 @@ __all__ = ["FigureItem", "Group", "Note", "Run", "Section", "Table", "build_sect
            "comparison_section", "load_groups", "runs_section", "study_section", "write_report"]
 
 
+@dataclass(frozen=True)
+class _Study:
+    """What every view of the search section reads. With several objectives every view reads the first (the
+    accuracy)."""
+    study: optuna.Study
+    trials: list[FrozenTrial]  # every trial, by number
+    ranked: list[FrozenTrial]  # the complete ones, best first
+    done: list[FrozenTrial]  # the complete ones, by number
+    metric: str
+    maximize: bool
+    multi: bool
+    counts: Counter[str]  # trials by state name
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> _Study:
+        trials = goals.as_first(study, study.get_trials(deepcopy=False))
+        ranked = goals.as_first(study, ranked_trials(study))
+        return cls(study, trials, ranked, sorted(ranked, key=lambda t: t.number), goals.of_study(study)[0][0],
+                   study.directions[0] == optuna.study.StudyDirection.MAXIMIZE, goals.is_multi(study),
+                   Counter(t.state.name.lower() for t in trials))
+
+    @property
+    def best(self) -> FrozenTrial | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.metric)
+
+
+Item = FigureItem | Note | Table
+
+
 def study_section(study: optuna.Study) -> tuple[Section, Table]:
-    # With several objectives every view below reads the first (the accuracy); the Pareto front comes first.
-    multi = goals.is_multi(study)
-    trials = goals.as_first(study, study.get_trials(deepcopy=False))
-    metric = goals.of_study(study)[0][0]
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    ranked = goals.as_first(study, ranked_trials(study))
-    done = sorted(ranked, key=lambda t: t.number)
-    best = ranked[0] if ranked else None
-    counts = Counter(t.state.name.lower() for t in trials)
-    s = Section("search", "Search", _study_intro(study, trials, counts, best, metric))
-    n_done = len(done)
-    if multi:
+    """The search's section (the Pareto front first when there are several objectives, then one view after
+    another) and the table of all trials."""
+    v = _Study.of(study)
+    s = Section("search", "Search", _study_intro(study, v.trials, v.counts, v.best, v.metric))
+    if v.multi:
         s.items += pareto_items(study)
+    for view in (_history, _importance_view, _marginal_effects, _parallel_coordinates, _learning_curves,
+                 _architectures, _states, _pruning, _top_trials):
+        s.items += view(v)
+    return s, _trials_table(v)
 
-    if done:
-        s.items.append(FigureItem("optimisation_history", "Optimisation history",
-                                  f"Each dot is a complete trial's best {metric_label(metric)} (its kept epoch); the "
-                                  f"line is the best so far. Pruned trials are shown at the last value they "
-                                  f"reported.", optimisation_history_figure(trials, metric, maximize)))
-    else:
-        s.items.append(Note("Optimisation history", "No complete trial yet: nothing to draw."))
 
-    importances, why = _importances(study, done)
-    if importances:
-        s.items.append(FigureItem(
-            "importances", "Hyperparameter importances",
-            f"fANOVA importances (Optuna's FanovaImportanceEvaluator, seed 0) over the {n_done} complete trials, "
-            f"for the parameters set in every one of them (conditional ones, set only for some, are left out). "
-            f"With few trials they are rough estimates.", importance_figure(importances, n_done)))
-    else:
-        s.items.append(Note("Hyperparameter importances", f"Left out: {why}."))
-    marginal = marginal_effects_figure(trials, metric)
-    if marginal is not None:  # beside the importances: how each parameter moved the objective, not only how much
-        s.items.append(FigureItem(
-            "marginal_effects", "Marginal effects of the hyperparameters",
-            f"One panel per searched parameter: each finished trial's {metric_label(metric)} against the value it "
-            f"tried; complete trials are dots (their kept epoch), pruned ones crosses at the last value they "
-            f"reported. Log axes where the space samples on a log scale; categorical parameters as categories (the "
-            f"points of a category spread sideways). A conditional parameter shows only the trials that set it. "
-            f"Each panel ignores the other parameters, which varied too.", marginal))
-    else:
-        s.items.append(Note("Marginal effects of the hyperparameters",
-                            "Left out: no complete or pruned trial with parameters yet."))
+def _history(v: _Study) -> list[Item]:
+    if not v.done:
+        return [Note("Optimisation history", "No complete trial yet: nothing to draw.")]
+    return [FigureItem("optimisation_history", "Optimisation history",
+                       f"Each dot is a complete trial's best {v.label} (its kept epoch); the line is the best so "
+                       f"far. Pruned trials are shown at the last value they reported.",
+                       optimisation_history_figure(v.trials, v.metric, v.maximize))]
 
-    parallel = parallel_figure(trials, metric, maximize)
-    if parallel is not None:
-        s.items.append(FigureItem(
-            "parallel_coordinates", "Parallel coordinates",
-            "One line per complete trial through its parameter values (on each parameter's search range; log "
-            "scale where the space samples on a log scale) to its objective value; the best trials are yellow "
-            "and drawn on top. 'not set': a conditional parameter the trial did not use.", parallel))
-    else:
-        s.items.append(Note("Parallel coordinates", "Left out: no complete trial with parameters yet."))
 
-    curves = learning_curves_figure(trials, metric, best)
+def _importance_view(v: _Study) -> list[Item]:
+    importances, why = _importances(v.study, v.done)
+    if not importances:
+        return [Note("Hyperparameter importances", f"Left out: {why}.")]
+    n = len(v.done)
+    return [FigureItem(
+        "importances", "Hyperparameter importances",
+        f"fANOVA importances (Optuna's FanovaImportanceEvaluator, seed 0) over the {n} complete trials, for the "
+        f"parameters set in every one of them (conditional ones, set only for some, are left out). With few trials "
+        f"they are rough estimates.", importance_figure(importances, n))]
+
+
+def _marginal_effects(v: _Study) -> list[Item]:
+    # beside the importances: how each parameter moved the objective, not only how much
+    marginal = marginal_effects_figure(v.trials, v.metric)
+    if marginal is None:
+        return [Note("Marginal effects of the hyperparameters",
+                     "Left out: no complete or pruned trial with parameters yet.")]
+    return [FigureItem(
+        "marginal_effects", "Marginal effects of the hyperparameters",
+        f"One panel per searched parameter: each finished trial's {v.label} against the value it tried; complete "
+        f"trials are dots (their kept epoch), pruned ones crosses at the last value they reported. Log axes where "
+        f"the space samples on a log scale; categorical parameters as categories (the points of a category spread "
+        f"sideways). A conditional parameter shows only the trials that set it. Each panel ignores the other "
+        f"parameters, which varied too.", marginal)]
+
+
+def _parallel_coordinates(v: _Study) -> list[Item]:
+    parallel = parallel_figure(v.trials, v.metric, v.maximize)
+    if parallel is None:
+        return [Note("Parallel coordinates", "Left out: no complete trial with parameters yet.")]
+    return [FigureItem(
+        "parallel_coordinates", "Parallel coordinates",
+        "One line per complete trial through its parameter values (on each parameter's search range; log scale "
+        "where the space samples on a log scale) to its objective value; the best trials are yellow and drawn on "
+        "top. 'not set': a conditional parameter the trial did not use.", parallel)]
+
+
+def _learning_curves(v: _Study) -> list[Item]:
+    curves = learning_curves_figure(v.trials, v.metric, v.best)
     if curves is not None:
-        s.items.append(FigureItem(
+        return [FigureItem(
             "learning_curves", "Learning curves",
-            f"The {metric_label(metric)} each trial reported after every epoch (what the pruner saw). Pruned "
-            f"trials end with an x at the epoch where they were stopped.", curves))
-    elif multi:
-        s.items.append(Note("Learning curves", "Left out: the trials of a study with several objectives report no "
-                                               "epochs to Optuna (it cannot prune them); each trial's own curve is "
-                                               "among its files in the dashboard."))
-    else:
-        s.items.append(Note("Learning curves", "Left out: no trial has reported an epoch yet."))
+            f"The {v.label} each trial reported after every epoch (what the pruner saw). Pruned trials end with an "
+            f"x at the epoch where they were stopped.", curves)]
+    if v.multi:
+        return [Note("Learning curves", "Left out: the trials of a study with several objectives report no epochs "
+                                        "to Optuna (it cannot prune them); each trial's own curve is among its "
+                                        "files in the dashboard.")]
+    return [Note("Learning curves", "Left out: no trial has reported an epoch yet.")]
 
+
+def _architectures(v: _Study) -> list[Item]:
     per_arch: dict[str, list[FrozenTrial]] = {}
-    for t in done:
+    for t in v.done:
         per_arch.setdefault(_architecture(t), []).append(t)
-    if per_arch:
-        s.items.append(FigureItem(
-            "best_per_architecture", "Best per architecture",
-            f"Every complete trial's {metric_label(metric)} by architecture (n: complete trials); the diamond "
-            f"and number mark the architecture's best.", architecture_figure(per_arch, metric, maximize)))
-    else:
-        s.items.append(Note("Best per architecture", "Left out: no complete trial yet."))
-    all_arch = Counter(_architecture(t) for t in trials)
-    pruned_arch = Counter(_architecture(t) for t in trials if t.state == TrialState.PRUNED)
-    arch_rows = []
-    for arch in sorted(per_arch, key=lambda a: -max(t.value for t in per_arch[a]) if maximize
-                       else min(t.value for t in per_arch[a])):
-        top = sorted(per_arch[arch], key=lambda t: -t.value if maximize else t.value)[0]
-        arch_rows.append([arch, str(all_arch[arch]), str(len(per_arch[arch])), str(pruned_arch[arch]),
-                          f"{top.value:.4f}", str(top.number)])
-    if arch_rows:
-        s.items.append(Table("best_per_architecture", f"Best {metric_label(metric)} per architecture",
-                             ["Architecture", "Trials", "Complete", "Pruned", f"Best {metric_label(metric)}",
-                              "Trial"], arch_rows, "lrrrrr"))
+    if not per_arch:
+        return [Note("Best per architecture", "Left out: no complete trial yet.")]
+    sign = -1 if v.maximize else 1
+    all_arch = Counter(_architecture(t) for t in v.trials)
+    pruned_arch = Counter(_architecture(t) for t in v.trials if t.state == TrialState.PRUNED)
+    rows = []
+    for arch in sorted(per_arch, key=lambda a: min(sign * t.value for t in per_arch[a])):
+        top = min(per_arch[arch], key=lambda t: sign * t.value)
+        rows.append([arch, str(all_arch[arch]), str(len(per_arch[arch])), str(pruned_arch[arch]),
+                     f"{top.value:.4f}", str(top.number)])
+    return [FigureItem("best_per_architecture", "Best per architecture",
+                       f"Every complete trial's {v.label} by architecture (n: complete trials); the diamond and "
+                       f"number mark the architecture's best.", architecture_figure(per_arch, v.metric, v.maximize)),
+            Table("best_per_architecture", f"Best {v.label} per architecture",
+                  ["Architecture", "Trials", "Complete", "Pruned", f"Best {v.label}", "Trial"], rows, "lrrrrr")]
 
-    s.items.append(FigureItem("trial_states", "Trial states", "How the trials ended. Pruned: stopped early by the "
-                              "pruner; failed: an error or an interruption (the reason is in trials.csv).",
-                              states_figure(dict(counts))))
-    s.items.append(Table("trial_states", "Trials by state", ["State", "Trials"],
-                         [[st, str(counts.get(st, 0))] for st in STATES], "lr",
-                         footer=[["total", str(len(trials))]]))
 
-    rows, saved, budget, seconds_saved = _pruning_rows(study, trials)
-    if multi:
-        s.items.append(Note("Epochs saved by pruning", "Left out: a study with several objectives is not pruned."))
-    elif rows:
-        s.items.append(FigureItem(
-            "pruning_savings", "Epochs saved by pruning",
-            "Per finished trial, the epochs it ran and (hatched) the epochs of its budget it did not run because "
-            "the pruner stopped it.", pruning_figure(rows, saved, budget)))
-        run = budget - saved
-        s.items.append(Table(
-            "pruning_savings", "Epochs saved by pruning (complete and pruned trials)",
-            ["Finished trials", "Pruned", "Epoch budget", "Epochs run", "Epochs saved", "Saved (%)",
-             "Time saved (est.)"],
-            [[str(len(rows)), str(sum(r[1] == "pruned" for r in rows)), str(budget), str(run), str(saved),
-              f"{100 * saved / budget:.1f}" if budget else "0", _duration(seconds_saved)]], "rrrrrrr",
-            note="Time saved: each pruned trial's unrun epochs times its own mean epoch time."))
-    else:
-        s.items.append(Note("Epochs saved by pruning", "Left out: no finished trial yet."))
+def _states(v: _Study) -> list[Item]:
+    return [FigureItem("trial_states", "Trial states", "How the trials ended. Pruned: stopped early by the pruner; "
+                       "failed: an error or an interruption (the reason is in trials.csv).",
+                       states_figure(dict(v.counts))),
+            Table("trial_states", "Trials by state", ["State", "Trials"],
+                  [[st, str(v.counts.get(st, 0))] for st in STATES], "lr", footer=[["total", str(len(v.trials))]])]
 
-    if ranked:
-        names: list[str] = []
-        for t in ranked[:10]:
-            names += [n for n in t.params if n not in names]
-        s.items.append(Table(
-            "top_trials", f"The {min(10, len(ranked))} best trials by {metric_label(metric)}",
-            ["Rank", "Trial", metric_label(metric).capitalize(), *names, "Epochs"],
-            [[str(i), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n)) for n in names),
-              str(t.user_attrs.get("epochs_run", ""))] for i, t in enumerate(ranked[:10], 1)],
-            "rrr" + "l" * len(names) + "r"))
 
-    columns, rows_all = trial_rows(study)
-    nv = len(goals.of_study(study)) if multi else 1  # value columns
-    cells = [[_fmt(v, 4) if isinstance(v, float) else ("" if v is None else str(v)) for v in r] for r in rows_all]
+def _pruning(v: _Study) -> list[Item]:
+    if v.multi:
+        return [Note("Epochs saved by pruning", "Left out: a study with several objectives is not pruned.")]
+    rows, saved, budget, seconds_saved = _pruning_rows(v.study, v.trials)
+    if not rows:
+        return [Note("Epochs saved by pruning", "Left out: no finished trial yet.")]
+    return [FigureItem("pruning_savings", "Epochs saved by pruning",
+                       "Per finished trial, the epochs it ran and (hatched) the epochs of its budget it did not run "
+                       "because the pruner stopped it.", pruning_figure(rows, saved, budget)),
+            Table("pruning_savings", "Epochs saved by pruning (complete and pruned trials)",
+                  ["Finished trials", "Pruned", "Epoch budget", "Epochs run", "Epochs saved", "Saved (%)",
+                   "Time saved (est.)"],
+                  [[str(len(rows)), str(sum(r[1] == "pruned" for r in rows)), str(budget), str(budget - saved),
+                    str(saved), f"{100 * saved / budget:.1f}" if budget else "0", _duration(seconds_saved)]],
+                  "rrrrrrr", note="Time saved: each pruned trial's unrun epochs times its own mean epoch time.")]
+
+
+def _top_trials(v: _Study) -> list[Item]:
+    if not v.ranked:
+        return []
+    top = v.ranked[:10]
+    names: list[str] = []
+    for t in top:
+        names += [n for n in t.params if n not in names]
+    return [Table("top_trials", f"The {len(top)} best trials by {v.label}",
+                  ["Rank", "Trial", v.label.capitalize(), *names, "Epochs"],
+                  [[str(i), str(t.number), f"{t.value:.4f}", *(_fmt(t.params.get(n)) for n in names),
+                    str(t.user_attrs.get("epochs_run", ""))] for i, t in enumerate(top, 1)],
+                  "rrr" + "l" * len(names) + "r")]
+
+
+def _trials_table(v: _Study) -> Table:
+    columns, rows = trial_rows(v.study)
+    nv = len(goals.of_study(v.study)) if v.multi else 1  # value columns
+    cells = [[_fmt(x, 4) if isinstance(x, float) else ("" if x is None else str(x)) for x in r] for r in rows]
     for row in cells:  # a failure's reason can be a long message: trials.csv keeps it whole
         row[-1] = row[-1] if len(row[-1]) <= 60 else row[-1][:57] + "..."
-    trials_table = Table("trials", f"All {len(trials)} trials", columns, cells,
-                         "rl" + "r" * nv + "l" * (len(columns) - 5 - nv) + "rrl",
-                         note="The reasons of failed trials are cut to 60 characters here; trials.csv has them whole.")
-    return s, trials_table
+    return Table("trials", f"All {len(v.trials)} trials", columns, cells,
+                 "rl" + "r" * nv + "l" * (len(columns) - 5 - nv) + "rrl",
+                 note="The reasons of failed trials are cut to 60 characters here; trials.csv has them whole.")
 
 
 def _study_intro(study: optuna.Study, trials: list[FrozenTrial], counts: Counter[str], best: FrozenTrial | None,
@@ -297,7 +337,7 @@ def write_report(study: optuna.Study, run_specs: Sequence[str | Path], out: Path
     (out / "tables" / "trials.md").write_text(trials_table.markdown())
     (out / "tables" / "trials.tex").write_text(trials_table.latex())
     write_csv(study, out / "trials.csv")
-    cite = bool(groups) and benchmarks.published(groups[0].dataset) is not None
+    cite = bool(groups) and published.published(groups[0].dataset) is not None
     (out / "index.html").write_text(_page(study, sections, trials_table, cite))
     return {"index": out / "index.html", "figures": n_fig, "tables": n_tab + 1}
 
@@ -356,7 +396,7 @@ def _page(study: optuna.Study, sections: list[Section], trials_table: Table, cit
         body.append("</section>")
     if cite:
         body.append('<section id="citation"><h2>Citing the published values</h2>'
-                    f"<p>{html.escape(benchmarks.CITATION)}</p><pre>{html.escape(benchmarks.BIBTEX)}</pre>"
+                    f"<p>{html.escape(published.CITATION)}</p><pre>{html.escape(published.BIBTEX)}</pre>"
                     "</section>")
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -8,7 +8,7 @@ the search, whose luck is what is being corrected, is not counted again. The tes
 is still never used to choose: each run's test accuracy is reported for information only.
 
 Each trial's runs go to DIR/trial-<number>/ (seed-S folders and summary.json, as `search train --seeds` writes
-them), trained by the one training loop: `engine.train_seeds` one seed after another, or with devices listed, every
+them), trained by the one training loop: `replicates.train_seeds` one seed after another, or with devices listed, every
 trial's runs in one pool over them (`parallel.train_runs`). Everything is checked before the first run: the study,
 K, the devices, the output folder, and that no trial folder already holds a finished run. A Ctrl-C stops the run in
 progress; the trial folders that finished are kept.
@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial
 from search import interrupt
 from search.errors import SearchError
 from search.results.trials import ranked, trial_config
-from search.train import config, engine, parallel
+from search.train import config, parallel, replicates
 from search.train.config import TrainConfig
 
 OnRun = Callable[[int, Path, dict[str, Any]], None]  # (trial number, run folder, the run's metrics.json)
@@ -135,7 +135,7 @@ def _plan(study: optuna.Study, k: int, seeds: int, folder: Path) -> list[Plan]:
     for rank, trial in enumerate(trials[:k], 1):
         cfg = trial_config(trial)
         where = folder / f"trial-{trial.number}"
-        runs = engine.seed_runs(_fresh(cfg), where, seeds, instead="choose another --rerank-dir or remove it")
+        runs = replicates.seed_runs(_fresh(cfg), where, seeds, instead="choose another --rerank-dir or remove it")
         plans.append((trial, rank, cfg, where, runs))
     return plans
 
@@ -148,7 +148,7 @@ def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds:
            on_run: OnRun | None) -> Candidate:
     interrupt.check()  # a Ctrl-C between two trials stops here, before the next one starts
     heard = (lambda path, m: on_run(trial.number, path, m)) if on_run is not None else None
-    summary = engine.train_seeds(_fresh(cfg), folder, seeds, progress=False, on_run=heard)
+    summary = replicates.train_seeds(_fresh(cfg), folder, seeds, progress=False, on_run=heard)
     return Candidate(trial, rank, cfg, folder, summary)
 
 
@@ -167,9 +167,9 @@ def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | N
         metrics[i][j] = m
         if on_run is not None:
             on_run(trial.number, folder, m)
-        if len(metrics[i]) == seeds:  # job indices run in seed order: the summary as engine.train_seeds writes it
+        if len(metrics[i]) == seeds:  # job indices run in seed order: the summary as replicates.train_seeds writes it
             ordered = [metrics[i][k] for k in sorted(metrics[i])]
-            summaries[i] = engine.write_summary(_fresh(cfg), where, runs, ordered)
+            summaries[i] = replicates.write_summary(_fresh(cfg), where, runs, ordered)
 
     def started(j: int, device: str) -> None:
         _, seed, run = jobs[j]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from search.results import published as benchmarks
+from search.results import published
 from search.results.figures import RUN_COLOURS, STYLE, WIDTH, _figure, draw_confusion
 
 Matrix = Sequence[Sequence[int]]
@@ -112,21 +112,21 @@ def per_class_groups_figure(names: list[str], groups: Sequence[tuple[str, list[l
 
 @rc_context(STYLE)
 def groups_metrics_figure(groups: Sequence[tuple[str, list[float], list[float]]],
-                        published: dict[str, tuple[float, float]] | None) -> Figure:
+                        reference: dict[str, tuple[float, float]] | None) -> Figure:
     """Dot plot of test ACC and AUC: a row per group (each run a dot, the mean ± sd a diamond in the group's
     colour), below the published methods when known. groups: (row label, ACC of each run, AUC of each run)."""
-    rows = list(published or {})
+    rows = list(reference or {})
     labels = rows + [g[0] for g in groups]
     fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
     acc_ax, auc_ax = fig.subplots(1, 2, sharey=True)
     for ax, column, index, name in ((acc_ax, 1, 1, "Test accuracy"), (auc_ax, 2, 0, "Test AUC")):
         values: list[float] = []
-        if published:
-            ax.scatter([published[m][index] for m in rows], range(len(rows)), color="0.45", s=30, zorder=3)
+        if reference:
+            ax.scatter([reference[m][index] for m in rows], range(len(rows)), color="0.45", s=30, zorder=3)
             for y, m in enumerate(rows):
-                ax.annotate(f"{published[m][index]:.3f}", (published[m][index], y), xytext=(0, -6),
+                ax.annotate(f"{reference[m][index]:.3f}", (reference[m][index], y), xytext=(0, -6),
                             textcoords="offset points", ha="center", va="top", fontsize=7, color="0.35")
-            values += [published[m][index] for m in rows]
+            values += [reference[m][index] for m in rows]
         for gi, group in enumerate(groups):
             y, colour = len(rows) + gi, group_colour(gi)
             mean, sd, finite = _mean_sd(group[column])
@@ -155,8 +155,8 @@ def groups_metrics_figure(groups: Sequence[tuple[str, list[float], list[float]]]
                       label="this work: mean" + (" ± sd of a group's runs" if several else ""))]
     if several:
         handles.append(Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one run"))
-    if published:
-        handles.append(Line2D([], [], color="0.45", marker="o", linestyle="none", label=benchmarks.SOURCE))
+    if reference:
+        handles.append(Line2D([], [], color="0.45", marker="o", linestyle="none", label=published.SOURCE))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2))  # the source is long
-    fig.suptitle("Test accuracy and AUC" + (" beside the published MedMNIST v2 results" if published else ""))
+    fig.suptitle("Test accuracy and AUC" + (" beside the published MedMNIST v2 results" if reference else ""))
     return fig

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from search.errors import SearchError
-from search.results import published as benchmarks
+from search.results import published
 from search.results.compare import LEVEL, Difference, McNemar, mcnemar, welch
 from search.results.figures import confusion_figure, history_figure
 from search.results.run_figures import (
@@ -248,28 +248,28 @@ def _test_items(groups: list[Group], dataset: str) -> list[FigureItem | Table | 
           f"{r.metrics['test_auc']:.4f}"] for r in runs], "llrrrrr", footer=footer,
         note="sd: sample standard deviation (n - 1) over a group's runs." if any(len(g.runs) > 1 for g in groups)
         else "")]
-    published = benchmarks.published(dataset)
+    known = published.published(dataset)
     several_runs = any(len(g.runs) > 1 for g in groups)
     items.append(FigureItem(
         "test_metrics", "Test ACC and AUC",
         ("Each group's runs (dots) and their mean ± sd (diamond), a row per group"
          if several_runs else "Each group's test accuracy and AUC, a row per group" if several else
          "The run's test accuracy and AUC")
-        + (f", beside the published results of {benchmarks.SOURCE} (grey)." if published else
+        + (f", beside the published results of {published.SOURCE} (grey)." if known else
            f". No published MedMNIST v2 results are kept for {dataset}."),
         groups_metrics_figure([(f"{g.label}: {g.architectures} (n = {len(g.runs)})", g.values("test_acc"),
-                              g.values("test_auc")) for g in groups], published)))
-    if published:
+                              g.values("test_auc")) for g in groups], known)))
+    if known:
         items.append(Table(
-            "benchmark", f"Test ACC and AUC on {dataset} beside {benchmarks.SOURCE}",
-            ["Method", "ACC", "AUC"], [[m, f"{v[1]:.3f}", f"{v[0]:.3f}"] for m, v in published.items()], "lrr",
+            "benchmark", f"Test ACC and AUC on {dataset} beside {published.SOURCE}",
+            ["Method", "ACC", "AUC"], [[m, f"{v[1]:.3f}", f"{v[0]:.3f}"] for m, v in known.items()], "lrr",
             footer=[[(f"{g.label}: " if several else "") + f"{g.architectures}, this work ({g.n})",
                      _pm(g.values("test_acc")), _pm(g.values("test_auc"))] for g in groups],
-            note=f"Published values: {benchmarks.CITATION}"))
+            note=f"Published values: {published.CITATION}"))
     else:
         items.append(Note("Published benchmark", f"No published MedMNIST v2 values are kept for '{dataset}' "
                                                  f"(search/results/published.py lists: "
-                                                 f"{', '.join(benchmarks.MEDMNIST_V2)})."))
+                                                 f"{', '.join(published.MEDMNIST_V2)})."))
     return items
 
 

@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
-from search.hpo import objectives as goals
+from search.hpo import goals
 from search.hpo.storage import open_storage
 from search.hpo.urls import mask, resolve_url
 from search.train import config

@@ -22,7 +22,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 METRICS = ("val_acc", "val_auc")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-SIZES = (28, 64, 128, 224)  # MedMNIST+ ships every 2D dataset at these sizes (<flag>.npz, <flag>_64.npz, ...)
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class TrainConfig:
     # CPU autocast); fp16 runs with a gradient scaler and needs CUDA. See engine.resolve_precision.
     precision: str = "auto"
     compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
-    size: int = 28  # image side in pixels: 28, 64, 128 or 224 (MedMNIST+; mnist and digits are 28 only)
+    size: int = 28  # image side in pixels: those of the dataset (data.DatasetInfo.sizes: 28, and MedMNIST+ 64-224)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -95,21 +94,36 @@ def as_number(value: Any) -> Any:
     return value
 
 
+def number(value: Any, *, integer: bool) -> int | float:
+    """The one reading of a number in a config, a study's space or a queued trial: an integer (never a bool or a
+    float) where ``integer``, else a finite float (`1e-3` as a string too). Raises ValueError with what was wanted
+    ("an integer", "a finite number"), for the caller to name the key."""
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("an integer")
+        return value
+    value = as_number(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("a finite number")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float's range
+        raise ValueError("a finite number") from None
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
+    return value
+
+
 def _check_type(key: str, value: Any) -> Any:
     kind, optional = _TYPES[key]
     if optional and value is None:
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SearchError(f"{key} must be an integer, got {value!r}")
-    elif kind is float:
-        value = as_number(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SearchError(f"{key} must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise SearchError(f"{key} must be a finite number, got {value!r}")
-    elif kind is bool:
+    if kind in (int, float):
+        try:
+            return number(value, integer=kind is int)
+        except ValueError as err:
+            raise SearchError(f"{key} must be {err}, got {value!r}") from None
+    if kind is bool:
         if not isinstance(value, bool):
             raise SearchError(f"{key} must be true or false, got {value!r}")
     elif not isinstance(value, str) or not value:  # str
@@ -117,9 +131,13 @@ def _check_type(key: str, value: Any) -> Any:
     return value
 
 
-def _choice(key: str, value: str, valid: tuple[str, ...] | list[str]) -> None:
+def choice(key: str, value: Any, valid: tuple[str, ...] | list[str], *, source: str | None = None) -> Any:
+    """``value`` if it is one of ``valid``, else one line naming the key (after ``source``, the file) and the valid
+    names."""
     if value not in valid:
-        raise SearchError(f"{key} '{value}' is not known; valid: {', '.join(valid)}")
+        where = f"{source}: " if source else ""
+        raise SearchError(f"{where}{key} {value!r} is not known; valid: {', '.join(valid)}")
+    return value
 
 
 # Augmentation policies (search/train/augment.py applies them): named here, where every value is checked, so that
@@ -164,17 +182,13 @@ def validate(cfg: TrainConfig) -> None:
     for key in KEYS:
         object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))
     if not is_dataset(cfg.dataset):  # the whole list (with MedMNIST's) only for the message
-        _choice("dataset", cfg.dataset, list_datasets())
-    _choice("architecture", cfg.architecture, list_models())
-    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _choice("schedule", cfg.schedule, SCHEDULES)
-    _choice("metric", cfg.metric, METRICS)
-    _choice("precision", cfg.precision, PRECISIONS)
-    if cfg.size not in SIZES:
-        raise SearchError(f"size must be one of {', '.join(map(str, SIZES))} (pixels), got {cfg.size}")
-    sizes = get_info(cfg.dataset).sizes
-    if cfg.size not in sizes:
-        raise SearchError(f"size {cfg.size} does not exist for {cfg.dataset}; valid: {', '.join(map(str, sizes))}")
+        choice("dataset", cfg.dataset, list_datasets())
+    choice("architecture", cfg.architecture, list_models())
+    choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    choice("schedule", cfg.schedule, SCHEDULES)
+    choice("metric", cfg.metric, METRICS)
+    choice("precision", cfg.precision, PRECISIONS)
+    get_info(cfg.dataset).check_size(cfg.size)
     if cfg.epochs < 1:
         raise SearchError(f"epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 2:

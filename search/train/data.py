@@ -55,6 +55,12 @@ class DatasetInfo:
     def multi_label(self) -> bool:
         return is_multi_label(self.task)
 
+    def check_size(self, size: int) -> None:
+        """The one check of an image size: those that exist for the dataset (every one an architecture takes)."""
+        if isinstance(size, bool) or size not in self.sizes:
+            raise SearchError(f"size {size!r} does not exist for {self.name}; valid: "
+                              f"{', '.join(map(str, self.sizes))} (pixels)")
+
 
 @dataclass(frozen=True)
 class Split:
@@ -85,6 +91,10 @@ _CACHE: dict[tuple[str, str, str, int], Data] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    from models import SIZES  # what every architecture takes: a dataset's sizes must be among them
+
+    if not set(info.sizes) <= set(SIZES):
+        raise ValueError(f"dataset {info.name}: sizes {info.sizes} include one no architecture takes ({SIZES})")
     _REGISTRY[info.name] = info
     return info
 
@@ -137,8 +147,7 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
 
 
 def _read(info: DatasetInfo, root: Path, size: int) -> Arrays:
-    if size not in info.sizes:
-        raise SearchError(f"size {size} does not exist for {info.name}; valid: {', '.join(map(str, info.sizes))}")
+    info.check_size(size)
     return _checked(info, info.read(root, True, size), size)
 
 

@@ -29,12 +29,13 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import physical_name, visible
 from search.errors import SearchError
-from search.train import checkpoint as checkpoint_mod
-from search.train import config as config_mod
+from search.train import config
 from search.train.augment import make_augment
+from search.train.checkpoint import restore as restore_checkpoint
+from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
 from search.train.data import Data, Split, load
-from search.train.metrics import evaluate_scores, is_multi_label, predict
+from search.train.metrics import class_results, evaluate_scores
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
@@ -311,7 +312,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     result = FitResult(trainer, "completed", None, {})
     best_state: dict[str, torch.Tensor] | None = None
     if resume is not None:
-        checkpoint_mod.restore(trainer, resume)
+        restore_checkpoint(trainer, resume)
         result.history, result.best_epoch, result.best = resume["history"], resume["best_epoch"], resume["best"]
         best_state, result.resumed_at = resume["best_state"], resume["epoch"] + 1
         for metrics in result.history:
@@ -356,7 +357,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
                 best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
             if checkpoint is not None:
                 try:
-                    checkpoint_mod.save(checkpoint, trainer, result, best_state, epoch)
+                    save_checkpoint(checkpoint, trainer, result, best_state, epoch)
                 except OSError as err:  # a full disk or a bad folder: the run goes on, only without a safety net
                     logging.getLogger("search").warning("the checkpoint could not be written to %s (%s); this run "
                                                         "goes on without checkpoints", checkpoint, err)
@@ -402,77 +403,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     # Each file is written under a temporary name and renamed, so an interrupted save leaves no half file.
     atomic_write(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
                                                     "config": cfg.to_dict()}, p))
-    config_mod.dump(cfg, out / "config.yaml")
+    config.dump(cfg, out / "config.yaml")
     if "predictions" in per_class:  # each test image's class and prediction: `search report`'s paired test
         rows = "".join(f"{y},{p}\n" for y, p in zip(per_class["labels"], per_class["predictions"]))
         atomic_write(out / "test_predictions.csv", lambda p: p.write_text("label,prediction\n" + rows))
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
     return metrics
-
-
-def train_seeds(cfg: TrainConfig, out: Path, seeds: int, *, progress: bool = True,
-                on_run: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """`search train --seeds N`: `train` with seeds cfg.seed .. cfg.seed + N - 1, each run in out/seed-<seed>.
-
-    out/summary.json holds each run's test ACC and AUC with their mean and sample standard deviation (n - 1), the
-    way the MedMNIST benchmark reports a method (mean of at least three runs). Nothing is trained when any of the
-    folders already holds a finished run.
-    """
-    runs = seed_runs(cfg, out, seeds)
-    results: list[dict[str, Any]] = []
-    for seed, folder in runs:
-        results.append(train(cfg.replace(seed=seed), folder, progress=progress))
-        if on_run is not None:
-            on_run(folder, results[-1])
-    return write_summary(cfg, out, runs, results)
-
-
-def seed_runs(cfg: TrainConfig, out: Path, seeds: int, *,
-              instead: str = "choose another --out") -> list[tuple[int, Path]]:
-    """(seed, folder) of each run of `--seeds`; refused before anything is trained when ``out`` holds a summary or
-    a run already finished (the message ends with ``instead``: what the user can do)."""
-    runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
-    finished = [out / "summary.json", *(d / "metrics.json" for _, d in runs)]
-    taken = next((p for p in finished if p.exists()), None)
-    if taken is not None:
-        raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); {instead}")
-    return runs
-
-
-def write_summary(cfg: TrainConfig, out: Path, runs: list[tuple[int, Path]],
-                  results: list[dict[str, Any]]) -> dict[str, Any]:
-    """out/summary.json from each run's metrics, in the order of ``runs`` (seed order): test ACC and AUC, and the
-    validation ACC and AUC of each run's kept epoch (what `search export --rerank` ranks configurations by)."""
-    summary = {"dataset": cfg.dataset, "architecture": cfg.architecture, "seeds": [s for s, _ in runs],
-               "runs": [d.name for _, d in runs],
-               **{key: mean_sd([m[key] for m in results]) for key in ("test_acc", "test_auc", "val_acc", "val_auc")}}
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
-    return summary
-
-
-def mean_sd(values: list[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (None for one value: a single run has no spread to report)."""
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
-            "values": values}
-
-
-def class_results(labels: torch.Tensor, scores: torch.Tensor, task: str) -> dict[str, Any]:
-    """Confusion matrix and per-class accuracy, with the predictions MedMNIST's ACC uses for ``task``.
-
-    Single-label tasks predict the argmax (binary-class: positive score > 0.5, as medmnist's getACC); the matrix
-    has true classes as rows and predicted ones as columns, and a class's accuracy is its row's share on the
-    diagonal (its recall; None when the split has no sample of it). Multi-label tasks have no single confusion
-    matrix: per-class accuracy is each label's accuracy at 0.5, and the counts are its positives.
-    """
-    k = scores.shape[1]
-    pred = predict(scores, task)
-    if is_multi_label(task):
-        positive = labels != 0
-        return {"confusion": None, "per_class_acc": (pred == positive).double().mean(dim=0).tolist(),
-                "class_counts": positive.sum(dim=0).tolist()}
-    truth = labels.view(-1)
-    confusion = torch.bincount(truth * k + pred, minlength=k * k).view(k, k).tolist()
-    counts = [sum(row) for row in confusion]
-    return {"confusion": confusion, "class_counts": counts,
-            "per_class_acc": [row[i] / n if n else None for i, (row, n) in enumerate(zip(confusion, counts))],
-            "labels": truth.tolist(), "predictions": pred.tolist()}

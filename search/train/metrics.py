@@ -21,6 +21,8 @@ indices for single-label tasks and (N, K) 0/1 for multi-label. Everything stays 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -110,3 +112,25 @@ def evaluate_scores(y_true: Tensor, y_score: Tensor, task: str) -> dict[str, flo
     """``{"acc": ..., "auc": ...}`` with a single device synchronisation."""
     acc_value, auc_value = torch.stack([_acc(y_true, y_score, task), _auc(y_true, y_score, task)]).tolist()
     return {"acc": acc_value, "auc": auc_value}
+
+
+def class_results(labels: torch.Tensor, scores: torch.Tensor, task: str) -> dict[str, Any]:
+    """Confusion matrix and per-class accuracy, with the predictions MedMNIST's ACC uses for ``task``.
+
+    Single-label tasks predict the argmax (binary-class: positive score > 0.5, as medmnist's getACC); the matrix
+    has true classes as rows and predicted ones as columns, and a class's accuracy is its row's share on the
+    diagonal (its recall; None when the split has no sample of it). Multi-label tasks have no single confusion
+    matrix: per-class accuracy is each label's accuracy at 0.5, and the counts are its positives.
+    """
+    k = scores.shape[1]
+    pred = predict(scores, task)
+    if is_multi_label(task):
+        positive = labels != 0
+        return {"confusion": None, "per_class_acc": (pred == positive).double().mean(dim=0).tolist(),
+                "class_counts": positive.sum(dim=0).tolist()}
+    truth = labels.view(-1)
+    confusion = torch.bincount(truth * k + pred, minlength=k * k).view(k, k).tolist()
+    counts = [sum(row) for row in confusion]
+    return {"confusion": confusion, "class_counts": counts,
+            "per_class_acc": [row[i] / n if n else None for i, (row, n) in enumerate(zip(confusion, counts))],
+            "labels": truth.tolist(), "predictions": pred.tolist()}

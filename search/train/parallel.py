@@ -41,15 +41,15 @@ Job = tuple[TrainConfig, int, Path]  # (config, seed, run folder): one `engine.t
 
 def train_seeds(cfg: TrainConfig, out: Path, seeds: int, devices: str,
                 on_run: Callable[[Path, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """`engine.train_seeds`, the seeds spread over one process per entry of ``devices`` (the extra entries, when
+    """`replicates.train_seeds`, the seeds spread over one process per entry of ``devices`` (the extra entries, when
     there are more devices than seeds, start no process). ``on_run`` hears of each run as it finishes."""
-    from search.train import engine
+    from search.train import replicates
 
-    runs = engine.seed_runs(cfg, out, seeds)
+    runs = replicates.seed_runs(cfg, out, seeds)
     heard = (lambda _i, folder, m: on_run(folder, m)) if on_run is not None else None
     results = train_runs([(cfg, seed, folder) for seed, folder in runs], devices, heard,
                          what=f"seeds {runs[0][0]}..{runs[-1][0]}")
-    return engine.write_summary(cfg, out, runs, results)
+    return replicates.write_summary(cfg, out, runs, results)
 
 
 def train_runs(jobs: list[Job], devices: str, on_run: Callable[[int, Path, dict[str, Any]], None] | None = None,

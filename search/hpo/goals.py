@@ -62,6 +62,18 @@ def parse(raw: Any, *, source: str) -> Objectives:
     return tuple(found)
 
 
+def single(metric: Any, direction: Any, *, source: str) -> Objectives:
+    """A study file's single-objective form (``metric``, ``direction``), checked by the rules of ``objectives``."""
+    if metric not in TRAINING:
+        raise SearchError(f"{source}: metric {metric!r} is not known; valid: {', '.join(TRAINING)} (cost metrics "
+                          f"are objectives beside one of them: objectives: [...])")
+    if direction not in DIRECTIONS:
+        raise SearchError(f"{source}: direction {direction!r} is not known; valid: {', '.join(DIRECTIONS)}")
+    if direction != "maximize":
+        raise SearchError(f"{source}: {metric} can only be maximized (the kept epoch is its highest)")
+    return ((metric, direction),)
+
+
 def training_metric(objectives: Objectives) -> str:
     """The validation metric that picks a trial's kept epoch: the first objective (`parse` sees to it)."""
     return objectives[0][0]
