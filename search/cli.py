@@ -33,6 +33,7 @@ class _OneLineErrors(click.Group):
             return self._invoke(ctx)
         except click.UsageError as err:
             err.ctx = None
+            err.message = " ".join(err.message.split())  # one line, whatever line breaks the bad value held
             raise
         except SearchError as err:
             shown = click.ClickException(err.message)

@@ -45,8 +45,29 @@ JUNK = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3)
 
 
 def sometimes(plausible: st.SearchStrategy, junk: st.SearchStrategy = JUNK) -> st.SearchStrategy:
-    """Mostly a plausible value (so the deeper checks are reached), else anything."""
-    return st.one_of(plausible, plausible, plausible, junk)
+    """Mostly a plausible value (so the deeper checks are reached), else anything: weighted by a drawn number, as
+    one_of's own choice of a branch is not an even one."""
+    return st.integers(0, 9).flatmap(lambda i: junk if i == 0 else plausible)
+
+
+def either(usual: st.SearchStrategy, edges: list) -> st.SearchStrategy:
+    """``usual``, or one of ``edges`` three times in ten."""
+    return st.integers(0, 9).flatmap(lambda i: st.sampled_from(edges) if i < 3 else usual)
+
+
+# The values where number handling breaks: a bool (an int in Python), an integer beyond float's range, a float that
+# is an integer, strings that are numbers, NaN and infinities.
+INT_EDGES = [0, 1, -1, 2, 28, 64, 224, True, 2.0, 2**31, 2**63, 10**400, "3", "1e400"]
+FLOAT_EDGES = [0, 0.0, -0.0, 1, 1e-300, 1e308, True, 10**400, "1e-3", "1e400", "nan", "-inf", float("nan"),
+               float("inf")]
+
+
+def integers(low: int, high: int) -> st.SearchStrategy:
+    return either(st.integers(low, high), INT_EDGES)
+
+
+def floats(low: float, high: float) -> st.SearchStrategy:
+    return either(st.floats(low, high), FLOAT_EDGES)
 
 
 # --- TrainConfig values, key by key -------------------------------------------------------------------------
@@ -55,25 +76,25 @@ CONFIG_VALUES: dict[str, st.SearchStrategy] = {
     "dataset": st.sampled_from(["digits", "mnist", "pathmnist", "chestmnist", "octmnist", "nope"]),
     "data_dir": st.sampled_from([None, "data", "", "/nonexistent"]),
     "architecture": st.sampled_from(["simple_cnn_v1", "simple_cnn_v2", "resnet18", "alexnet", "xception", "x"]),
-    "epochs": st.integers(-1, 12),
-    "batch_size": st.integers(-1, 512),
-    "lr": st.one_of(st.floats(-1, 1), st.sampled_from(["1e-3", "3e-4", "1e400"])),
+    "epochs": integers(-1, 12),
+    "batch_size": integers(-1, 512),
+    "lr": floats(-1, 1),
     "optimizer": st.sampled_from(["adam", "adamw", "sgd", "rmsprop"]),
-    "momentum": st.floats(-0.5, 1.5),
+    "momentum": floats(-0.5, 1.5),
     "nesterov": st.booleans(),
-    "weight_decay": st.floats(-1e-3, 1e-2),
-    "dropout": st.floats(-0.5, 1.5),
+    "weight_decay": floats(-1e-3, 1e-2),
+    "dropout": floats(-0.5, 1.5),
     "augmentation": st.sampled_from(["none", "flip", "crop+color", "dihedral+dihedral", "none+flip", "FLIP", "x"]),
-    "label_smoothing": st.floats(-0.5, 1.5),
+    "label_smoothing": floats(-0.5, 1.5),
     "schedule": st.sampled_from(["constant", "cosine", "onecycle", "step"]),
-    "warmup_epochs": st.floats(-1, 15),
+    "warmup_epochs": floats(-1, 15),
     "metric": st.sampled_from(["val_acc", "val_auc", "params"]),
-    "seed": st.integers(-2**70, 2**70),
+    "seed": integers(-2**70, 2**70),
     "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cudax", "mps"]),
     "pretrained": st.booleans(),
     "precision": st.sampled_from(["auto", "bf16", "fp16", "fp32", "fp8"]),
     "compile": st.booleans(),
-    "size": st.sampled_from([28, 64, 128, 224, 32, 0]),
+    "size": st.sampled_from([28, 64, 128, 224, 32, 0, True, 28.0, "28"]),
 }
 
 
@@ -92,26 +113,28 @@ SEARCHABLE = [k for k in config.KEYS if k not in space_mod.STUDY_KEYS]
 
 
 @st.composite
-def space_entries(draw: st.DrawFn, earlier: list[str]) -> dict:
+def space_entries(draw: st.DrawFn, name: str, earlier: dict[str, dict]) -> dict:
+    """A space entry for ``name``: its bounds and choices drawn mostly from the values of that key."""
+    own = CONFIG_VALUES.get(name, SCALARS)
     kind = draw(sometimes(st.sampled_from(space_mod.TYPES), SCALARS))
     entry: dict = {"type": kind}
     if kind == "categorical" or draw(st.integers(0, 5)) == 0:
-        entry["choices"] = draw(sometimes(st.lists(sometimes(st.one_of(NUMBERS, st.sampled_from(WORDS)), SCALARS),
-                                                   max_size=4)))
+        entry["choices"] = draw(sometimes(st.lists(sometimes(own, SCALARS), max_size=4)))
     if kind != "categorical" or draw(st.integers(0, 5)) == 0:
         whole = kind == "int"
-        bound = st.integers(-4, 300) if whole else st.one_of(st.floats(-1, 2), st.sampled_from([1e-5, "1e-3"]))
+        bound = st.one_of(own, integers(-4, 300) if whole else floats(-1, 2))
         for key in ("low", "high"):
             if draw(st.integers(0, 9)):
                 entry[key] = draw(sometimes(bound))
         if draw(st.booleans()):
-            entry["step"] = draw(sometimes(st.integers(1, 40) if whole else st.sampled_from([0.1, 0.25, 1e-3])))
+            entry["step"] = draw(sometimes(integers(1, 40) if whole else floats(1e-3, 0.5)))
         if draw(st.booleans()):
             entry["log"] = draw(sometimes(st.booleans()))
     if earlier and draw(st.integers(0, 2)) == 0:
-        other = draw(st.sampled_from(earlier))
-        entry["when"] = draw(sometimes(st.fixed_dictionaries(
-            {other: st.one_of(SCALARS, st.lists(SCALARS, max_size=3))})))
+        other = draw(st.sampled_from(sorted(earlier)))
+        values = earlier[other].get("choices") if isinstance(earlier[other], dict) else None
+        value = st.sampled_from(values) if isinstance(values, list) and values else SCALARS
+        entry["when"] = draw(sometimes(st.fixed_dictionaries({other: st.one_of(value, st.lists(value, max_size=3))})))
     if draw(st.integers(0, 19)) == 0:
         entry[draw(st.sampled_from(["choice", "min", "lower"]))] = draw(SCALARS)
     return entry
@@ -123,7 +146,7 @@ def spaces(draw: st.DrawFn) -> dict:
                           unique=True, max_size=4))
     out: dict = {}
     for name in names:
-        out[name] = draw(sometimes(space_entries(list(out))))
+        out[name] = draw(sometimes(space_entries(name, dict(out))))
     return out
 
 
@@ -133,7 +156,7 @@ OBJECTIVES = st.lists(st.fixed_dictionaries({"metric": st.sampled_from(["val_acc
                       max_size=3)
 SAMPLER = st.one_of(st.sampled_from(list(studies.SAMPLERS) + ["grid"]),
                     st.fixed_dictionaries({"name": st.sampled_from(list(studies.SAMPLERS))},
-                                          optional={"seed": sometimes(st.integers(-1, 2**40)),
+                                          optional={"seed": sometimes(integers(-1, 2**40)),
                                                     "n_startup_trials": sometimes(st.integers(-1, 5)),
                                                     "multivariate": JUNK, "scramble": JUNK, "qmc_type": JUNK,
                                                     "population_size": JUNK, "sigma0": JUNK}))
@@ -155,8 +178,8 @@ def study_mappings(draw: st.DrawFn) -> dict:
         "metric": sometimes(CONFIG_VALUES["metric"]),
         "direction": sometimes(st.sampled_from(["maximize", "minimize"])),
         "objectives": sometimes(OBJECTIVES),
-        "epochs": sometimes(st.integers(0, 12)),
-        "trials": sometimes(st.integers(0, 30)),
+        "epochs": sometimes(integers(0, 12)),
+        "trials": sometimes(integers(0, 30)),
         "timeout": sometimes(NUMBERS),
         "sampler": sometimes(SAMPLER),
         "pruner": sometimes(PRUNER),
@@ -275,8 +298,10 @@ def storage_urls(draw: st.DrawFn, folder: Path) -> str:
                          "oracle://x", "file:///tmp/x", "://", "search.db", "~", " "]),
         st.builds(lambda h, u, d: f"postgresql://{u}@{h}/{d}", host, word, word),
         st.builds(lambda w: f"postgresql://127.0.0.1:{_closed_port()}/{w}", word),
-        st.builds(lambda s, w: f"{s}://{w}", st.sampled_from(["sqlite", "postgresql+psycopg2", "postgres", "grpc",
-                                                               "http", "SQLITE", "x"]), word),
+        # a made-up host name would wait on the DNS: the schemes that reach a server get the hosts above only
+        st.builds(lambda s, w: f"{s}{w}", st.sampled_from(["sqlite://", "SQLITE://", "http://", "x://", "journal:",
+                                                           "journal://", f"journal:{folder}/", "grpc://127.0.0.1:",
+                                                           "postgresql+psycopg2://127.0.0.1:1/"]), word),
         word,
     ))
 

@@ -122,7 +122,7 @@ def test_grpc_urls(url, expected):
     assert parse_grpc_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["grpc://", "grpc://host:notaport", "grpc://host:99999", "grpc://host:1/db",
+@pytest.mark.parametrize("url", ["grpc://", "grpc://127.0.0.1:0", "grpc://host:notaport", "grpc://host:99999", "grpc://host:1/db",
                                  "grpc://user:secret@host:1", "http://host:1"])
 def test_bad_grpc_urls_are_refused(url):
     with pytest.raises(SearchError, match="expected grpc://HOST:PORT") as err:

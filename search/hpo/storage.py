@@ -139,7 +139,7 @@ def parse_grpc_url(url: str) -> tuple[str, int]:
         port = parts.port
     except ValueError:
         port = -1
-    if (parts.scheme != "grpc" or not parts.hostname or port == -1 or parts.path not in ("", "/")
+    if (parts.scheme != "grpc" or not parts.hostname or port in (-1, 0) or parts.path not in ("", "/")
             or parts.query or parts.username):
         shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
         raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "

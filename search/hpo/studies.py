@@ -255,9 +255,13 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
                   source=source, key="trials", minimum=1)
     timeout = timeout if timeout is not None else raw.get("timeout")
     if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        try:
+            seconds = config.number(timeout, integer=False)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:
             raise SearchError(f"{source}: timeout must be a number of seconds greater than 0, got {timeout!r}")
-        timeout = float(timeout)
+        timeout = seconds
 
     sampler = _named(raw.get("sampler"), source=source, key="sampler", default=DEFAULT_SAMPLER, valid=SAMPLERS)
     sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
