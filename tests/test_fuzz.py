@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from search.cli import main
 from search.errors import SearchError
-from search.hpo import space as space_mod
-from search.hpo import studies
+from search.hpo import space, studies
 from search.hpo.storage import open_storage
 from search.train import config
 
@@ -109,14 +108,14 @@ def config_mappings(draw: st.DrawFn) -> dict:
 
 # --- study files ----------------------------------------------------------------------------------------------
 
-SEARCHABLE = [k for k in config.KEYS if k not in space_mod.STUDY_KEYS]
+SEARCHABLE = [k for k in config.KEYS if k not in space.STUDY_KEYS]
 
 
 @st.composite
 def space_entries(draw: st.DrawFn, name: str, earlier: dict[str, dict]) -> dict:
     """A space entry for ``name``: its bounds and choices drawn mostly from the values of that key."""
     own = CONFIG_VALUES.get(name, SCALARS)
-    kind = draw(sometimes(st.sampled_from(space_mod.TYPES), SCALARS))
+    kind = draw(sometimes(st.sampled_from(space.TYPES), SCALARS))
     entry: dict = {"type": kind}
     if kind == "categorical" or draw(st.integers(0, 5)) == 0:
         entry["choices"] = draw(sometimes(st.lists(sometimes(own, SCALARS), max_size=4)))
@@ -308,6 +307,8 @@ def storage_urls(draw: st.DrawFn, folder: Path) -> str:
 
 @pytest.fixture
 def store_folder(tmp_path, monkeypatch) -> Path:
+    """The working folder of the storage and command-line tests (whatever a command writes stays in it)."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "not-a-db.db").write_bytes(b"this is not a database file" * 100)
     # a store or proxy that never comes is refused within a second, not waited for
     monkeypatch.setenv("SEARCH_STORE_WAIT_S", "1")

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from search import interrupt, quiet
 from search.errors import Interrupted, ProcessFailed, SearchError, reason
-from search.hpo import objectives, progress, queue, slots, supervisor, trial_log
+from search.hpo import goals, progress, queue, slots, supervisor, trial_log
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import resolve_url, worker_id
@@ -104,7 +104,7 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
                    f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
 
     def report(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        value = objectives.values_text(spec.objectives, t.values) if spec.multi else (
+        value = goals.values_text(spec.objectives, t.values) if spec.multi else (
             f"{t.value:.4f}" if t.value is not None else "-")
         extra = f" ({t.user_attrs['reason']})" if t.state == TrialState.FAIL and "reason" in t.user_attrs else ""
         board.say(f"trial {t.number}: {t.state.name.lower()} {value}{extra}")
