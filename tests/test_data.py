@@ -73,11 +73,12 @@ FAILING = {
 }
 
 
+@pytest.mark.e2e
 def test_a_failed_download_leaves_nothing_behind_in_home_or_the_data_folder(tmp_path):
     """Each dataset's failing download through the real command line, with a scratch HOME (no ~/.medmnist unless
     it is the data folder used, and then removed again) and a scratch data folder: one line, exit 2, no new file
     anywhere in either (nor in the working folder)."""
-    from tests.helpers import cli_env, search_cmd
+    from tests.support.cli import cli_env, search_cmd
 
     runs = {}
     for case, (command, text, data_dir) in FAILING.items():
