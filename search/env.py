@@ -31,7 +31,16 @@ def text(name: str) -> str | None:
 
 def path(name: str) -> Path | None:
     value = text(name)
-    return Path(value).expanduser() if value is not None else None
+    return user_path(value, what=f"${name}") if value is not None else None
+
+
+def user_path(value: str | os.PathLike[str], *, what: str) -> Path:
+    """``value`` with a leading ~ or ~user expanded (HOME is read here); one that cannot be is one line naming
+    ``what``, not pathlib's RuntimeError."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise SearchError(f"{what} '{value}': '~' cannot be expanded (no such user, or no home folder)") from None
 
 
 def seconds(name: str, default: float, *, integer: bool = False, minimum: float = 0) -> float:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import optuna
 
+from search import env
 from search.errors import SearchError
 from search.hpo import goals
 from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, suggest
@@ -169,7 +170,7 @@ def find_study(name_or_path: str) -> Path:
     """A path (ending .yaml/.yml or containing '/') as is, else a study name looked up in :func:`list_study_files`."""
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
-        path = Path(text).expanduser()
+        path = env.user_path(text, what="study file")
         if not path.is_file():
             raise SearchError(f"study file not found: {path}")
         return path

@@ -73,7 +73,7 @@ def journal_path(url: str) -> Path | None:
         rest = rest[2:]
     if rest in ("", "/") or rest.endswith("/"):
         raise SearchError(f"storage URL '{url}' names no file; e.g. {JOURNAL_EXAMPLE} or journal:study.log")
-    return Path(rest).expanduser()
+    return env.user_path(rest, what=f"storage URL {url}")
 
 
 def store_file(url: str) -> Path | None:

@@ -37,7 +37,7 @@ def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = N
     """The artifact folder for a study store: explicit, else $SEARCH_ARTIFACTS, else beside a SQLite or journal
     file."""
     if explicit:
-        return Path(explicit).expanduser()
+        return env.user_path(explicit, what="--artifacts")
     from_env = env.path(ENV)
     if from_env is not None:
         return from_env

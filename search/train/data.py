@@ -137,7 +137,7 @@ def class_names(dataset: str, k: int) -> list[str]:
 
 def data_root(data_dir: str | os.PathLike | None) -> Path:
     if data_dir:
-        return Path(data_dir).expanduser()
+        return env.user_path(data_dir, what="data_dir")
     from_env = env.path("SEARCH_DATA_DIR")
     if from_env is not None:
         return from_env
