@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from search import __version__, interrupt, quiet
-from search.errors import Interrupted, SearchError
+from search.errors import Interrupted, SearchError, store_fault
 from search.hpo.urls import DEFAULT_STORAGE
 
 # `search --help` lists the commands in the order a user meets them; a command left out comes last.
@@ -36,9 +36,14 @@ class _OneLineErrors(click.Group):
             err.message = " ".join(err.message.split())  # one line, whatever line breaks the bad value held
             raise
         except SearchError as err:
-            shown = click.ClickException(err.message)
-            shown.exit_code = err.exit_code
-            raise shown from None
+            raise _one_line(err) from None
+        except Exception:
+            # The store failed under a library call, which then failed in its own clean-up: the store's line says
+            # what happened and what to do (search/errors.py: StoreFault).
+            fault = store_fault()
+            if fault is None:
+                raise
+            raise _one_line(fault) from None
 
     def _invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
         try:
@@ -61,6 +66,12 @@ def _stops_at_safe_points(fn):  # type: ignore[no-untyped-def]
 
     run.stops = "at safe points"  # type: ignore[attr-defined]
     return run
+
+
+def _one_line(err: SearchError) -> click.ClickException:
+    shown = click.ClickException(err.message)
+    shown.exit_code = err.exit_code
+    return shown
 
 
 def _stops_at_once(fn):  # type: ignore[no-untyped-def]
@@ -474,7 +485,9 @@ def studies(storage: str | None) -> None:
 @_stops_at_once
 def proxy(storage: str | None, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search.hpo.proxy import serve
+    from search.hpo.proxy import database_url, serve
+    from search.hpo.storage import open_storage
     from search.hpo.urls import resolve_url
 
-    serve(resolve_url(storage), host=host, port=port, echo=click.echo)
+    url = database_url(resolve_url(storage), host, port)
+    serve(open_storage(url, heartbeat=False), url, host=host, port=port, echo=click.echo)

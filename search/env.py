@@ -17,6 +17,7 @@ VARIABLES: dict[str, str] = {
     "SEARCH_GRACE_S": "seconds without a heartbeat before a running trial is failed and retried (default 3 beats)",
     "SEARCH_ALLOW_NETWORK_SQLITE": "any value: use a SQLite store on a network filesystem anyway "
                                    "(--allow-network-sqlite sets it)",
+    "SEARCH_STORE_WAIT_S": "seconds an unreachable study store is waited for before the command gives up (default 120)",
     "SEARCH_PROXY_WAIT_S": "seconds a worker waits for a grpc:// storage proxy to answer (default 30)",
     "SEARCH_SLOTS": "the folder of the per-host worker slots (default search-slots-UID in the temporary folder)",
     "SEARCH_WORKERS_PER_HOST": "how many `search worker` processes share this host (default: the slots held)",

@@ -75,3 +75,30 @@ def unexpected(err: BaseException) -> int:
     where = f"its traceback is in {log}" if log is not None else "no folder could be written for its traceback"
     print(f"Error: {reason(err)}; {where}", file=sys.stderr, flush=True)
     return 1
+
+
+class StoreFault(SearchError):
+    """The study store failed under this process: unreachable for longer than the wait, its disk full, its file
+    damaged. One line saying what to do, exit status 1 (the machine, not the input; 2 for a damaged file, which
+    needs the user's repair). Once raised it is recorded: the process writes nothing more to the store, and an
+    error that a library raised on the way out (while cleaning up after it) is shown as this line instead."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_fault: StoreFault | None = None
+
+
+def record_fault(fault: StoreFault) -> StoreFault:
+    """Remember the first store fault of this process (later ones are its consequences) and return it."""
+    global _fault
+    if _fault is None:
+        _fault = fault
+    return _fault
+
+
+def store_fault() -> StoreFault | None:
+    """The store fault this process met, if any."""
+    return _fault

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.hpo.storage import parse_grpc_url
+from search.hpo.proxy import parse_grpc_url
 from tests.support.cli import cli_env, run, search_cmd
 from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.studies import study_file

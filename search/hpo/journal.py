@@ -83,8 +83,10 @@ class JournalStore(JournalStorage, BaseHeartbeat):
         return self._on_stale
 
 
-def open_journal(url: str, *, must_exist: bool, **heartbeat: Any) -> JournalStore:
-    """The journal store at ``url``; ``must_exist``: a read-only command never creates the file."""
+def open_journal(url: str, cls: type[JournalStore] = JournalStore, *, must_exist: bool,
+                 **heartbeat: Any) -> JournalStore:
+    """The journal store at ``url``, as ``cls`` (JournalStore or a subclass: the store's calls retried, see
+    storage.retrying); ``must_exist``: a read-only command never creates the file."""
     path = journal_path(url)
     assert path is not None, url
     path = path.absolute()  # the dashboard's server and spawned workers may run in another folder
@@ -93,7 +95,7 @@ def open_journal(url: str, *, must_exist: bool, **heartbeat: Any) -> JournalStor
     if not path.parent.is_dir():
         raise SearchError(f"storage folder {path.parent} does not exist")
     try:
-        return JournalStore(path, **heartbeat)
+        return cls(path, **heartbeat)
     except OSError as err:
         raise SearchError(f"cannot open storage {url}: {err.strerror or err}") from None
 

@@ -18,6 +18,7 @@ from typing import Callable
 import optuna
 import torch
 
+from search.errors import StoreFault
 from search.hpo import goals, trial_log
 from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
@@ -53,6 +54,9 @@ class Objective:
             except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
                 interrupted = True
                 trial.set_user_attr("reason", "interrupted")
+                raise
+            except StoreFault:  # nothing more can be written: the trial stays RUNNING and resumes from its checkpoint
+                interrupted = True
                 raise
             except (optuna.TrialPruned, Diverged):
                 raise
@@ -149,6 +153,7 @@ class Objective:
         try:
             artifacts.upload_model(trial, folder, result.model.state_dict(), config)
         except Exception as err:  # never at the cost of the trial's result
+            _store_failed(err)
             log.warning("trial %d: its weights could not be kept in %s: %s", trial.number, folder, err)
 
 
@@ -196,6 +201,7 @@ class Objective:
         try:
             artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", captured.text())
         except Exception as err:  # as for the learning curve: never at the cost of the trial's result
+            _store_failed(err)
             log.warning("trial %d: its log could not be saved to %s: %s", trial.number, folder, err)
 
     def _upload(self, trial: optuna.Trial, result: engine.FitResult, outcome: str) -> None:
@@ -217,8 +223,15 @@ class Objective:
                                          metric=self.spec.metric, max_epochs=self.spec.epochs,
                                          best_epoch=result.best_epoch, confusion=confusion, class_names=names)
         except Exception as err:  # a full disk or a bad folder must not lose the trial's result
+            _store_failed(err)
             log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
                         type(err).__name__, err)
+
+
+def _store_failed(err: Exception) -> None:
+    """A file that cannot be written never fails its trial; a store that failed on the way ends the worker."""
+    if isinstance(err, StoreFault):
+        raise err
 
 
 def checkpoint_path(folder: Path, study: str, number: int) -> Path:

@@ -9,29 +9,87 @@ Optuna's in-process trial cache, and the workers use ``--storage grpc://HOST:POR
 What the proxy does not carry: heartbeats. GrpcStorageProxy is not a heartbeat storage, so a worker that dies
 behind the proxy leaves its trial RUNNING (nothing fails it and queues it again, as happens on a direct RDB URL).
 `search start` (the supervisor) still marks a dead worker's trial FAIL itself. The proxy is not authenticated
-or encrypted: keep it on 127.0.0.1 or a private network. The workers' side (grpc:// URLs) is in storage.py.
+or encrypted: keep it on 127.0.0.1 or a private network. The workers' side, the client of a grpc:// URL, is here too.
 """
 from __future__ import annotations
 
 import logging
 from typing import Callable
+from urllib.parse import urlsplit
 
 import optuna
 
+from search import env
 from search.errors import SearchError
-from search.hpo.storage import open_storage, require_grpc
 from search.hpo.urls import check_port, mask
 
+DEFAULT_PORT = 13000
+# A worker started together with the proxy (compose, a job script) waits this long for it to listen
+# ($SEARCH_PROXY_WAIT_S overrides it).
+READY_TIMEOUT_S = 30.0
+INSTALL_HINT = "pip install 'search[proxy]'"
 
-def serve(url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
-    """`search proxy`: serve the RDB store at ``url`` over gRPC on host:port until stopped."""
+
+def require_grpc() -> None:
+    try:
+        import grpc  # noqa: F401
+
+        # Optuna 5.0's gRPC proxy needs protobuf only when this private module loads; importing it is the one
+        # way to find out before a worker or the proxy fails half-way through starting.
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401
+    except ImportError as err:
+        raise SearchError(f"the gRPC storage proxy needs grpcio and protobuf ({err.name} is missing): "
+                          f"{INSTALL_HINT}") from None
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme != "grpc" or not parts.hostname or port in (-1, 0) or parts.path not in ("", "/")
+            or parts.query or parts.username):
+        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
+        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
+                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
+    return parts.hostname, port or DEFAULT_PORT
+
+
+def client(url: str, cls: type = optuna.storages.GrpcStorageProxy, *,
+           ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
+    """The storage behind ``grpc://HOST:PORT``: a client (``cls``, a GrpcStorageProxy) of a running `search proxy`,
+    checked to be answering."""
+    host, port = parse_grpc_url(url)
+    require_grpc()
+    if ready_timeout is None:
+        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
+    storage = cls(host=host, port=port)
+    storage.url = url  # named in messages, as a database store's URL is
+    try:
+        storage.wait_server_ready(timeout=ready_timeout)
+    except ConnectionError:
+        storage.close()
+        raise SearchError(f"no storage proxy answers at {host}:{port} (waited {ready_timeout:g} s); "
+                          f"start one with: search proxy --storage URL --port {port}") from None
+    return storage
+
+
+def database_url(url: str, host: str, port: int) -> str:
+    """The URL `search proxy` serves: a database's, never another proxy's; checked, with host:port free, before the
+    store is opened."""
     if url.startswith("grpc://"):
         raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "
                           f"not another proxy ({url})")
     require_grpc()
     check_port(host, port)  # before the store is opened (or created) and the banner printed
-    # Heartbeats are recorded by the workers' storage, which here is the gRPC client: none to configure.
-    rdb = open_storage(url, heartbeat=False)
+    return url
+
+
+def serve(rdb: optuna.storages.BaseStorage, url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
+    """`search proxy`: serve the RDB store ``rdb`` (opened from ``url``, which `database_url` checked, without
+    heartbeats: the workers' storage is the gRPC client) over gRPC on host:port until stopped."""
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the storage proxy is bound to all interfaces (%s) without "
                                             "authentication: anyone who can reach this port can change studies",

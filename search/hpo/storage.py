@@ -1,16 +1,7 @@
-"""The study store: URL resolution, SQLite set up for many writers, heartbeat, password masking.
+"""The study store: Optuna's storage for a URL (search/hpo/urls.py), opened so that many workers can share it.
 
-SQLite: every connection uses WAL (readers never block the writer) and a 60 s busy timeout, and every storage
-call is retried while SQLite answers "database is locked". The busy timeout alone cannot prevent that error: in
-WAL mode, a transaction that read a snapshot and then wants to write, after another process committed in between,
-fails at once (SQLITE_BUSY_SNAPSHOT) without waiting. Optuna rolls such a transaction back, so running the
-whole call again is safe. (`BEGIN IMMEDIATE` for every transaction would avoid it, but Optuna and Alembic hold a
-read transaction open on one connection while writing on another, which then deadlocks within one process.)
-Every call that is a transaction of its own is retried, private ones included (the path of a study loaded through
-Optuna's cache layer), and taking a queued trial is one atomic UPDATE (`SQLiteStorage.set_trial_state_values`).
-
-RDB storages (SQLite and PostgreSQL alike) record a heartbeat for running trials; a trial whose worker stopped
-beating for the grace period is failed and its parameters are retried once (Optuna's RetryHeartbeatStaleTrialCallback).
+The one thing to know: every storage call goes through `retrying`, which runs again only what is safe to repeat
+(the list is below), while SQLite is locked or the store is unreachable (search/hpo/faults.py).
 """
 from __future__ import annotations
 
@@ -21,21 +12,21 @@ import json
 import random
 import sqlite3
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models  # Optuna's tables, for the two queries of our own below
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
 from search import env
-from search.errors import SearchError
-from search.hpo import journal, netfs
-from search.hpo.urls import JOURNAL, mask, mask_text, resolve_url, sqlite_path
+from search.errors import SearchError, StoreFault
+from search.hpo import faults, journal, netfs, proxy
+from search.hpo.urls import JOURNAL, mask, mask_text, resolve_url, sqlite_path, store_file
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states a trial budget counts
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -49,6 +40,12 @@ def heartbeat_settings() -> tuple[int, int]:
     return beat, int(env.seconds("SEARCH_GRACE_S", GRACE_BEATS * beat, integer=True, minimum=1))
 
 
+# SQLite: every connection uses WAL (readers never block the writer) and a 60 s busy timeout. The busy timeout alone
+# cannot prevent "database is locked": in WAL mode, a transaction that read a snapshot and then wants to write, after
+# another process committed in between, fails at once (SQLITE_BUSY_SNAPSHOT). Optuna rolls such a transaction back,
+# so the whole call runs again (faults.patient). `BEGIN IMMEDIATE` for every transaction would avoid it, but Optuna
+# and Alembic hold a read transaction open on one connection while writing on another, which then deadlocks within
+# one process.
 @event.listens_for(Engine, "connect")
 def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     if isinstance(dbapi_connection, sqlite3.Connection):
@@ -56,31 +53,6 @@ def _sqlite_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
         cur.execute("PRAGMA journal_mode = WAL")  # synchronous stays FULL: a commit is on disk when it returns
         cur.close()
-
-
-def _locked(err: BaseException | None) -> bool:
-    while err is not None:
-        if "database is locked" in str(err) or "database table is locked" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def _retry_locked(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-        delay = 0.01
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as err:
-                if not _locked(err) or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay * (0.5 + random.random()))  # jitter: workers that collided do not collide again
-            delay = min(2 * delay, 0.5)
-
-    return call
 
 
 def _create_race(err: BaseException | None) -> bool:
@@ -112,60 +84,31 @@ def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-# grpc:// URLs: a `search proxy` (search/hpo/proxy.py) in front of the store.
-DEFAULT_PORT = 13000
-# A worker started together with the proxy (compose, a job script) waits this long for it to listen
-# ($SEARCH_PROXY_WAIT_S overrides it).
-READY_TIMEOUT_S = 30.0
-INSTALL_HINT = "pip install 'search[proxy]'"
+class Store(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, whose stale-trial check also fails the trials nobody runs and waits after an outage."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials (RUNNING, heartbeat older than the grace period), and RUNNING trials that never had
+        a heartbeat and started longer ago than that (see "Which of Optuna's storage calls" above). None while the
+        store came back from an outage less than a grace period ago: the heartbeats missed meanwhile are no sign of
+        a dead worker, and those of live ones resume within a few seconds."""
+        beat = self.heartbeat_interval or HEARTBEAT_S
+        grace = self.grace_period or 2 * beat
+        if faults.came_back_within(grace + beat):
+            return []
+        stale = super()._get_stale_trial_ids(study_id)
+        trial, beats = models.TrialModel, models.TrialHeartbeatModel
+        started = trial.__table__.c.datetime_start
+        with self.scoped_session() as session:
+            unbeaten = (session.query(trial.trial_id).outerjoin(beats, beats.trial_id == trial.trial_id)
+                        .filter(trial.study_id == study_id, trial.state == TrialState.RUNNING,
+                                beats.trial_heartbeat_id.is_(None),
+                                started < _stored_time(datetime.now() - timedelta(seconds=grace))).all())
+        return stale + [row[0] for row in unbeaten if row[0] not in stale]
 
 
-def require_grpc() -> None:
-    try:
-        import grpc  # noqa: F401
-
-        # Optuna 5.0's gRPC proxy needs protobuf only when this private module loads; importing it is the one
-        # way to find out before a worker or the proxy fails half-way through starting.
-        from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401
-    except ImportError as err:
-        raise SearchError(f"the gRPC storage proxy needs grpcio and protobuf ({err.name} is missing): "
-                          f"{INSTALL_HINT}") from None
-
-
-def parse_grpc_url(url: str) -> tuple[str, int]:
-    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if (parts.scheme != "grpc" or not parts.hostname or port in (-1, 0) or parts.path not in ("", "/")
-            or parts.query or parts.username):
-        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
-        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
-                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
-    return parts.hostname, port or DEFAULT_PORT
-
-
-def grpc_storage(url: str, *, ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
-    """The storage behind ``grpc://HOST:PORT``: a client of a running `search proxy`, checked to be answering."""
-    host, port = parse_grpc_url(url)
-    require_grpc()
-    if ready_timeout is None:
-        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
-    storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
-    try:
-        storage.wait_server_ready(timeout=ready_timeout)
-    except ConnectionError:
-        storage.close()
-        raise SearchError(f"no storage proxy answers at {host}:{port} (waited {ready_timeout:g} s); "
-                          f"start one with: search proxy --storage URL --port {port}") from None
-    return storage
-
-
-class SQLiteStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage on SQLite: every call that is a whole transaction is retried while SQLite says
-    "database is locked", and taking a queued trial is atomic."""
+class SQLiteStorage(Store):
+    """The store on SQLite: taking a queued trial is atomic."""
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
                                values: Sequence[float] | None = None) -> bool:
@@ -178,12 +121,21 @@ class SQLiteStorage(optuna.storages.RDBStorage):
         """
         if state == TrialState.RUNNING and values is None:
             with self.engine.begin() as conn:
-                claimed = conn.execute(_CLAIM, {"trial_id": trial_id, "now": datetime.now()}).rowcount == 1
+                now = _stored_time(datetime.now())
+                claimed = conn.execute(_CLAIM, {"trial_id": trial_id, "now": now}).rowcount == 1
             if claimed:
                 return True
             # Not WAITING: RDBStorage's own answer (False if RUNNING, an error if finished or missing); it writes
             # nothing then, since a trial never goes back to WAITING.
         return super().set_trial_state_values(trial_id, state, values)
+
+
+def _stored_time(local: datetime) -> datetime:
+    """A trial time as Optuna's trials table holds it: naive local time up to Optuna 5.0, naive UTC since 5.1 (its
+    model converts; a transient row does the conversion for us, whichever version is installed)."""
+    probe = models.TrialModel()
+    probe.datetime_start = local
+    return getattr(probe, "_datetime_start_utc", probe.datetime_start)
 
 
 # Optuna's trials table; the state column holds TrialState names.
@@ -209,7 +161,7 @@ def claim_study_attr(storage: optuna.storages.BaseStorage, study_name: str, key:
         storage.set_study_user_attr(study_id, key, value)
         return True
 
-    def insert() -> bool:
+    def insert(_storage: Any) -> bool:
         try:
             with storage.engine.begin() as conn:
                 conn.execute(_ADD_STUDY_ATTR, {"study_id": study_id, "key": key, "value_json": json.dumps(value)})
@@ -217,7 +169,15 @@ def claim_study_attr(storage: optuna.storages.BaseStorage, study_name: str, key:
             return False
         return True
 
-    return _retry_locked(insert)()
+    # Repeated after an outage, a UNIQUE violation may be this call's own insert, committed as the connection died:
+    # counted as ours, since queuing a study file's entries twice costs a trial and never queuing them loses them.
+    return faults.patient(insert, place, repeated=lambda _s, err: _unique_violation(err))(storage)
+
+
+def _unique_violation(err: BaseException) -> bool:
+    if isinstance(err, sqlalchemy.exc.IntegrityError):
+        return True
+    raise err
 
 
 # Optuna's study_user_attributes table, UNIQUE (study_id, key); value_json as Optuna writes it (json.dumps).
@@ -225,33 +185,89 @@ _ADD_STUDY_ATTR = sqlalchemy.text(
     "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:study_id, :key, :value_json)")
 
 
-def _whole_transactions(cls: type) -> dict[str, Callable[..., Any]]:
-    """The methods of ``cls`` that each run in a transaction of their own: every one that takes no session.
+# Which of Optuna's storage calls may simply run again after an error, and why (RDBStorage in the Optuna versions
+# pyproject.toml allows; tests/test_optuna_internals.py checks that the names below still exist):
+# - reads (get_*, _get_trials, _get_stale_trial_ids, check_*): they write nothing.
+# - overwrites: set_study_user_attr / set_study_system_attr, set_trial_user_attr / set_trial_system_attr,
+#   set_trial_intermediate_value and record_heartbeat write a row or replace it; set_trial_param and _set_trial_param
+#   insert under UNIQUE (trial_id, param_name), and Optuna ignores the IntegrityError of a repeat.
+# - create_new_study: a repeat of one that committed raises DuplicatedStudyError, which create_study(load_if_exists)
+#   turns into a load.
+# - set_trial_state_values: a finish that committed before its connection died makes the repeat raise
+#   UpdateFinishedTrialError; `_already_set` answers True when the stored state is the one asked for. A claim of a
+#   queued trial (WAITING -> RUNNING) that committed makes the repeat answer False, and a repeated create_new_trial /
+#   _create_new_trial adds a second trial: either way one trial is RUNNING with nobody running it. Such a trial never
+#   gets a heartbeat; `_get_stale_trial_ids` fails it after the grace period and queues it again (once), as it does a
+#   dead worker's trial.
+# Only the outermost call retries (faults.patient): a helper inside it shares its transaction.
 
-    Private ones included: a study loaded with `optuna.load_study` reaches the storage through Optuna's cache
-    layer, which calls ``_create_new_trial``, ``_set_trial_param``, ``_get_trials`` and the like directly.
-    Helpers that take a session run inside their caller's transaction, which is retried as a whole.
-    """
-    return {name: fn for name, fn in vars(cls).items()
-            if inspect.isfunction(fn) and not name.startswith("__")
-            and "session" not in inspect.signature(fn).parameters}
+
+def _whole_calls(cls: type) -> dict[str, Callable[..., Any]]:
+    """The methods of ``cls`` and its bases that are each a whole storage call: every one that takes no session
+    (a helper that takes one runs inside its caller's transaction). Private ones included: a study loaded with
+    `optuna.load_study` reaches the storage through Optuna's cache layer, which calls ``_create_new_trial``,
+    ``_set_trial_param``, ``_get_trials`` and the like directly."""
+    calls: dict[str, Callable[..., Any]] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # object's own are not storage calls
+        calls.update({name: fn for name, fn in vars(klass).items()
+                      if inspect.isfunction(fn) and not name.startswith("__")
+                      and "session" not in inspect.signature(fn).parameters})
+    return calls
 
 
-for _name, _fn in {**_whole_transactions(optuna.storages.RDBStorage), **_whole_transactions(SQLiteStorage)}.items():
-    setattr(SQLiteStorage, _name, _retry_locked(_fn))
+def place(storage: Any) -> tuple[str, Path | None]:
+    """The store's URL and its file (None for a server or a proxy), for messages."""
+    url = getattr(storage, "url", None)
+    if not isinstance(url, str):
+        return type(storage).__name__, None
+    try:
+        return url, store_file(url)
+    except Exception:  # a URL SQLAlchemy does not parse: no file to name
+        return url, None
 
 
+def _already_set(storage: Any, err: BaseException, trial_id: int, state: TrialState,
+                 values: Sequence[float] | None = None) -> bool:
+    """set_trial_state_values tried again after an outage: the first try committed if the trial is in that state."""
+    if isinstance(err, optuna.exceptions.UpdateFinishedTrialError) and storage.get_trial(trial_id).state == state:
+        return True
+    raise err
 
+
+@functools.lru_cache(maxsize=None)
+def retrying(cls: type) -> type:
+    """``cls`` (any Optuna storage class) with each whole call waited out through locks and outages
+    (search/hpo/faults.py)."""
+    calls = {name: faults.patient(fn, place, repeated=_already_set if name == "set_trial_state_values" else None)
+             for name, fn in _whole_calls(cls).items()}
+    if "record_heartbeat" in calls:
+        calls["record_heartbeat"] = _quiet_heartbeat(calls["record_heartbeat"])
+    return type(cls.__name__, (cls,), calls)
+
+
+def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
+    """Optuna's heartbeat thread dies with a traceback on the first error; the store's fault is the main thread's to
+    report (its next call raises it), so the thread lets it go."""
+
+    @functools.wraps(beat)
+    def call(self: Any, trial_id: int) -> None:
+        try:
+            beat(self, trial_id)
+        except StoreFault:
+            pass
+
+    return call
 
 
 def open_storage(url: str | None = None, *, must_exist: bool = False,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
-    if url.startswith("grpc://"):  # a `search proxy` in front of the store: see search/hpo/proxy.py
-        return grpc_storage(url)
+    if url.startswith("grpc://"):  # a `search proxy` in front of the store
+        return proxy.client(url, retrying(optuna.storages.GrpcStorageProxy))
     if url.startswith(JOURNAL):  # a file on a shared filesystem: see search/hpo/journal.py
-        return journal.open_journal(url, must_exist=must_exist, **_heartbeat(heartbeat))
+        return journal.open_journal(url, retrying(journal.JournalStore), must_exist=must_exist,
+                                    **_heartbeat(heartbeat))
     try:
         backend = make_url(url).get_backend_name()
     except Exception:
@@ -268,15 +284,21 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
         if path is not None:
             refuse_network_sqlite(path)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    elif backend.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
+    else:
+        # A server restarted or a connection dropped leaves dead connections in the pool: each is tested (a round
+        # trip) when taken, and replaced if dead, rather than failing the next call.
         kwargs["pool_pre_ping"] = True
+    if backend.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
         url_for_engine = _postgres_driver(url)
     hb = _heartbeat(heartbeat)
+    cls = retrying(SQLiteStorage if backend == "sqlite" else Store)
+    # Creating the tables races with other workers starting at the same moment: retried. A store that is
+    # unreachable now is not waited for: the URL may be wrong; the wait is for one that answered and went away.
+    create = faults.patient(lambda _url: cls(url_for_engine, engine_kwargs=kwargs, **hb), lambda u: (u, path),
+                            outages=False)
     try:
-        cls = SQLiteStorage if backend == "sqlite" else optuna.storages.RDBStorage
-        # Creating the tables races with other workers starting at the same moment: retried too.
-        return _retry_create_race(_retry_locked(cls))(url_for_engine, engine_kwargs=kwargs, **hb)
+        return _retry_create_race(create)(url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
         text = str(getattr(err, "orig", None) or err).strip()
         reason = text.splitlines()[0] if str(err).strip() else type(err).__name__

@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.devices import Placement, placements
-from search.errors import Interrupted, ProcessFailed, SearchError
-from search.hpo import goals, progress, queue, trial_log, worker
+from search.errors import Interrupted, ProcessFailed, SearchError, StoreFault
+from search.hpo import faults, goals, progress, queue, trial_log, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -81,6 +81,9 @@ class Supervisor:
         self.progress = Progress()
         self.abort: str | None = None
         self.abort_error: type[SearchError] = SearchError
+        self.fault: StoreFault | None = None  # the store failed: no new trial; the running ones stay to resume
+        self._noted: float | None = None  # when the store's outage was last reported
+        faults.on_wait(self._note_outage)
         self.ctx = mp.get_context("spawn")  # fresh interpreters: no CUDA or thread state forked from the parent
 
     # -- worker lifecycle
@@ -120,7 +123,14 @@ class Supervisor:
 
     def _closing(self) -> bool:
         return (self.progress.finished >= self.budget or self._timed_out() or self.abort is not None
-                or interrupt.requested() is not None)
+                or self.fault is not None or interrupt.requested() is not None)
+
+    def _note_outage(self, text: str) -> None:
+        """The store's outage, once on the terminal however many processes wait for it."""
+        now = time.monotonic()
+        if self._noted is None or now - self._noted > faults.store_wait_s():
+            self._noted = now
+            self.echo(text)
 
     def _dispatch(self) -> None:
         in_flight = sum(s.ticket for s in self.slots)
@@ -144,6 +154,10 @@ class Supervisor:
         elif isinstance(msg, worker.Started):
             slot.trial = msg.number
             slot.line = progress.WorkerLine(trial=msg.number)
+        elif isinstance(msg, worker.Note):
+            self._note_outage(msg.text)
+        elif isinstance(msg, worker.Fault):
+            self.fault = self.fault or StoreFault(msg.text, msg.exit_code)
         elif isinstance(msg, worker.Epoch):
             slot.line = progress.WorkerLine(msg.number, msg.epoch, msg.epochs, msg.value, msg.images_per_second)
         elif isinstance(msg, worker.Done):
@@ -175,7 +189,7 @@ class Supervisor:
     def _on_death(self, slot: WorkerProcess) -> None:
         slot.process.join()
         code = slot.process.exitcode
-        if slot.stopped and code == 0:
+        if (slot.stopped and code == 0) or self.fault is not None:  # a store fault: its trial stays, to resume
             return
         if interrupt.requested() is not None:
             return
@@ -246,12 +260,17 @@ class Supervisor:
         self.echo(f"study '{self.spec.name}': {len(self.slots)} workers on {', '.join(names)}; "
                   f"{self.already} finished before, {self.budget} to go")
         while any(s.process.is_alive() or s.conn is not None for s in self.slots):
-            if interrupt.requested():
+            if interrupt.requested() and self.fault is None:
                 return self._shutdown()
             self._dispatch()
-            self._poll(timeout=0.5)
+            try:
+                self._poll(timeout=0.5)
+            except StoreFault as fault:  # one of our own calls: the workers end their trials or meet it too
+                self.fault = self.fault or fault
             self._show_workers()
         self.board.close()
+        if self.fault is not None:
+            raise self.fault
         if interrupt.requested():  # it came as the last workers finished: report it the same way
             return self._shutdown()
         if self.abort is not None:

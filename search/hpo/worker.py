@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -58,6 +59,21 @@ class Epoch:
 
 
 @dataclass(frozen=True)
+class Note:
+    """worker -> supervisor: a line for the terminal (the store is unreachable and waited for)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Fault:
+    """worker -> supervisor: the store failed (search/errors.py: StoreFault); this worker exits with `exit_code`."""
+
+    text: str
+    exit_code: int
+
+
+@dataclass(frozen=True)
 class Crashed:
     """worker -> supervisor: this process ends on an error: its one-line reason, and its traceback for the log."""
 
@@ -66,7 +82,7 @@ class Crashed:
 
 
 GO, STOP = "go", "stop"  # supervisor -> worker, the answers to a Ticket
-Message = Ticket | Started | Done | Epoch | Crashed
+Message = Ticket | Started | Done | Epoch | Crashed | Note | Fault
 
 
 def drain(conn: Connection) -> list[Message]:
@@ -102,23 +118,32 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
     """A supervised worker's process: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
     interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
     quiet.libraries(worker=True)
+    from search.hpo import faults
+
+    lock = threading.Lock()  # the heartbeat thread sends too (a store's outage seen there first)
+
+    def send(message: Message) -> None:
+        with lock:
+            conn.send(message)
+
+    faults.on_wait(lambda text: send(Note(text)))
     try:
         from search.hpo.objective import Objective  # torch: a process short of memory may fail right here
 
         set_threads(device, threads)
         study = open_study(spec, storage_url, seed_offset)
-        objective = Objective(spec, device, on_start=lambda number: conn.send(Started(number)),
-                              on_epoch=lambda *progress: conn.send(Epoch(*progress)))
+        objective = Objective(spec, device, on_start=lambda number: send(Started(number)),
+                              on_epoch=lambda *progress: send(Epoch(*progress)))
         while True:
             interrupt.check()
-            conn.send(Ticket())
+            send(Ticket())
             if _answer(conn) != GO:
                 break
             done: list[optuna.trial.FrozenTrial] = []
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                            callbacks=[lambda _s, t, done=done: done.append(t)])
             t = done[-1]
-            conn.send(Done(t.number, t.state.name, t.user_attrs.get("reason")))
+            send(Done(t.number, t.state.name, t.user_attrs.get("reason")))
         # Every result is in the store and reported: skip the interpreter's teardown, which with torch loaded
         # takes seconds that the supervisor (and the user) would wait for.
         sys.stdout.flush()
@@ -129,11 +154,13 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
     except (EOFError, BrokenPipeError):
         os._exit(3)  # the supervisor is gone
     except Exception as err:  # no traceback on the terminal: the supervisor logs it and says one line
+        fault = errors.store_fault()  # the store failed: its trial stays RUNNING, to resume; the supervisor says why
         try:
-            conn.send(Crashed(errors.reason(err), traceback.format_exc()))
+            send(Fault(fault.message, fault.exit_code) if fault is not None
+                 else Crashed(errors.reason(err), traceback.format_exc()))
         except OSError:
             pass
-        os._exit(1)
+        os._exit(fault.exit_code if fault is not None else 1)
 
 
 def _answer(conn: Connection) -> str:
