@@ -131,3 +131,26 @@ def test_a_store_damaged_inside_is_one_line_with_the_way_to_recover(tmp_path):
     studies = subprocess.run(search_cmd() + ["studies", "--storage", "sqlite:///damaged-recovered.db"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=cli_env())
     assert studies.returncode == 0, studies.stdout + studies.stderr  # a valid store, with what could be saved
+
+
+def test_a_full_artifacts_filesystem_never_fails_a_trial(tmp_path):
+    small = tmp_path / "small"
+    why = _mount_small(small, "1m")
+    if why:
+        pytest.skip(why)
+    try:
+        _fill(small)
+        spec = study_file(tmp_path, "files", epochs=2, trials=2)
+        proc = subprocess.run(search_cmd() + ["start", "--study", str(spec), "--workers", "2"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600,
+                              env=cli_env(SEARCH_ARTIFACTS=str(small)))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out and not [line for line in out.splitlines() if line.startswith("Error")], out
+        warnings = [line for line in out.splitlines() if line.startswith("warning:") and "organamnist" not in line]
+        assert warnings, out  # the checkpoint, the learning curve, the log: each trial says what it could not save
+        assert all(str(small) in line and "No space left on device" in line for line in warnings), out
+        trials = trials_of(tmp_path / "search.db", "files")
+        assert len(by_state(trials, *FINISHED)) == 2 and not by_state(trials, TrialState.FAIL)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

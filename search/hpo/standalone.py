@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import interrupt, quiet
-from search.errors import Interrupted, ProcessFailed, SearchError, reason
+from search.errors import Interrupted, ProcessFailed, SearchError, reason, store_fault
 from search.hpo import goals, progress, queue, slots, supervisor, trial_log
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
@@ -49,10 +49,15 @@ def standalone(spec: StudySpec, storage: str | None, *, device: str, threads: in
     return run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset, echo=echo)
 
 
-def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | None) -> ProcessFailed:
+def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | None) -> SearchError:
     """The one line of a worker that failed on ``err`` (being handled); its traceback goes to ``trial``'s log while
-    that trial runs (then failed, and queued to run again), else to search-worker-<id>.log."""
+    that trial runs (then failed, and queued to run again), else to search-worker-<id>.log. After a store fault, the
+    fault's line: nothing more can be written, and the trial stays RUNNING, to resume."""
     from search.results import artifacts
+
+    fault = store_fault()
+    if fault is not None:
+        return fault
 
     text = traceback.format_exc()
     folder = artifacts.artifact_dir(url)
@@ -66,6 +71,8 @@ def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | N
         except Exception:
             pass
     return ProcessFailed(f"worker {worker_id()} failed: {reason(err)}; traceback in {where}")
+
+
 def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
                echo: Callable[[str], None], threads: int | None = None) -> int:
     """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's

@@ -242,7 +242,10 @@ def retrying(cls: type) -> type:
              for name, fn in _whole_calls(cls).items()}
     if "record_heartbeat" in calls:
         calls["record_heartbeat"] = _quiet_heartbeat(calls["record_heartbeat"])
-    return type(cls.__name__, (cls,), calls)
+    name = f"Retrying{cls.__name__}"
+    # A module-level name, so that pickle finds the class (Optuna's storages may be pickled, e.g. by its test suite).
+    globals()[name] = made = type(name, (cls,), {**calls, "__module__": __name__, "__qualname__": name})
+    return made
 
 
 def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
@@ -367,3 +370,7 @@ def fail_running(storage: optuna.storages.BaseStorage, study: optuna.Study, numb
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         trial = study.get_trials(deepcopy=False)[number]
     return trial
+
+
+for _kind in (SQLiteStorage, Store, journal.JournalStore):  # named from import on: a pickled store loads anywhere
+    retrying(_kind)

@@ -8,6 +8,7 @@ metrics and weights. It is read with ``weights_only=True``: data, never code.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,16 @@ def save(path: Path, trainer: Any, result: Any, best_state: dict[str, torch.Tens
         "cuda_rng": torch.cuda.get_rng_state(trainer.device) if cuda else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _torch_save(state: dict[str, Any], tmp: Path) -> None:
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as err:  # torch's file writer reports a failed write (a full disk) as a RuntimeError
+        fs = os.statvfs(tmp.parent)
+        why = "No space left on device" if fs.f_bavail * fs.f_frsize < 1 << 20 else str(err).splitlines()[0]
+        raise OSError(f"{why}: {tmp.parent}") from err
 
 
 def load(path: Path, config: dict[str, Any]) -> dict[str, Any]:

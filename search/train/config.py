@@ -261,7 +261,11 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     old file or the new one, never half of one. fsync first, so that the rename cannot reach the disk before the
     data does."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written file would hold the space a full disk needs back
+        raise
