@@ -154,3 +154,13 @@ def test_a_full_artifacts_filesystem_never_fails_a_trial(tmp_path):
         assert len(by_state(trials, *FINISHED)) == 2 and not by_state(trials, TrialState.FAIL)
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_bad_store_wait_is_one_line_before_anything_is_written(tmp_path):
+    spec = study_file(tmp_path, "x", epochs=1, trials=1)
+    proc = subprocess.run(search_cmd() + ["start", "--study", str(spec)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=cli_env(SEARCH_STORE_WAIT_S="soon"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).strip() == \
+        "Error: $SEARCH_STORE_WAIT_S must be a number of seconds, at least 0; got 'soon'"
+    assert not (tmp_path / "search.db").exists()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 import sqlalchemy
-from optuna.storages._rdb import models  # Optuna's tables, for the two queries of our own below
+from optuna.storages._rdb import models  # Optuna's tables, for the statements of our own below
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
@@ -116,7 +116,7 @@ class SQLiteStorage(Store):
 
         RDBStorage reads the state with SELECT ... FOR UPDATE and then writes it; SQLite has no FOR UPDATE and
         pysqlite begins no transaction before a SELECT, so two processes can both read WAITING and both take the
-        trial (measured: 8 processes, 40 queued trials, 119 takes). One UPDATE ... WHERE state = 'WAITING' is
+        trial (tests/test_storage.py races eight processes for it). One UPDATE ... WHERE state = 'WAITING' is
         atomic: the row count says who won.
         """
         if state == TrialState.RUNNING and values is None:
@@ -266,6 +266,7 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
     url = resolve_url(url)
+    faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
     if url.startswith("grpc://"):  # a `search proxy` in front of the store
         return proxy.client(url, retrying(optuna.storages.GrpcStorageProxy))
     if url.startswith(JOURNAL):  # a file on a shared filesystem: see search/hpo/journal.py
