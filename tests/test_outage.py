@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tests import pg
 from tests.support.cli import cli_env, search_cmd
 from tests.support.data import write_medmnist_npz
-from tests.support.store import FINISHED, by_state
+from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.wait import wait_for
 
 _why = pg.unreachable()
@@ -68,7 +68,7 @@ def _read(proc, into: list[str]) -> threading.Thread:
 
 def _trials(url):
     try:
-        return pg.trials_of(url, "outage")
+        return trials_of(url, "outage")
     except Exception:  # the study or its tables do not exist yet, or the database is closed right now
         return []
 
@@ -95,7 +95,7 @@ def _allow_connections(database: str, allow: bool) -> None:
 
 
 def _finished_whole(url: str, budget: int) -> list:
-    trials = pg.trials_of(url, "outage")
+    trials = trials_of(url, "outage")
     assert len(by_state(trials, *FINISHED)) == budget
     assert not by_state(trials, TrialState.RUNNING, TrialState.WAITING)
     return trials
@@ -182,9 +182,9 @@ def test_a_closed_database_is_waited_out_then_given_up_with_the_trials_left_to_r
     assert "Traceback" not in out, out
     last = out.strip().splitlines()[-1]
     assert "unreachable for 4 s" in last and "run the same command again" in last, out
-    left = by_state(pg.trials_of(url, "outage"), TrialState.RUNNING)
+    left = by_state(trials_of(url, "outage"), TrialState.RUNNING)
     assert left, out  # not failed: they resume
-    assert not by_state(pg.trials_of(url, "outage"), TrialState.FAIL)
+    assert not by_state(trials_of(url, "outage"), TrialState.FAIL)
 
     time.sleep(4)  # the left trials' heartbeats are older than the grace period now
     again = subprocess.run(search_cmd() + ["start", "--study", str(spec), "--storage", url, "--workers", "2",
@@ -192,7 +192,7 @@ def test_a_closed_database_is_waited_out_then_given_up_with_the_trials_left_to_r
                            cwd=tmp_path, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1", **env),
                            timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    trials = pg.trials_of(url, "outage")
+    trials = trials_of(url, "outage")
     assert len(by_state(trials, *FINISHED)) == more
     resumed = {t.system_attrs.get("failed_trial") for t in trials}
     assert {t.number for t in left} <= resumed  # each left trial was retried, from its checkpoint
