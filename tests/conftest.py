@@ -53,8 +53,10 @@ def pg_db() -> Iterator[str]:
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
         yield name
     finally:
+        conn = pg.connect()  # a new one: a test may have restarted the server meanwhile
         with conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
                         "pg_backend_pid()", (name,))

@@ -205,7 +205,7 @@ def _server_control() -> tuple[str, str] | str:
     tool = shutil.which("pg_ctlcluster")
     if tool is None:
         return "pg_ctlcluster is not installed (Debian's postgresql-common)"
-    versions = sorted(os.path.basename(v) for v in glob.glob("/etc/postgresql/*/main"))
+    versions = sorted(os.path.basename(os.path.dirname(v)) for v in glob.glob("/etc/postgresql/*/main"))
     if not versions:
         return "no cluster under /etc/postgresql/*/main"
     if os.geteuid() != 0:
