@@ -96,7 +96,9 @@ class Objective:
                 return False
             if math.isfinite(value):
                 trial.report(value, epoch)
-            pruned = trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial completes, whatever the pruner says
+            # (a median pruner would otherwise mark a fully trained trial PRUNED and hide its value from the study).
+            pruned = epoch < cfg.epochs and trial.should_prune()
             return pruned
 
         result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
