@@ -36,6 +36,7 @@ from search.results.run_figures import (
 from search.results.sections import FigureItem, Note, Section
 from search.results.tables import Table
 from search.results.tables import pm as _pm
+from search.train import predictions
 from search.train.data import class_names, is_multi_label
 
 
@@ -119,14 +120,12 @@ def _load_runs(d: Path, label: str) -> list[Run]:
         except (OSError, json.JSONDecodeError) as err:
             raise SearchError(f"{folder / 'metrics.json'} cannot be read: {err}") from None
         # `search train` writes it beside metrics.json for single-label tasks: each test image's class and prediction
-        predictions = folder / "test_predictions.csv"
-        if predictions.is_file() and "test_predictions" not in metrics:
-            try:
-                rows = [line.split(",") for line in predictions.read_text().split()[1:]]
-                metrics["test_labels"] = [int(y) for y, _ in rows]
-                metrics["test_predictions"] = [int(p) for _, p in rows]
-            except (OSError, ValueError) as err:
-                raise SearchError(f"{predictions} cannot be read: {err}") from None
+        path = folder / "test_predictions.csv"  # with or without the class probabilities (older runs)
+        if path.is_file() and "test_predictions" not in metrics:
+            read = predictions.read_test(path)
+            if read.predictions is not None:  # a multi-label run's file has none: no single class per image
+                metrics["test_labels"] = read.labels.tolist()
+                metrics["test_predictions"] = read.predictions.tolist()
         runs.append(Run(label if folder == d else f"{label}/{folder.name}", folder, metrics))
     return runs
 

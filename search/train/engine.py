@@ -12,6 +12,7 @@ Speed notes (figures from bench/epoch_speed.py):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,13 +30,13 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import physical_name, visible
 from search.errors import SearchError
-from search.train import config
+from search.train import config, predictions
 from search.train.augment import make_augment
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, Split, load
-from search.train.metrics import class_results, evaluate_scores
+from search.train.data import Data, DatasetInfo, Split, load
+from search.train.metrics import class_results, evaluate_scores, predict
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
@@ -156,11 +157,7 @@ class Trainer:
                                        enabled=self.amp_dtype is not None)
         # fp16's narrow range needs loss scaling; bf16 has float32's range and needs none.
         self.scaler = _grad_scaler(self.amp_dtype == torch.float16)
-        try:
-            self.model = build_model(cfg.architecture, in_channels=info.channels, num_classes=info.num_classes,
-                                     dropout=cfg.dropout, pretrained=cfg.pretrained, size=cfg.size)
-        except ModelError as err:  # models knows nothing of search; here its user errors become ours
-            raise SearchError(str(err)) from None
+        self.model = build_net(cfg, info)
         self.model.to(device=device, memory_format=self.memory_format)
         self.compiled = bool(cfg.compile and cuda)
         if self.compiled:
@@ -182,8 +179,7 @@ class Trainer:
         x = images.float().div_(255.0)
         if train and self.augment is not None:
             x = self.augment(x, self.generator)
-        x = (x - self.data.mean) / self.data.std
-        return x.contiguous(memory_format=self.memory_format)
+        return normalise(x, self.data.mean, self.data.std)
 
     def step(self, idx: torch.Tensor) -> torch.Tensor:
         train = self.data.train
@@ -226,21 +222,13 @@ class Trainer:
     @torch.inference_mode()
     def evaluate_with_scores(self, split: Split) -> tuple[dict[str, float], torch.Tensor]:
         """`evaluate`, plus the (N, K) class probabilities on the device: a confusion matrix needs no second pass."""
-        self.model.eval()
-        logits = []
-        step = max(self.cfg.batch_size, EVAL_BATCH * 28 * 28 // (self.cfg.size * self.cfg.size))
-        for i in range(0, len(split), step):
-            interrupt.check()
-            with self.autocast:
-                logits.append(self.model(self.inputs(split.images[i:i + step], train=False)).float())
-        out = torch.cat(logits)
+        out, scores = score(self.model, split.images, self.cfg, self.data.info, self.data.mean, self.data.std,
+                            self.autocast)
         task = self.data.info.task
         if self.data.info.multi_label:
             loss = nn.functional.binary_cross_entropy_with_logits(out, split.labels)
-            scores = out.sigmoid()
         else:
             loss = nn.functional.cross_entropy(out, split.labels)
-            scores = out.softmax(dim=1)
         metrics = evaluate_scores(split.labels, scores, task)
         return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}, scores
 
@@ -264,6 +252,41 @@ class Trainer:
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         return 1000 * statistics.median(times)
+
+
+def build_net(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
+    """The network a run of ``cfg`` trains on ``info``'s images (on the CPU, untrained): the one place where a
+    config becomes a model, for training and for `search predict` alike."""
+    try:
+        return build_model(cfg.architecture, in_channels=info.channels, num_classes=info.num_classes,
+                           dropout=cfg.dropout, pretrained=cfg.pretrained, size=cfg.size)
+    except ModelError as err:  # models knows nothing of search; here its user errors become ours
+        raise SearchError(str(err)) from None
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Images scaled to [0, 1] -> the network's input: standardised with the training split's per-channel mean and
+    std, in channels_last (the memory format every model here runs in)."""
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: DatasetInfo, mean: torch.Tensor,
+          std: torch.Tensor, autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, class probabilities), both (N, K) float32, of uint8 (N, C, S, S) ``images`` on the model's device.
+
+    The one prediction path: validation and test evaluation, and `search predict` (search/train/predict.py) on a
+    user's images. Probabilities are the softmax (sigmoid for multi-label tasks). Batched by image area.
+    """
+    model.eval()
+    logits = []
+    step = max(cfg.batch_size, EVAL_BATCH * 28 * 28 // (cfg.size * cfg.size))
+    for i in range(0, len(images), step):
+        interrupt.check()
+        with autocast if autocast is not None else contextlib.nullcontext():
+            logits.append(model(normalise(images[i:i + step].float().div_(255.0), mean, std)).float())
+    out = torch.cat(logits)
+    return out, out.sigmoid() if info.multi_label else out.softmax(dim=1)
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool) -> torch.optim.Optimizer:
@@ -375,8 +398,8 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
 
 
 def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt, config.yaml and (single-label
-    tasks) test_predictions.csv to out."""
+    """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt, config.yaml and
+    test_predictions.csv to out."""
     result = fit(cfg, progress=progress)
     if result.best_epoch is None:
         raise SearchError(f"{result.reason}; nothing was saved. Try a lower lr (now {cfg.lr}).")
@@ -401,11 +424,17 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
         metrics["reason"] = result.reason
     out.mkdir(parents=True, exist_ok=True)
     # Each file is written under a temporary name and renamed, so an interrupted save leaves no half file.
+    # The training split's mean and std travel with the weights: `search predict` normalises a user's images as
+    # the run did, without the training data.
     atomic_write(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
-                                                    "config": cfg.to_dict()}, p))
+                                                    "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
+                                                    "std": data.std.view(-1).tolist()}, p))
     config.dump(cfg, out / "config.yaml")
-    if "predictions" in per_class:  # each test image's class and prediction: `search report`'s paired test
-        rows = "".join(f"{y},{p}\n" for y, p in zip(per_class["labels"], per_class["predictions"]))
-        atomic_write(out / "test_predictions.csv", lambda p: p.write_text("label,prediction\n" + rows))
+    # Each test image's class, prediction and class probabilities (search/train/predictions.py): `search report`'s
+    # paired test and the ensembles read them.
+    text = predictions.test_text(cfg.dataset, data.info.task,
+                                  data.test.labels.cpu().numpy(), scores.cpu().numpy(),
+                                  predict(scores, data.info.task).cpu().numpy())
+    atomic_write(out / "test_predictions.csv", lambda p: p.write_text(text))
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
     return metrics
