@@ -14,8 +14,8 @@ from search.errors import Interrupted, SearchError, store_fault
 from search.hpo.urls import DEFAULT_STORAGE
 
 # `search --help` lists the commands in the order a user meets them; a command left out comes last.
-COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "enqueue", "worker", "submit", "studies",
-                 "proxy")
+COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "predict", "enqueue", "worker", "submit",
+                 "studies", "proxy")
 
 
 class _OneLineErrors(click.Group):
@@ -115,8 +115,8 @@ def main() -> None:
     quiet.libraries()
 
 
-@main.command(short_help="Train a TrainConfig file; report test ACC and AUC.")
-@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@main.command(short_help="Train a TrainConfig file (or evaluate an ensemble); report test ACC and AUC.")
+@click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for metrics.json, model.pt and config.yaml (default: a new folder under runs/).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the config's epochs.")
@@ -129,9 +129,13 @@ def main() -> None:
 @_stops_at_safe_points
 def train(config_file: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None,
           devices: str | None) -> None:
-    """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC."""
+    """Train CONFIG.yaml, keep the best validation epoch and report test ACC and AUC. An ensemble folder (or its
+    ensemble.yaml, from `search export --ensemble`) is evaluated instead, nothing trained: OUT gets its metrics.json
+    and test_predictions.csv, as a run's."""
     from search.train import config
 
+    if _evaluate_ensemble(config_file, out, epochs, device, seeds, devices):
+        return
     if devices is not None and seeds is None:
         raise SearchError("--devices needs --seeds N: it spreads the seeds over one process per device; "
                           "a single run takes --device")
@@ -152,6 +156,35 @@ def train(config_file: Path, out: Path | None, epochs: int | None, device: str |
         raise Interrupted(f"interrupted ({interrupt.requested()}): the run in progress was stopped; {kept}") from None
 
 
+def _evaluate_ensemble(path: Path, out: Path | None, epochs: int | None, device: str | None, seeds: int | None,
+                       devices: str | None) -> bool:
+    """`search train ENSEMBLE`: False when ``path`` is no ensemble (a config to train)."""
+    from search.train import ensemble
+
+    if not ensemble.is_ensemble(path):
+        return False
+    used = [name for name, v in (("--epochs", epochs), ("--seeds", seeds), ("--devices", devices)) if v is not None]
+    if used:
+        raise SearchError(f"{path} is an ensemble: `search train` evaluates it, training nothing, so {used[0]} does "
+                          f"not apply (valid with an ensemble: --out, --device)")
+    out = out or Path("runs") / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "metrics.json").exists():
+        raise SearchError(f"{out} already holds a finished run (metrics.json); choose another --out")
+    m = ensemble.evaluate(path, out, device)
+    click.echo(ensemble_line(m, out))
+    return True
+
+
+def ensemble_line(m: dict, out: Path) -> str:  # type: ignore[type-arg]
+    from search.train.replicates import mean_sd
+
+    each = mean_sd([e["test_acc"] for e in m["members"]])
+    spread = f" ± {each['sd']:.4f}" if each["sd"] is not None else ""
+    return (f"{m['dataset']} {m['architecture']}: test_acc {m['test_acc']:.4f} test_auc {m['test_auc']:.4f} (val_acc "
+            f"{m['val_acc']:.4f}; its members' test_acc {each['mean']:.4f}{spread}; {m['seconds']:.1f} s on "
+            f"{m['device']}) -> {out}")
+
+
 def _train(cfg, out: Path, seeds: int | None, devices: str | None, line) -> None:  # type: ignore[no-untyped-def]
     from search.train import engine, parallel, replicates
 
@@ -161,8 +194,11 @@ def _train(cfg, out: Path, seeds: int | None, devices: str | None, line) -> None
         else:
             s = replicates.train_seeds(cfg, out, seeds, on_run=line)
         sd = lambda k: f" ± {s[k]['sd']:.4f}" if s[k]["sd"] is not None else ""  # noqa: E731
+        e = s.get("ensemble")
+        both = (f"; seed ensemble (mean of the {seeds} runs' probabilities): test_acc {e['test_acc']:.4f} test_auc "
+                f"{e['test_auc']:.4f}" if e else "")
         click.echo(f"{cfg.dataset} {cfg.architecture}, {seeds} seeds: test_acc {s['test_acc']['mean']:.4f}"
-                   f"{sd('test_acc')} test_auc {s['test_auc']['mean']:.4f}{sd('test_auc')} (mean ± sample sd) "
+                   f"{sd('test_acc')} test_auc {s['test_auc']['mean']:.4f}{sd('test_auc')} (mean ± sample sd){both} "
                    f"-> {out / 'summary.json'}")
         return
     if (out / "metrics.json").exists():
@@ -347,10 +383,15 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
                                 "indices (0,1) or cpu,cpu, as `search train --devices`.")
 @click.option("--rerank-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --rerank: folder for the runs, DIR/trial-N/seed-S (default runs/rerank-STUDY).")
+@click.option("--ensemble", "ensemble_m", type=click.IntRange(min=1), metavar="M",
+              help="With --rerank: also write the ensemble of the M best reranked trials (all their seeds' kept "
+                   "weights, nothing retrained) to --ensemble-dir, and evaluate it.")
+@click.option("--ensemble-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --ensemble: the ensemble's folder (default runs/ensemble-STUDY).")
 @_stops_at_safe_points
 def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_number: int | None, pareto: bool,
                weights: bool, rerank_k: int | None, seeds: int | None, devices: str | None,
-               rerank_dir: Path | None) -> None:
+               rerank_dir: Path | None, ensemble_m: int | None, ensemble_dir: Path | None) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`; with --rerank K, the best of the
     K best trials retrained with several seeds each."""
     from search.results import detail, trials
@@ -358,7 +399,10 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
 
     ranked = click.get_current_context().get_parameter_source("rank") != click.core.ParameterSource.DEFAULT
     trials.check_export_options(rank if ranked else None, trial_number, pareto, weights, rerank_k,
-                                {"--seeds": seeds, "--devices": devices, "--rerank-dir": rerank_dir})
+                                {"--seeds": seeds, "--devices": devices, "--rerank-dir": rerank_dir,
+                                 "--ensemble": ensemble_m, "--ensemble-dir": ensemble_dir})
+    if ensemble_dir is not None and ensemble_m is None:
+        raise SearchError("--ensemble-dir needs --ensemble M: it names the ensemble's folder")
     with interrupt.raising():  # no long work here: the first Ctrl-C stops it at once
         loaded = trials.load(study, storage)
         if pareto:
@@ -381,14 +425,44 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
     folder = rerank_dir if rerank_dir is not None else rerank.default_dir(loaded)
     metric = loaded.user_attrs.get("metric", "value")
     try:
+        together = (ensemble_m, ensemble_dir or rerank.default_ensemble_dir(loaded)) if ensemble_m else None
         done = rerank.rerank(loaded, out, rerank_k, seeds or 3, devices=devices, rerank_dir=folder,
                              on_run=lambda n, path, m: click.echo(rerank.run_line(n, path, m, metric)),
-                             say=click.echo)
+                             say=click.echo, ensemble=together)
     except KeyboardInterrupt:  # interrupt.Stop from the training loop
         raise Interrupted(f"interrupted ({interrupt.requested() or 'SIGINT'}): the run in progress was stopped; the "
                           f"trial folders that finished (with summary.json) are kept in {folder}; nothing was "
                           f"exported") from None
     click.echo("\n".join(rerank.table(done)))
+
+
+@main.command(short_help="Class probabilities of images from a trained run or ensemble.")
+@click.argument("model_dir", metavar="RUN_OR_ENSEMBLE_DIR", type=click.Path(path_type=Path))
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"),
+              show_default=True, help="The CSV file: a row per image, its class probabilities and predicted label.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Which split of a MedMNIST-layout .npz INPUT.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Instead: export the run's network to this ONNX file (a single run; input: normalised float "
+                   "images N x C x S x S; output: logits). INPUT is then not read and may be '-'.")
+@_stops_at_once
+def predict(model_dir: Path, source: Path, out: Path, split: str, device: str, onnx_file: Path | None) -> None:
+    """Apply a `search train` run (RUN_OR_ENSEMBLE_DIR: its folder, a --seeds folder or an ensemble folder) to
+    INPUT: a MedMNIST-layout .npz (its --split), a folder of PNG/JPEG images or one image, each already of the run's
+    size and channels. Writes a row per image: the class probabilities and the predicted label."""
+    if onnx_file is not None:
+        from search.train import onnx
+
+        click.echo(onnx.export(model_dir, onnx_file))
+        return
+    from search.train import predict as predicting
+
+    done = predicting.run(model_dir, source, out, split=split, device=device)
+    acc = f"; accuracy on its labels {done.acc:.4f}" if done.acc is not None else ""
+    by = f"an ensemble of {done.members}" if done.members > 1 else "one model"
+    click.echo(f"{done.count} image{'s' if done.count != 1 else ''} predicted by {by}{acc} -> {done.out}")
 
 
 @main.command(short_help="Queue one trial (a TrainConfig or parameters) in a study.")

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial
 from search import interrupt
 from search.errors import SearchError
 from search.results.trials import ranked, trial_config
-from search.train import config, parallel, replicates
+from search.train import config, ensemble, parallel, replicates
 from search.train.config import TrainConfig
 
 OnRun = Callable[[int, Path, dict[str, Any]], None]  # (trial number, run folder, the run's metrics.json)
@@ -56,7 +56,7 @@ class Candidate:
         return self.summary[key]["sd"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reranked:
     study: str
     metric: str
@@ -64,6 +64,7 @@ class Reranked:
     rerank_dir: Path
     out: Path
     ranked: list[Candidate]  # best mean validation value first
+    ensemble: dict[str, Any] | None = None  # with --ensemble M: the ensemble folder's metrics.json
 
     @property
     def winner(self) -> Candidate:
@@ -76,14 +77,17 @@ def default_dir(study: optuna.Study) -> Path:
 
 def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str | None = None,
            rerank_dir: Path | None = None, on_run: OnRun | None = None,
-           say: Callable[[str], None] | None = None) -> Reranked:
+           say: Callable[[str], None] | None = None, ensemble: tuple[int, Path] | None = None) -> Reranked:
     """Retrain the K best complete trials with ``seeds`` seeds each, rank them by the mean validation metric and
     write the winner's TrainConfig to ``out`` (as `search export` does, with the rerank noted under ``search:``).
-    ``say`` hears the plan once it is checked and each run as it starts; ``on_run``, each run as it finishes."""
+    ``say`` hears the plan once it is checked and each run as it starts; ``on_run``, each run as it finishes.
+    ``ensemble`` (M, folder): also write the ensemble of the M best trials' runs there, and evaluate it."""
     metric = _metric(study)
     folder = rerank_dir if rerank_dir is not None else default_dir(study)
     if not out.parent.exists():
         raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
+    if ensemble is not None:
+        _check_ensemble(*ensemble, k)
     if devices is not None:
         parallel.plan(devices, seeds)  # a bad entry is one line here, before anything is trained
     plans = _plan(study, k, seeds, folder)
@@ -100,12 +104,39 @@ def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str |
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     order = sorted(done, key=lambda c: (-c.mean(metric) if maximize else c.mean(metric), c.search_rank))
     result = Reranked(study.study_name, metric, seeds, folder, out, order)
+    if ensemble is not None:
+        result.ensemble = _write_ensemble(result, *ensemble, k)
     w = result.winner
     config.dump(w.cfg, out, notes={
         "study": study.study_name, "trial": w.trial.number, "metric": metric, "value": w.trial.value,
         "search_rank": w.search_rank, "rerank": k, "seeds": w.summary["seeds"], "mean": w.mean(metric),
         "sd": w.sd(metric), "runs": str(w.folder)})
     return result
+
+
+def default_ensemble_dir(study: optuna.Study) -> Path:
+    return Path("runs") / f"ensemble-{study.study_name}"
+
+
+def _check_ensemble(m: int, folder: Path, k: int) -> None:
+    if not 1 <= m <= k:
+        raise SearchError(f"--ensemble {m} is out of range: it takes the M best of the --rerank {k} trials; valid: "
+                          f"1..{k}")
+    if (folder / ensemble.FILE).exists():
+        raise SearchError(f"{folder} already holds an ensemble ({ensemble.FILE}); choose another --ensemble-dir or "
+                          f"remove it")
+
+
+def _write_ensemble(result: Reranked, m: int, folder: Path, k: int) -> dict[str, Any]:
+    """The M best reranked trials' runs (M x N members: each trial's every seed, kept weights, no retraining) as
+    an ensemble folder (search/train/ensemble.py), evaluated into it as a run."""
+    runs = [(f"trial-{c.trial.number}-seed-{seed}", c.folder / name,
+             {"trial": c.trial.number, "rerank_rank": rank, "search_rank": c.search_rank})
+            for rank, c in enumerate(result.ranked[:m], 1) for seed, name in zip(c.summary["seeds"], c.summary["runs"])]
+    source = {"study": result.study, "metric": result.metric, "rerank": k, "seeds": result.seeds, "ensemble": m,
+              "rerank_dir": str(result.rerank_dir)}
+    ensemble.write(folder, runs, source)
+    return ensemble.evaluate(folder, folder)
 
 
 def _metric(study: optuna.Study) -> str:
@@ -200,4 +231,14 @@ def table(result: Reranked) -> list[str]:
     w = result.winner
     lines.append(f"trial {w.trial.number} (search rank {w.search_rank}, {w.cfg.architecture}) -> {result.out}; its "
                  f"runs are in {w.folder}; train it with: search train {result.out}")
+    e = result.ensemble
+    if e is not None:
+        folder = Path(e["ensemble"])
+        lines.append(f"{e['architecture']}: the runs of the {len({m.get('trial') for m in _listed(folder)})} best "
+                     f"trials -> {folder}: test_acc {e['test_acc']:.4f} test_auc {e['test_auc']:.4f} (info; val_acc "
+                     f"{e['val_acc']:.4f}); use it with: search predict {folder} INPUT")
     return lines
+
+
+def _listed(folder: Path) -> list[dict[str, Any]]:
+    return config.read_yaml(folder / ensemble.FILE)["members"]

@@ -191,11 +191,18 @@ def _chunked_std(images: np.ndarray, mean: np.ndarray, chunk: int = 10_000) -> n
     return np.sqrt(total / (len(images) * images.shape[1]))
 
 
-def _to_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+def images_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 images as stored (N, S, S) or (N, S, S, C) -> the (N, C, S, S) tensor the engine takes (on the CPU)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def _to_split(info: DatasetInfo, images: np.ndarray, labels: np.ndarray, device: torch.device) -> Split:
+    import torch
+
+    x = images_tensor(images)
     y = torch.from_numpy(labels.astype(np.float32 if info.multi_label else np.int64))
     y = y if info.multi_label else y.reshape(-1)
     return Split(x.to(device), y.to(device))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search.errors import SearchError
-from search.train import engine
+from search.train import engine, ensemble
 from search.train.config import TrainConfig, atomic_write
 
 
@@ -44,10 +44,13 @@ def seed_runs(cfg: TrainConfig, out: Path, seeds: int, *,
 def write_summary(cfg: TrainConfig, out: Path, runs: list[tuple[int, Path]],
                   results: list[dict[str, Any]]) -> dict[str, Any]:
     """out/summary.json from each run's metrics, in the order of ``runs`` (seed order): test ACC and AUC, and the
-    validation ACC and AUC of each run's kept epoch (what `search export --rerank` ranks configurations by)."""
+    validation ACC and AUC of each run's kept epoch (what `search export --rerank` ranks configurations by), and the
+    seed ensemble's test ACC and AUC (search/train/ensemble.py; None where a run kept no probabilities)."""
     summary = {"dataset": cfg.dataset, "architecture": cfg.architecture, "seeds": [s for s, _ in runs],
                "runs": [d.name for _, d in runs],
-               **{key: mean_sd([m[key] for m in results]) for key in ("test_acc", "test_auc", "val_acc", "val_auc")}}
+               **{key: mean_sd([m[key] for m in results]) for key in ("test_acc", "test_auc", "val_acc", "val_auc")},
+               # the seed ensemble (the mean of the runs' test probabilities), from their test_predictions.csv
+               "ensemble": ensemble.from_runs([d for _, d in runs], results[0]["task"])}
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
