@@ -3,16 +3,21 @@ mean validation metric, the winner exported as a TrainConfig file that `search t
 with nothing written; Ctrl-C keeps the trial folders that finished."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
+from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from search.cli import main
+from search.results import report
 from tests.support.cli import run
 from tests.support.signals import Interruptible
 from tests.support.store import trials_of
@@ -142,6 +147,9 @@ def test_rerank_on_cpu_processes_pools_every_trials_seeds(study_root):
     (["--rerank", "1", "--devices", "cpu,,cpu"], "has an empty entry"),
     (["--rerank", "1", "-o", "missing/best.yaml"], "folder missing does not exist"),
     (["--pareto"], "study 'rr' has one objective (val_acc), so no Pareto front"),
+    (["--ensemble", "2"], "--ensemble needs --rerank K"),
+    (["--rerank", "2", "--ensemble", "3"], "--ensemble 3 is out of range: it takes the M best of the --rerank 2 "
+                                           "trials; valid: 1..2"),
 ])
 def test_rerank_errors_are_one_line_and_write_nothing(study_root, args, message):
     before = sorted(study_root.rglob("*"))
@@ -182,3 +190,43 @@ def test_ctrl_c_keeps_the_trials_that_finished(study_root):
     for folder in (study_root / "stopped").iterdir():
         if (folder / "summary.json").exists():
             assert all((folder / f"seed-{s}" / "metrics.json").exists() for s in (1, 2))
+
+
+def test_export_ensemble_writes_a_folder_that_train_and_report_evaluate_as_a_run(study_root, monkeypatch):
+    proc = run(["export", "--study", "rr", "--rerank", "2", "--seeds", "1", "--ensemble", "2", "--rerank-dir",
+                "ens-runs", "--ensemble-dir", "ens", "-o", "ens-best.yaml"], study_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ens = study_root / "ens"
+    spec = yaml.safe_load((ens / "ensemble.yaml").read_text())
+    trials = [t.number for t in ranked_trials(study_root)[:2]]
+    assert spec["kind"] == "ensemble" and spec["dataset"] == "digits" and len(spec["members"]) == 2
+    assert sorted(m["trial"] for m in spec["members"]) == sorted(trials) and spec["source"]["ensemble"] == 2
+    for m in spec["members"]:  # the kept weights themselves, copied: nothing was retrained
+        assert (ens / m["weights"]).read_bytes() == (study_root / m["run"] / "model.pt").read_bytes()
+    # its test probabilities are the mean of its members' (the runs' own test_predictions.csv)
+    members = [_probabilities(study_root / m["run"] / "test_predictions.csv") for m in spec["members"]]
+    assert np.allclose(_probabilities(ens / "test_predictions.csv"), np.mean(members, axis=0), atol=1e-5)
+    m = json.loads((ens / "metrics.json").read_text())
+    assert f"ensemble of 2 (simple_cnn_v1): the runs of the 2 best trials -> ens: test_acc {m['test_acc']:.4f}" \
+        in proc.stdout
+    assert sum(map(sum, m["test_confusion"])) == 269 and 0 < m["val_acc"] <= 1
+
+    monkeypatch.chdir(study_root)  # `search train ENSEMBLE` evaluates it again, as a run, training nothing
+    evaluated = CliRunner().invoke(main, ["train", "ens", "--out", "ens-eval", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((study_root / "ens-eval" / "metrics.json").read_text())
+    assert again["test_acc"] == pytest.approx(m["test_acc"]) and again["test_confusion"] == m["test_confusion"]
+    assert evaluated.output.startswith(f"digits ensemble of 2 (simple_cnn_v1): test_acc {m['test_acc']:.4f}")
+    refused = CliRunner().invoke(main, ["train", "ens", "--seeds", "2"])
+    assert refused.exit_code == 2 and "is an ensemble: `search train` evaluates it" in refused.output
+
+    # `search report` takes it as a group: the comparison table and McNemar's test against a single run
+    groups = report.load_groups([f"one=ens-runs/trial-{trials[0]}", "ens=ens"])
+    (table,) = [i for i in report.comparison_section(groups).items if isinstance(i, report.Table)]
+    assert table.rows[1][:3] == ["ens", "1", f"{m['test_acc']:.4f}"] and table.columns[-1] == "McNemar p"
+    assert table.rows[1][-1] != "n/a"
+
+
+def _probabilities(path: Path) -> np.ndarray:
+    with path.open(newline="") as f:
+        return np.array([[float(v) for k, v in row.items() if k.startswith("p_")] for row in csv.DictReader(f)])

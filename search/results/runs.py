@@ -242,7 +242,7 @@ def _test_items(groups: list[Group], dataset: str) -> list[FigureItem | Table | 
         "test_metrics", "Test accuracy and AUC of each run",
         ["Run", "Architecture", "Seed", "Kept epoch", "Val ACC", "Test ACC", "Test AUC"],
         [[r.label, str(r.metrics.get("architecture", "?")), str(r.metrics.get("seed", "")),
-          f"{r.metrics.get('best_epoch', '?')} of {r.metrics.get('epochs', '?')}",
+          _kept(r.metrics),
           f"{r.metrics.get('val_acc', math.nan):.4f}", f"{r.metrics['test_acc']:.4f}",
           f"{r.metrics['test_auc']:.4f}"] for r in runs], "llrrrrr", footer=footer,
         note="sd: sample standard deviation (n - 1) over a group's runs." if any(len(g.runs) > 1 for g in groups)
@@ -270,6 +270,12 @@ def _test_items(groups: list[Group], dataset: str) -> list[FigureItem | Table | 
                                                  f"(search/results/published.py lists: "
                                                  f"{', '.join(published.MEDMNIST_V2)})."))
     return items
+
+
+def _kept(m: dict[str, Any]) -> str:
+    if m.get("outcome") == "ensemble":  # an ensemble's members each kept their own epoch
+        return "ensemble"
+    return f"{m.get('best_epoch', '?')} of {m.get('epochs', '?')}"
 
 
 # --- the comparison with the baseline -------------------------------------------------------------------------
