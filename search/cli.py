@@ -115,7 +115,7 @@ def main() -> None:
     quiet.libraries()
 
 
-@main.command(short_help="Train a TrainConfig file (or evaluate an ensemble); report test ACC and AUC.")
+@main.command(short_help="Train a TrainConfig (or evaluate an ensemble); test ACC and AUC.")
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for metrics.json, model.pt and config.yaml (default: a new folder under runs/).")
@@ -436,7 +436,7 @@ def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_numb
     click.echo("\n".join(rerank.table(done)))
 
 
-@main.command(short_help="Class probabilities of images from a trained run or ensemble.")
+@main.command(short_help="Class probabilities of images from a run or an ensemble.")
 @click.argument("model_dir", metavar="RUN_OR_ENSEMBLE_DIR", type=click.Path(path_type=Path))
 @click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("predictions.csv"),
