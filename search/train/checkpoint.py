@@ -76,5 +76,6 @@ def restore(trainer: Any, state: dict[str, Any]) -> None:
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What must match for a checkpoint to continue a run: the configuration, wherever it runs."""
-    return {k: v for k, v in config.items() if k not in ("device", "data_dir")}
+    """What must match for a checkpoint to continue a run: the configuration, wherever and however it runs (graphs
+    only decides how the same step is launched; a checkpoint from before the key existed resumes too)."""
+    return {k: v for k, v in config.items() if k not in ("device", "data_dir", "graphs")}

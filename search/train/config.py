@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 METRICS = ("val_acc", "val_auc")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+GRAPHS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class TrainConfig:
     # CPU autocast); fp16 runs with a gradient scaler and needs CUDA. See engine.resolve_precision.
     precision: str = "auto"
     compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
+    # The training step and the evaluation pass as CUDA graphs (search/train/graphs.py, docs/graphs.md): on
+    # captures them on CUDA (eager elsewhere, with a note in the log); off never; auto is off on every device until
+    # a measurement on a GPU decides where capture pays.
+    graphs: str = "auto"
     size: int = 28  # image side in pixels: those of the dataset (data.DatasetInfo.sizes: 28, and MedMNIST+ 64-224)
 
     def __post_init__(self) -> None:
@@ -116,6 +121,8 @@ def number(value: Any, *, integer: bool) -> int | float:
 
 def _check_type(key: str, value: Any) -> Any:
     kind, optional = _TYPES[key]
+    if key == "graphs" and isinstance(value, bool):  # YAML 1.1 reads a bare `on` / `off` as true / false
+        return "on" if value else "off"
     if optional and value is None:
         return value
     if kind in (int, float):
@@ -188,6 +195,7 @@ def validate(cfg: TrainConfig) -> None:
     choice("schedule", cfg.schedule, SCHEDULES)
     choice("metric", cfg.metric, METRICS)
     choice("precision", cfg.precision, PRECISIONS)
+    choice("graphs", cfg.graphs, GRAPHS)
     get_info(cfg.dataset).check_size(cfg.size)
     if cfg.epochs < 1:
         raise SearchError(f"epochs must be at least 1, got {cfg.epochs}")

@@ -30,7 +30,7 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import physical_name, visible
 from search.errors import SearchError
-from search.train import config, predictions
+from search.train import config, graphs, predictions
 from search.train.augment import make_augment
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
@@ -39,6 +39,7 @@ from search.train.data import Data, DatasetInfo, Split, load
 from search.train.metrics import class_results, evaluate_scores, predict
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
+log = logging.getLogger("search")
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
 
 
@@ -174,6 +175,19 @@ class Trainer:
         self.steps_per_epoch = len(data.train) // cfg.batch_size  # drop the last partial batch (BatchNorm)
         self.optimizer = _optimizer(cfg, self.model, fused=cuda)
         self.scheduler = _scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        # graphs: whether the step is to be captured (search/train/graphs.py); False again if a capture fails
+        self.graphs, note = graphs.wanted(cfg, device, self.amp_dtype, self.compiled)
+        if note:
+            log.warning("%s", note)
+        self.capture_seconds = 0.0  # warm-up and capture of the training step (bench/gpu_proof.py reports it)
+        self._train_graph: graphs.TrainGraph | None = None
+        self._eval_graph: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._eval_tried = False
+
+    @property
+    def graphed(self) -> bool:
+        """Whether the training step runs as a captured CUDA graph."""
+        return self._train_graph is not None
 
     def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         x = images.float().div_(255.0)
@@ -206,14 +220,51 @@ class Trainer:
         order = torch.randperm(n, device=self.device, generator=self.generator)
         total = torch.zeros((), device=self.device)
         report_every = max(1, self.steps_per_epoch // 10)
-        for i in range(self.steps_per_epoch):
+        graph, first = self._train_graph, 0
+        if self.graphs and graph is None:  # the first epoch: a few eager steps, then the capture
+            first = min(graphs.WARMUP, self.steps_per_epoch)
+            graph = self._capture_train(order, total, first)
+            if progress is not None:
+                progress.update(first)
+        if graph is not None:
+            graph.start(order, first)
+        for i in range(first, self.steps_per_epoch):
             interrupt.check()  # Ctrl-C / SIGTERM stop here, between two steps (a global read: ~50 ns a batch)
-            total += self.step(order[i * bs:(i + 1) * bs])
+            if graph is None:
+                total += self.step(order[i * bs:(i + 1) * bs])
+            else:
+                graph.replay()
             if progress is not None:
                 progress.update(1)
                 if (i + 1) % report_every == 0:
-                    progress.set_postfix_str(f"loss {total.item() / (i + 1):.4f}", refresh=False)
+                    running = total if graph is None else total + graph.loss_sum
+                    progress.set_postfix_str(f"loss {running.item() / (i + 1):.4f}", refresh=False)
+        if graph is not None:
+            total += graph.loss_sum
         return total.item() / self.steps_per_epoch
+
+    def _capture_train(self, order: torch.Tensor, total: torch.Tensor, first: int) -> graphs.TrainGraph | None:
+        """Train the epoch's ``first`` batches eagerly (the warm-up), then capture the step; None if that fails
+        (one line in the log: the run goes on eagerly)."""
+        bs, t0 = self.cfg.batch_size, time.perf_counter()
+        with graphs.side_stream(self.device) as stream:
+            for i in range(first):
+                interrupt.check()
+                total += self.step(order[i * bs:(i + 1) * bs])
+            graph = graphs.attempt("training step", self.device, lambda: graphs.capture_train(self, stream))
+        self._train_graph, self.graphs = graph, graph is not None
+        self.capture_seconds = time.perf_counter() - t0
+        return graph
+
+    def static_forward(self, batch: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The evaluation forward at a static batch shape, logits of every row (the captured graph), or None for
+        the eager pass. Captured at the first evaluation of a run whose training step is captured."""
+        if self._train_graph is not None and not self._eval_tried:
+            self._eval_tried = True  # once: a failed capture leaves the evaluation eager for the run
+            with graphs.side_stream(self.device) as stream:
+                self._eval_graph = graphs.attempt("evaluation pass", self.device,
+                                                  lambda: graphs.capture_eval(self, batch, stream))
+        return self._eval_graph
 
     def evaluate(self, split: Split) -> dict[str, float]:
         """ACC, AUC and loss of ``split`` (MedMNIST's definitions for the dataset's task)."""
@@ -222,8 +273,10 @@ class Trainer:
     @torch.inference_mode()
     def evaluate_with_scores(self, split: Split) -> tuple[dict[str, float], torch.Tensor]:
         """`evaluate`, plus the (N, K) class probabilities on the device: a confusion matrix needs no second pass."""
+        self.model.eval()  # before a first capture of the evaluation pass
+        static = self.static_forward(eval_batch(self.cfg))
         out, scores = score(self.model, split.images, self.cfg, self.data.info, self.data.mean, self.data.std,
-                            self.autocast)
+                            self.autocast, static=static)
         task = self.data.info.task
         if self.data.info.multi_label:
             loss = nn.functional.binary_cross_entropy_with_logits(out, split.labels)
@@ -270,21 +323,31 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+def eval_batch(cfg: TrainConfig) -> int:
+    """The evaluation batch: EVAL_BATCH images at 28 px, fewer for larger images (never below the training batch)."""
+    return max(cfg.batch_size, EVAL_BATCH * 28 * 28 // (cfg.size * cfg.size))
+
+
 @torch.inference_mode()
 def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: DatasetInfo, mean: torch.Tensor,
-          std: torch.Tensor, autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+          std: torch.Tensor, autocast: Any = None, *, static: Callable[[torch.Tensor], torch.Tensor] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, class probabilities), both (N, K) float32, of uint8 (N, C, S, S) ``images`` on the model's device.
 
     The one prediction path: validation and test evaluation, and `search predict` (search/train/predict.py) on a
     user's images. Probabilities are the softmax (sigmoid for multi-label tasks). Batched by image area.
+    ``static``: the same forward at a fixed batch shape (the captured evaluation graph, search/train/graphs.py);
+    the last batch is padded to it and the padding's rows are cut here, before anything sees them.
     """
     model.eval()
     logits = []
-    step = max(cfg.batch_size, EVAL_BATCH * 28 * 28 // (cfg.size * cfg.size))
-    for i in range(0, len(images), step):
+    for chunk, n in graphs.padded_batches(images, eval_batch(cfg), pad=static is not None):
         interrupt.check()
+        if static is not None:
+            logits.append(static(chunk)[:n])
+            continue
         with autocast if autocast is not None else contextlib.nullcontext():
-            logits.append(model(normalise(images[i:i + step].float().div_(255.0), mean, std)).float())
+            logits.append(model(normalise(chunk.float().div_(255.0), mean, std)).float())
     out = torch.cat(logits)
     return out, out.sigmoid() if info.multi_label else out.softmax(dim=1)
 
@@ -413,7 +476,8 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
         "seconds": round(result.seconds, 3), "params": result.params,
         "images_per_second": round(result.images_per_second, 1),
         "device": str(result.trainer.device), "dataset": cfg.dataset, "architecture": cfg.architecture,
-        "precision": result.trainer.precision, "compiled": result.trainer.compiled, "size": cfg.size,
+        "precision": result.trainer.precision, "compiled": result.trainer.compiled,
+        "graphed": result.trainer.graphed, "size": cfg.size,
         "seed": cfg.seed, "task": data.info.task,
         # from the same test pass as test_acc: rows are true classes, columns predicted ones
         "test_confusion": per_class["confusion"], "test_per_class_acc": per_class["per_class_acc"],
