@@ -126,7 +126,7 @@ def _device_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> Iterator[N
     try:
         for g in optimizer.param_groups:
             g["lr"] = lr
-            if "capturable" in g:  # Adam, AdamW: their capture check asks for it; fused SGD has no such flag
+            if "capturable" in g and lr.is_cuda:  # Adam, AdamW: their capture check asks for it (CUDA only)
                 g["capturable"] = True
         yield
     finally:
@@ -137,24 +137,34 @@ def _device_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> Iterator[N
 
 
 class TrainGraph:
-    """The trainer's training step captured once; `start` loads an epoch's order, `replay` trains one batch."""
+    """The trainer's training step with static buffers; `capture` records it as a CUDA graph once, `start` loads an
+    epoch's order, `replay` trains one batch. Not captured (the CPU tests), `replay` runs the same step eagerly."""
 
-    def __init__(self, trainer: Any, stream: torch.cuda.Stream) -> None:
+    def __init__(self, trainer: Any) -> None:
         t, dev = trainer, trainer.device
         self.trainer = t
         self.rows = torch.zeros(t.steps_per_epoch, t.cfg.batch_size, dtype=torch.long, device=dev)
         self.row = torch.zeros(1, dtype=torch.long, device=dev)  # which row of `rows` the next replay trains
         self.count = torch.zeros((), dtype=torch.float64, device=dev)  # scheduler steps so far
-        self.lr = torch.zeros((), dtype=torch.float32, device=dev)
+        # float32 for the fused CUDA kernels (eager passes them the float too); float64 elsewhere, where it is a
+        # Python float's exact twin and the step run uncaptured trains the eager run's very weights (the CPU tests)
+        self.lr = torch.zeros((), dtype=torch.float32 if dev.type == "cuda" else torch.float64, device=dev)
         self.loss_sum = torch.zeros((), device=dev)
-        t.optimizer.zero_grad(set_to_none=True)  # the capture's backward allocates the gradients in its pool
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.register_generator_state(t.generator)  # shuffling's and augmentation's generator, graph-safe
-        with _device_lr(t.optimizer, self.lr), torch.cuda.graph(self.graph, stream=stream):
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def capture(self, stream: torch.cuda.Stream) -> "TrainGraph":
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.trainer.generator)  # shuffling's and augmentation's, graph-safe
+        with _device_lr(self.trainer.optimizer, self.lr), torch.cuda.graph(graph, stream=stream):
             self._body()
+        self.graph = graph
+        return self
 
     def _body(self) -> None:
         t = self.trainer
+        # Captured, this drops the gradients once: the capture's backward then allocates them in the graph's pool,
+        # and every replay writes them afresh there (PyTorch's whole-network recipe).
+        t.optimizer.zero_grad(set_to_none=True)
         self.lr.copy_(schedule_lr(t.cfg, t.steps_per_epoch, self.count))
         idx = self.rows.index_select(0, self.row).view(-1)
         train = t.data.train
@@ -176,38 +186,51 @@ class TrainGraph:
         self.loss_sum.zero_()
 
     def replay(self) -> None:
-        self.graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            with _device_lr(self.trainer.optimizer, self.lr):
+                self._body()
         self.trainer.scheduler.step()  # host bookkeeping only: the groups hold a float, nothing is launched
 
 
 class EvalGraph:
     """The evaluation forward at a static batch shape: `__call__(batch)` -> logits (float32) of every row."""
 
-    def __init__(self, trainer: Any, batch: int, stream: torch.cuda.Stream) -> None:
-        t = trainer
-        self.images = torch.zeros((batch, *t.data.val.images.shape[1:]), dtype=torch.uint8, device=t.device)
+    def __init__(self, trainer: Any, batch: int) -> None:
+        self.trainer = trainer
+        self.images = torch.zeros((batch, *trainer.data.val.images.shape[1:]), dtype=torch.uint8,
+                                  device=trainer.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
 
-        def forward() -> torch.Tensor:
-            with t.autocast:
-                return t.model(t.inputs(self.images, train=False)).float()
+    def _forward(self) -> torch.Tensor:
+        t = self.trainer
+        with t.autocast:
+            return t.model(t.inputs(self.images, train=False)).float()
 
-        forward()  # warm-up on the side stream: cuDNN's choice for this shape
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=stream):
-            self.logits = forward()
+    def capture(self, stream: torch.cuda.Stream) -> "EvalGraph":
+        self._forward()  # warm-up on the side stream: cuDNN's choice for this shape
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            self.logits = self._forward()
+        self.graph = graph
+        return self
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.images.copy_(images)
+        if self.graph is None:  # not captured (the CPU tests): the same static-shape forward, eagerly
+            return self._forward()
         self.graph.replay()
         return self.logits.clone()
 
 
 def capture_train(trainer: Any, stream: Any) -> TrainGraph:
-    return TrainGraph(trainer, stream)
+    """The trainer's training step as a captured graph (CUDA; tests on the CPU replace this function)."""
+    return TrainGraph(trainer).capture(stream)
 
 
 def capture_eval(trainer: Any, batch: int, stream: Any) -> EvalGraph:
-    return EvalGraph(trainer, batch, stream)
+    return EvalGraph(trainer, batch).capture(stream)
 
 
 def attempt(what: str, device: torch.device, capture: Callable[[], Any]) -> Any:
