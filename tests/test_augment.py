@@ -12,7 +12,9 @@ from search.train.augment import POLICIES, make_augment, parse_policy
 
 N, SIZE = 64, 28
 SPECS = ["flip", "dihedral", "crop", "color", "dihedral+color", "flip+crop+color"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA case carries the marker `gpu` (bench/gpu_proof.py runs `pytest -m gpu`) and skips where no GPU is visible.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU is visible (torch.cuda.is_available() is False)")])]
 
 
 def batch(channels: int, device: str = "cpu", seed: int = 0) -> torch.Tensor:

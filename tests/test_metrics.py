@@ -13,7 +13,9 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from search.train.metrics import TASKS, acc, auc, column_auc, evaluate_scores
 
 TOL = 1e-12
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA case carries the marker `gpu` (bench/gpu_proof.py runs `pytest -m gpu`) and skips where no GPU is visible.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU is visible (torch.cuda.is_available() is False)")])]
 
 
 def generator(seed: int) -> torch.Generator:
