@@ -4,7 +4,8 @@ Same model (simple_cnn_v2), batch 128, horizontal-flip augmentation, Adam, on a 
 layout (generated with the official shapes when none is given). The reference is the MedMNIST official recipe
 and the origin report's: medmnist's Dataset with torchvision RandomHorizontalFlip, ToTensor and Normalize, and a
 torch DataLoader. Prints images/s for each and their ratio, and the engine's training GFLOP/s
-(torch.utils.flop_counter) as a fraction of the same device's float32 matmul GFLOP/s.
+(torch.utils.flop_counter) as a fraction of the same device's matmul GFLOP/s in the precision the engine trains in
+(bf16 on a CUDA card that has it, else float32): like with like, the precision printed beside it.
 
     python bench/epoch_speed.py [--file pathmnist.npz] [--steps 60] [--device auto]
 """
@@ -73,7 +74,7 @@ def reference(root: Path, device: torch.device, steps: int, warmup: int) -> floa
     return steps * 128 / (time.perf_counter() - start)
 
 
-def engine(root: Path, device: torch.device, steps: int, warmup: int) -> tuple[float, float, float]:
+def engine(root: Path, device: torch.device, steps: int, warmup: int) -> tuple[float, float, float, str]:
     cfg = TrainConfig(dataset="pathmnist", data_dir=str(root), augmentation="flip", batch_size=128,
                       device=str(device), epochs=1)
     t0 = time.perf_counter()
@@ -97,7 +98,7 @@ def engine(root: Path, device: torch.device, steps: int, warmup: int) -> tuple[f
         total += trainer.step(batch(i))
     total.item()
     seconds = time.perf_counter() - start
-    return steps * 128 / seconds, flops * steps / seconds / 1e9, load_seconds
+    return steps * 128 / seconds, flops * steps / seconds / 1e9, load_seconds, trainer.precision
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
@@ -134,12 +135,14 @@ def main() -> None:
         print(f"device: {device} ({name}); torch {torch.__version__}; simple_cnn_v2, batch 128, flip, Adam")
         ref = reference(root, device, args.steps, args.warmup)
         print(f"reference (medmnist Dataset + ToTensor/Normalize + DataLoader): {ref:10.0f} images/s")
-        eng, gflops, load_s = engine(root, device, args.steps, args.warmup)
+        eng, gflops, load_s, precision = engine(root, device, args.steps, args.warmup)
         print(f"engine    (uint8 on device, batched augmentation):             {eng:10.0f} images/s"
               f"   (one-time load to device: {load_s:.1f} s)")
-        mm = matmul_gflops(device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        mm = matmul_gflops(device, dtype=dtype)  # in the precision the engine trains in
         print(f"speed-up: {eng / ref:.2f}x the reference")
-        print(f"engine training rate: {gflops:.1f} GFLOP/s = {gflops / mm:.0%} of float32 matmul ({mm:.1f} GFLOP/s)")
+        print(f"engine training rate ({precision}): {gflops:.1f} GFLOP/s = {gflops / mm:.0%} of {precision} matmul "
+              f"({mm:.1f} GFLOP/s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
