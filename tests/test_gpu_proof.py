@@ -24,10 +24,17 @@ def test_cpu_dry_run_runs_every_section_and_writes_the_figures(tmp_path):
     assert "Traceback" not in proc.stdout and "Warning" not in proc.stdout
     result = json.loads((out / "gpu_proof.json").read_text())
     assert result["mode"] == "cpu-dry-run" and result["ok"] is True
-    assert result["checks"] == {"pytest_gpu": True, "speed": True, "packing": True, "real_mnist": True}
+    assert result["checks"] == {"pytest_gpu": True, "speed": True, "graphs": True, "packing": True,
+                                "real_mnist": True}
+    # targets are reported (met or not), apart from the checks: tiny CPU runs meet none of the speed targets
+    assert result["targets"] and not any(k in result["checks"] for k in result["targets"])
+    assert all(f"target {k}: {'met' if v else 'NOT met'}" in proc.stdout for k, v in result["targets"].items())
+    graphs = result["graphs"]["models"]["simple_cnn_v2"]
+    assert graphs["eager"]["step_ms"] > 0 and graphs["graphed"]["graphed"] is False  # no graphs on the CPU
     assert result["pytest_gpu"]["failures"] == 0 and result["pytest_gpu"]["skipped"] >= 1  # no GPU here
     v2 = result["speed"]["models"]["simple_cnn_v2"]
     assert v2["reference"]["images_per_second"] > 0 and v2["engine"]["images_per_second"] > 0
+    assert v2["graphed"]["images_per_second"] > 0 and v2["engine"]["share_of_matmul"] > 0
     assert v2["engine"]["precision"] == "fp32" and result["speed"]["compile_simple_cnn_v2"]["compiled"] is False
     runs = result["packing"]["runs"]
     assert runs and all(r["complete"] == result["packing"]["trials_each"] > 0 for r in runs.values())
