@@ -36,9 +36,11 @@ fails is one line in the output and its reason in the JSON; library warnings and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +48,7 @@ import tempfile
 import time
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,10 +120,20 @@ def write_pathmnist(folder: Path, counts: tuple[int, int, int]) -> Path:
 # --- 1. pytest -m gpu ---------------------------------------------------------------------------------------
 
 
+GPU_MARK = re.compile(r"\bmark\.gpu\b|^gpu = pytest\.mark\.gpu", re.MULTILINE)
+
+
+def gpu_test_files() -> list[str]:
+    """Every test file with a test marked ``gpu``. Only those are collected: collecting the whole tree would import
+    test modules whose own dependencies (kubernetes-validate, ...) the GPU machine need not have."""
+    tests = (REPO / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(REPO)) for p in tests if GPU_MARK.search(p.read_text()))
+
+
 def check_pytest(out: Path, plan: Plan) -> dict[str, Any]:
     xml = out / "pytest-gpu.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}",
-           "tests"]
+    files = gpu_test_files()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}", *files]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), check=False, capture_output=True, text=True,
                           timeout=plan.timeout_s)
@@ -132,7 +144,7 @@ def check_pytest(out: Path, plan: Plan) -> dict[str, Any]:
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     ok = proc.returncode == 0 and counts["failures"] == counts["errors"] == 0 and (
         plan.dry or (counts["skipped"] == 0 and passed > 0))
-    return {"ok": ok, "passed": passed, **counts, "seconds": round(time.perf_counter() - t0, 1),
+    return {"ok": ok, "passed": passed, **counts, "files": files, "seconds": round(time.perf_counter() - t0, 1),
             "command": " ".join(cmd[2:]), "log": "pytest-gpu.log"}
 
 
@@ -236,12 +248,30 @@ def engine_epochs(root: Path, device: torch.device, arch: str, batch: int, *, co
     return result
 
 
+@contextlib.contextmanager
+def stderr_to_log() -> Iterator[None]:
+    """The profiler's C++ side writes its stage lines straight to file descriptor 2: into proof.log with them."""
+    target = next((h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None)
+    if target is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(target, "a") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_epoch(trainer: Any, device: torch.device) -> dict[str, float]:
     """One more epoch under torch.profiler: kernels per step and the card's busy share of the epoch's wall time."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with warnings.catch_warnings(), profile(activities=activities) as prof:
+    with warnings.catch_warnings(), stderr_to_log(), profile(activities=activities) as prof:
         warnings.simplefilter("ignore")
         sync(device)
         t0 = time.perf_counter()
