@@ -111,7 +111,7 @@ def test_padded_batches_pad_only_the_last_and_say_how_many_rows_are_real():
 
 def test_the_padded_and_masked_evaluation_gives_todays_metrics_exactly(eager, monkeypatch):
     trainer, split = eager.trainer, eager.trainer.data.val
-    step = max(trainer.cfg.batch_size, engine.EVAL_BATCH)
+    step = engine.eval_batch(trainer.cfg)
     assert len(split) % step != 0  # the last batch is padded
     today, today_scores = trainer.evaluate_with_scores(split)
     shapes = []
