@@ -113,15 +113,18 @@ def side_stream(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 def _cuda_side_stream(device: torch.device) -> Iterator[torch.cuda.Stream]:
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        yield stream
-    torch.cuda.current_stream(device).wait_stream(stream)
+    try:
+        with torch.cuda.stream(stream):
+            yield stream
+    finally:
+        torch.cuda.current_stream(device).wait_stream(stream)
 
 
 @contextlib.contextmanager
 def _device_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> Iterator[None]:
-    """During the capture only: the optimizer reads its learning rate from ``lr`` (a device tensor the graph keeps
-    pointing at) and is capturable; afterwards its groups hold floats again, as in an eager run's checkpoint."""
+    """While the step is captured (or run uncaptured): the optimizer reads its learning rate from ``lr``, a device
+    tensor the graph keeps pointing at, and Adam is capturable; afterwards its groups hold floats again, as an eager
+    run's do (checkpoints, the `lr` figure)."""
     saved = [(g["lr"], g.get("capturable")) for g in optimizer.param_groups]
     try:
         for g in optimizer.param_groups:
