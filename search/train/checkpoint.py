@@ -23,19 +23,33 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used (unreadable, truncated, another version or configuration): one line."""
 
 
-def save(path: Path, trainer: Any, result: Any, best_state: dict[str, torch.Tensor] | None, epoch: int) -> None:
-    """``trainer`` and ``result``: the engine's Trainer and FitResult (not imported: the engine imports this)."""
+def save(path: Path, trainer: Any, result: Any, best_state: dict[str, torch.Tensor] | None, epoch: int, *,
+         dropout_rng: torch.Tensor | None = None) -> None:
+    """``trainer`` and ``result``: the engine's Trainer and FitResult (not imported: the engine imports this).
+
+    ``dropout_rng``: the state of the generator the run's dropout draws from when that is not torch's global one on
+    its device (a pack member's own, search/train/pack.py); it is saved where the global one would be, so that the
+    run resumes alone or in a pack alike."""
     cuda = trainer.device.type == "cuda"
+    cpu_rng = dropout_rng if dropout_rng is not None and not cuda else torch.get_rng_state()
+    cuda_rng = (dropout_rng if dropout_rng is not None else torch.cuda.get_rng_state(trainer.device)) if cuda else None
     state = {
         "version": VERSION, "config": _identity(trainer.cfg.to_dict()), "epoch": epoch,
         "history": result.history, "best_epoch": result.best_epoch, "best": result.best, "best_state": best_state,
-        "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        "model": {k: _own(v) for k, v in trainer.model.state_dict().items()},
+        "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict(),
-        "generator": trainer.generator.get_state(), "cpu_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(trainer.device) if cuda else None,
+        "generator": trainer.generator.get_state(), "cpu_rng": cpu_rng, "cuda_rng": cuda_rng,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied when it is a view into a larger storage (a pack member's BatchNorm statistics live in its
+    pack's fused buffers): torch.save writes a view's whole storage."""
+    whole = tensor.untyped_storage().nbytes()
+    return tensor.clone() if whole > tensor.numel() * tensor.element_size() else tensor
 
 
 def _torch_save(state: dict[str, Any], tmp: Path) -> None:

@@ -277,13 +277,18 @@ class Trainer:
         static = self.static_forward(eval_batch(self.cfg))
         out, scores = score(self.model, split.images, self.cfg, self.data.info, self.data.mean, self.data.std,
                             self.autocast, static=static)
+        return self.judge(out, scores, split), scores
+
+    def judge(self, out: torch.Tensor, scores: torch.Tensor, split: Split) -> dict[str, float]:
+        """ACC, AUC and loss of the logits ``out`` and probabilities ``scores`` of all of ``split`` (a trial pack
+        judges each member's part of its fused logits with the member's trainer)."""
         task = self.data.info.task
         if self.data.info.multi_label:
             loss = nn.functional.binary_cross_entropy_with_logits(out, split.labels)
         else:
             loss = nn.functional.cross_entropy(out, split.labels)
         metrics = evaluate_scores(split.labels, scores, task)
-        return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}, scores
+        return {"acc": float(metrics["acc"]), "auc": float(metrics["auc"]), "loss": float(loss)}
 
     @torch.inference_mode()
     def latency_ms(self, runs: int = 30, warmup: int = 5) -> float:
@@ -349,7 +354,12 @@ def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: Datase
         with autocast if autocast is not None else contextlib.nullcontext():
             logits.append(model(normalise(chunk.float().div_(255.0), mean, std)).float())
     out = torch.cat(logits)
-    return out, out.sigmoid() if info.multi_label else out.softmax(dim=1)
+    return out, probabilities(out, info)
+
+
+def probabilities(logits: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """Class probabilities of (N, K) logits: the softmax (the sigmoid for multi-label tasks)."""
+    return logits.sigmoid() if info.multi_label else logits.softmax(dim=1)
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool) -> torch.optim.Optimizer:
@@ -394,17 +404,8 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     device = resolve_device(cfg.device)
     data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
     trainer = Trainer(cfg, data, device)
-    key = cfg.metric.removeprefix("val_")
     result = FitResult(trainer, "completed", None, {})
-    best_state: dict[str, torch.Tensor] | None = None
-    if resume is not None:
-        restore_checkpoint(trainer, resume)
-        result.history, result.best_epoch, result.best = resume["history"], resume["best_epoch"], resume["best"]
-        best_state, result.resumed_at = resume["best_state"], resume["epoch"] + 1
-        for metrics in result.history:
-            if on_epoch is not None and on_epoch(int(metrics["epoch"]), metrics):
-                result.outcome = "stopped"
-                break
+    best_state = resume_run(trainer, result, resume, on_epoch)
     bar = None
     if progress and sys.stderr.isatty():  # elsewhere (a pipe, a log file) one plain line per epoch, no redraws
         from tqdm import tqdm
@@ -420,34 +421,20 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
             t0 = time.perf_counter()
             train_loss = trainer.epoch(bar)
             train_seconds = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
+            result.reason = divergence(epoch, train_loss)
+            if result.reason is not None:
                 result.outcome = "diverged"
-                result.reason = f"training diverged at epoch {epoch}: the loss became {train_loss}"
                 break
             val = trainer.evaluate(data.val)
-            metrics = {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
-                       "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
-                       "seconds": time.perf_counter() - t0,
-                       "images_per_second": trainer.steps_per_epoch * cfg.batch_size / train_seconds}
-            result.history.append(metrics)
+            metrics, best_state = record_epoch(result, epoch, train_loss, val, best_state, started=t0,
+                                               train_seconds=train_seconds)
             if bar is not None:
                 bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {val['acc']:.4f} val_auc {val['auc']:.4f}")
                 bar.refresh()
             elif progress:
-                print(f"epoch {epoch}/{cfg.epochs}: loss {train_loss:.4f} val_acc {val['acc']:.4f} "
-                      f"val_auc {val['auc']:.4f} ({metrics['images_per_second']:,.0f} images/s)", file=sys.stderr,
-                      flush=True)
-            if result.best_epoch is None or val[key] > result.best[cfg.metric]:
-                result.best_epoch = epoch
-                result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
-                best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+                print(f"epoch {epoch}/{cfg.epochs}: {epoch_line(metrics)}", file=sys.stderr, flush=True)
             if checkpoint is not None:
-                try:
-                    save_checkpoint(checkpoint, trainer, result, best_state, epoch)
-                except OSError as err:  # a full disk or a bad folder: the run goes on, only without a safety net
-                    logging.getLogger("search").warning("the checkpoint could not be written to %s (%s); this run "
-                                                        "goes on without checkpoints", checkpoint, err)
-                    checkpoint = None
+                checkpoint = save_or_warn(checkpoint, trainer, result, best_state, epoch)
             if on_epoch is not None and on_epoch(epoch, metrics):
                 result.outcome = "stopped"
                 break
@@ -458,6 +445,70 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
         trainer.model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
     return result
+
+
+# The steps of one epoch's bookkeeping, shared with trial packs (search/train/pack.py): a pack member's result, its
+# metrics and its checkpoint are those of a lone run by construction.
+
+def resume_run(trainer: Trainer, result: FitResult, resume: dict[str, Any] | None,
+               on_epoch: OnEpoch | None) -> dict[str, torch.Tensor] | None:
+    """Put ``trainer`` and ``result`` where the checkpoint state ``resume`` left them (nothing when None) and hand
+    `on_epoch` the epochs it resumes from, in order (the run is "stopped" when it asks); returns the best epoch's
+    weights so far."""
+    if resume is None:
+        return None
+    restore_checkpoint(trainer, resume)
+    result.history, result.best_epoch, result.best = resume["history"], resume["best_epoch"], resume["best"]
+    result.resumed_at = resume["epoch"] + 1
+    for metrics in result.history:
+        if on_epoch is not None and on_epoch(int(metrics["epoch"]), metrics):
+            result.outcome = "stopped"
+            break
+    return resume["best_state"]
+
+
+def divergence(epoch: int, train_loss: float) -> str | None:
+    """Why the run ends at ``epoch`` when its mean training loss is not finite; None when it is."""
+    if math.isfinite(train_loss):
+        return None
+    return f"training diverged at epoch {epoch}: the loss became {train_loss}"
+
+
+def record_epoch(result: FitResult, epoch: int, train_loss: float, val: dict[str, float],
+                 best_state: dict[str, torch.Tensor] | None, *, started: float,
+                 train_seconds: float) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+    """Append the epoch's metrics (what `on_epoch` hears) to the history and keep the model's weights if the epoch is
+    the best so far; returns the metrics and the best epoch's weights."""
+    trainer, cfg = result.trainer, result.trainer.cfg
+    metrics = {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
+               "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started,
+               "images_per_second": trainer.steps_per_epoch * cfg.batch_size / train_seconds}
+    result.history.append(metrics)
+    key = cfg.metric.removeprefix("val_")
+    if result.best_epoch is None or val[key] > result.best[cfg.metric]:
+        result.best_epoch = epoch
+        result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
+        best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return metrics, best_state
+
+
+def epoch_line(metrics: dict[str, float]) -> str:
+    return (f"loss {metrics['train_loss']:.4f} val_acc {metrics['val_acc']:.4f} val_auc {metrics['val_auc']:.4f} "
+            f"({metrics['images_per_second']:,.0f} images/s)")
+
+
+def save_or_warn(checkpoint: Path, trainer: Trainer, result: FitResult, best_state: dict[str, torch.Tensor] | None,
+                 epoch: int, **kw: Any) -> Path | None:
+    """Save the run's checkpoint; a full disk or a bad folder is a warning and the run goes on without a safety net
+    (returns None, the checkpoint path from then on)."""
+    try:
+        save_checkpoint(checkpoint, trainer, result, best_state, epoch, **kw)
+        return checkpoint
+    except OSError as err:
+        logging.getLogger("search").warning("the checkpoint could not be written to %s (%s); this run goes on "
+                                            "without checkpoints", checkpoint, err)
+        return None
 
 
 def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:

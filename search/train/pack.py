@@ -1,0 +1,300 @@
+"""Trial packs: K runs of one architecture trained as one fused model on one device, each exactly as if alone.
+
+A pack is K TrainConfigs that agree on :data:`PACK_KEYS` (what one fused model and one loop over the data cannot
+vary: the data and its image size, the architecture, the batch size, the number of epochs, the optimizer family,
+the precision, the device) and differ in anything else: learning rate and its schedule, weight decay, momentum,
+dropout, label smoothing, augmentation, seed, the validation metric.
+
+Each member is a real engine.Trainer: it builds its own model from its own seed (the initialisation of its lone
+run), has its own optimizer, learning-rate schedule and generator for shuffling and augmentation, and its own
+FitResult and checkpoint in the format of search/train/checkpoint.py, so that a member resumes alone (engine.fit) or
+in a pack alike. What is fused is the model: search/train/fuse.py runs the members' models as one (grouped
+convolutions, one batch norm, batched matmuls); each member draws its batches and augments them itself, and the
+pack's loss is the sum of the members' losses, whose parameters are disjoint, so each member's gradients are those
+of its lone run. After every epoch each member hears of its own metrics (the keys engine.fit gives); one whose
+`on_epoch` returns True, or whose loss is not finite, leaves, and the pack is fused anew without it: the compute is
+saved, not masked.
+
+Exactness: on the CPU a member's shuffles, augmentations and dropout masks are those of its lone run draw for draw;
+the fused kernels (grouped convolution, batched matmul) sum in another order than a lone model's, so a member's
+metrics equal its lone run's within float32 rounding grown over its steps (tests/test_pack.py states the
+tolerance). On CUDA runs agree within a tolerance anyway (cuDNN's algorithm choice), and dropout masks differ.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import ModelError, build_model
+from search import interrupt
+from search.errors import SearchError
+from search.train.config import TrainConfig
+from search.train.data import Data, Split, get_info, load
+from search.train.engine import (
+    EVAL_BATCH,
+    FitResult,
+    OnEpoch,
+    Trainer,
+    divergence,
+    epoch_line,
+    probabilities,
+    record_epoch,
+    resolve_device,
+    resume_run,
+    save_or_warn,
+)
+from search.train.fuse import fuse, members_of, unfusable, unfuse
+
+#: The TrainConfig fields that must agree for runs to share a pack. Everything else may differ per member.
+PACK_KEYS = ("dataset", "data_dir", "size", "architecture", "pretrained", "batch_size", "epochs", "optimizer",
+             "precision", "compile", "device")
+
+
+def pack_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
+    """What must agree for runs to train in one pack: ((field, value), ...) over PACK_KEYS."""
+    return tuple((key, getattr(cfg, key)) for key in PACK_KEYS)
+
+
+def unsupported(cfg: TrainConfig) -> str | None:
+    """None when ``cfg``'s model fuses into a pack; else why not, in one line (such a run trains alone)."""
+    if cfg.pretrained:
+        return (f"pretrained {cfg.architecture} does not fuse into a pack yet (its ImageNet input stage widens grey "
+                f"images to 3 channels inside the model)")
+    if cfg.compile:
+        return "compile: true does not fuse into a pack yet (the fused model runs uncompiled)"
+    info = get_info(cfg.dataset)
+    reason = _unfusable(cfg.architecture, info.channels, info.num_classes, cfg.size)
+    return None if reason is None else f"{cfg.architecture} does not fuse into a pack yet: its {reason}"
+
+
+@functools.lru_cache(maxsize=None)
+def _unfusable(architecture: str, channels: int, classes: int, size: int) -> str | None:
+    # Built on the meta device: no memory, no time, and torch's global generator is left as it was.
+    try:
+        with torch.device("meta"):
+            model = build_model(architecture, in_channels=channels, num_classes=classes, size=size)
+    except ModelError as err:
+        return f"model cannot be built ({err})"
+    return unfusable(model)
+
+
+@dataclass
+class _Member:
+    result: FitResult
+    on_epoch: OnEpoch | None
+    checkpoint: Path | None
+    dropout: torch.Generator  # what torch's global generator is to the member's lone run: its dropout masks
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def trainer(self) -> Trainer:
+        return self.result.trainer
+
+
+def fit_pack(cfgs: list[TrainConfig], *, on_epoch: list[OnEpoch | None], checkpoints: list[Path | None] | None = None,
+             resumes: list[dict[str, Any] | None] | None = None, progress: bool = False) -> list[FitResult]:
+    """Train ``cfgs`` (one pack_key) as one fused model; returns each member's FitResult, as engine.fit would.
+
+    ``on_epoch[i]``, ``checkpoints[i]`` and ``resumes[i]`` are member i's, with engine.fit's meaning. Members resumed
+    together must have been saved after the same epoch (fresh members: none saved).
+    """
+    start = time.perf_counter()
+    pack = Pack(cfgs, on_epoch=on_epoch, checkpoints=checkpoints, resumes=resumes, progress=progress)
+    try:
+        for epoch in range(pack.first_epoch, cfgs[0].epochs + 1):
+            if not pack.live:
+                break
+            pack.epoch(epoch)
+    finally:
+        pack.close()
+    for m in pack.members:
+        if m.best_state is not None:
+            m.trainer.model.load_state_dict(m.best_state)
+        m.result.seconds = time.perf_counter() - start
+    return [m.result for m in pack.members]
+
+
+def _check(cfgs: list[TrainConfig], on_epoch: list[Any], checkpoints: list[Any], resumes: list[Any]) -> None:
+    if not cfgs:
+        raise SearchError("a pack needs at least one member; got none")
+    if not len(on_epoch) == len(checkpoints) == len(resumes) == len(cfgs):
+        raise SearchError(f"a pack of {len(cfgs)} needs as many on_epoch, checkpoints and resumes; got "
+                          f"{len(on_epoch)}, {len(checkpoints)} and {len(resumes)}")
+    first = pack_key(cfgs[0])
+    for i, cfg in enumerate(cfgs[1:], start=2):
+        for (key, want), (_, got) in zip(first, pack_key(cfg)):
+            if got != want:
+                raise SearchError(f"pack member {i} has {key} {got!r} but member 1 has {want!r}; the members of a "
+                                  f"pack agree on {', '.join(PACK_KEYS)}")
+    reason = unsupported(cfgs[0])
+    if reason is not None:
+        raise SearchError(reason)
+    epochs = {state["epoch"] if state is not None else 0 for state in resumes}
+    if len(epochs) > 1:
+        raise SearchError(f"the members of a pack must resume after the same epoch; got epochs "
+                          f"{', '.join(str(state['epoch'] if state is not None else 0) for state in resumes)} "
+                          f"(0: a fresh member)")
+
+
+def _member(cfg: TrainConfig, data: Data, device: torch.device, on_epoch: OnEpoch | None, checkpoint: Path | None,
+            resume: dict[str, Any] | None) -> _Member:
+    trainer = Trainer(cfg, data, device)  # seeds torch's global generator and builds the model: its lone init
+    dropout = torch.Generator(device=device)
+    # The global generator right after the model's initialisation: where its lone run draws its first mask.
+    dropout.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    member = _Member(FitResult(trainer, "completed", None, {}), on_epoch, checkpoint, dropout)
+    member.best_state = resume_run(trainer, member.result, resume, on_epoch)
+    if resume is not None:
+        dropout.set_state(resume["cuda_rng"] if device.type == "cuda" else resume["cpu_rng"])
+    return member
+
+
+class Pack:
+    """The members, the live ones and their fused model (fused anew whenever one leaves); `epoch` trains one."""
+
+    def __init__(self, cfgs: list[TrainConfig], *, on_epoch: list[OnEpoch | None],
+                 checkpoints: list[Path | None] | None = None, resumes: list[dict[str, Any] | None] | None = None,
+                 progress: bool = False) -> None:
+        checkpoints = list(checkpoints) if checkpoints is not None else [None] * len(cfgs)
+        resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
+        _check(cfgs, on_epoch, checkpoints, resumes)
+        device = resolve_device(cfgs[0].device)
+        self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size)
+        self.members = members = [_member(cfg, data, device, hook, path, state)
+                                  for cfg, hook, path, state in zip(cfgs, on_epoch, checkpoints, resumes)]
+        self.first_epoch = members[0].result.resumed_at
+        self.live = [m for m in members if m.result.outcome != "stopped"]  # a resume's replay may have stopped some
+        self.lead = members[0].trainer  # what all members share: batch size, autocast, steps, memory format
+        self.fused: torch.nn.Module | None = None
+        self._fused_models: list[torch.nn.Module] = []
+        self._refuse()
+        self.bar = None
+        self.progress = progress
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.lead.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
+
+    @property
+    def size(self) -> int:
+        """How many members the fused model runs now (0 once all have left)."""
+        return 0 if self.fused is None else members_of(self.fused)
+
+    def _refuse(self) -> None:
+        if self.fused is not None:
+            unfuse(self._fused_models)
+        self._fused_models = [m.trainer.model for m in self.live]
+        self.fused = fuse(self._fused_models, [m.dropout for m in self.live]) if self.live else None
+
+    def leave(self, gone: list[_Member]) -> None:
+        if gone:
+            self.live = [m for m in self.live if m not in gone]
+            self._refuse()
+
+    def close(self) -> None:
+        unfuse(self._fused_models)
+        if self.bar is not None:
+            self.bar.close()
+
+    def epoch(self, epoch: int) -> None:
+        cfg = self.lead.cfg
+        if self.bar is not None:
+            self.bar.reset()
+            self.bar.set_description(f"epoch {epoch}/{cfg.epochs} (pack of {len(self.live)})")
+        t0 = time.perf_counter()
+        losses = self.train_epoch()
+        train_seconds = time.perf_counter() - t0
+        gone = []
+        for m, loss in zip(self.live, losses):
+            m.result.reason = divergence(epoch, loss)
+            if m.result.reason is not None:
+                m.result.outcome = "diverged"
+                gone.append(m)
+        self.leave(gone)
+        gone = []
+        for m, val in zip(self.live, self.evaluate(self.data.val)):
+            loss = losses[self.trained.index(m)]
+            metrics, m.best_state = record_epoch(m.result, epoch, loss, val, m.best_state, started=t0,
+                                                 train_seconds=train_seconds)
+            if self.progress and self.bar is None:
+                print(f"epoch {epoch}/{cfg.epochs} (pack member {self.trained.index(m) + 1}/{len(self.trained)}): "
+                      f"{epoch_line(metrics)}", file=sys.stderr, flush=True)
+            if m.checkpoint is not None:
+                m.checkpoint = save_or_warn(m.checkpoint, m.trainer, m.result, m.best_state, epoch,
+                                            dropout_rng=m.dropout.get_state())
+            if m.on_epoch is not None and m.on_epoch(epoch, metrics):
+                m.result.outcome = "stopped"
+                gone.append(m)
+        self.leave(gone)
+
+    def train_epoch(self) -> list[float]:
+        """One epoch of every live member; their mean training losses (read from the device once)."""
+        assert self.fused is not None
+        self.fused.train()
+        self.trained = list(self.live)
+        lead, train = self.lead, self.data.train
+        bs, steps = lead.cfg.batch_size, lead.steps_per_epoch
+        orders = [torch.randperm(len(train), device=lead.device, generator=m.trainer.generator) for m in self.live]
+        total = torch.zeros(len(self.live), device=lead.device)
+        report_every = max(1, steps // 10)
+        for i in range(steps):
+            interrupt.check()  # Ctrl-C / SIGTERM stop here, between two steps, as in a lone run
+            total += self.step([order[i * bs:(i + 1) * bs] for order in orders])
+            if self.bar is not None:
+                self.bar.update(1)
+                if (i + 1) % report_every == 0:
+                    self.bar.set_postfix_str(f"loss {(total.sum() / len(self.live)).item() / (i + 1):.4f}",
+                                             refresh=False)
+        return [t / steps for t in total.tolist()]
+
+    def step(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """One training step of every live member on its own batch; their losses, (K,) on the device."""
+        train, lead = self.data.train, self.lead
+        x = torch.cat([m.trainer.inputs(train.images[idx], train=True) for m, idx in zip(self.live, batches)], dim=1)
+        x = x.contiguous(memory_format=lead.memory_format)
+        with lead.autocast:
+            out = self.fused(x)
+            out = out.view(out.shape[0], len(self.live), -1)
+            losses = [m.trainer.loss_fn(out[:, k], train.labels[idx])
+                      for k, (m, idx) in enumerate(zip(self.live, batches))]
+        for m in self.live:
+            m.trainer.optimizer.zero_grad(set_to_none=True)
+        # The sum's gradient with respect to each member's loss is 1: each member's gradients are its own loss's.
+        torch.stack([m.trainer.scaler.scale(loss) for m, loss in zip(self.live, losses)]).sum().backward()
+        for m in self.live:
+            t = m.trainer
+            if t.scaler.is_enabled():
+                t.scaler.step(t.optimizer)
+                t.scaler.update()
+            else:
+                t.optimizer.step()
+            t.scheduler.step()
+        return torch.stack([loss.detach() for loss in losses])
+
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> list[dict[str, float]]:
+        """Each live member's metrics on ``split``: the same images through the fused model once, no augmentation."""
+        if not self.live:
+            return []
+        assert self.fused is not None
+        self.fused.eval()
+        lead, k = self.lead, len(self.live)
+        step = max(lead.cfg.batch_size, EVAL_BATCH * 28 * 28 // (lead.cfg.size * lead.cfg.size) // k)
+        logits = []
+        for i in range(0, len(split), step):
+            interrupt.check()
+            x = lead.inputs(split.images[i:i + step], train=False)  # the same normalisation for every member
+            x = x.repeat(1, k, 1, 1).contiguous(memory_format=lead.memory_format)
+            with lead.autocast:
+                logits.append(self.fused(x).float())
+        out = torch.cat(logits)
+        out = out.view(out.shape[0], k, -1)
+        members = [out[:, i].contiguous() for i in range(k)]
+        return [m.trainer.judge(part, probabilities(part, self.data.info), split)
+                for m, part in zip(self.live, members)]

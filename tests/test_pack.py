@@ -1,0 +1,180 @@
+"""Trial packs (search/train/pack.py): K runs trained as one fused model equal the same runs trained alone.
+
+Tolerance: 1e-6, relative, on every metric of every epoch. On the CPU each member's arithmetic is its lone run's:
+its batches, augmentations and dropout masks are drawn from its own generators as alone; the grouped convolution
+computes each member's group as its own convolution; linear layers are one matmul per member; batch norm's
+statistics are per channel. The runs agree bit for bit here; the margin only absorbs the printing-level noise a
+different BLAS build could add to a reduction, far below the ~1e-3 that any real difference reaches after a few
+Adam steps (a wrong mask, batch or gradient shows up at once).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models import register_model, registry
+from search.errors import SearchError
+from search.train import checkpoint, engine
+from search.train.config import TrainConfig
+from search.train.pack import Pack, fit_pack, pack_key, unsupported
+from tests.support.data import write_medmnist_npz
+
+TOL = 1e-6
+KEYS = ("epoch", "train_loss", "val_acc", "val_auc", "val_loss", "lr")
+
+
+@pytest.fixture
+def organ(tmp_path):
+    """A tiny one-channel, 4-class MedMNIST file: 32 training images (two batches), 16 for validation."""
+    write_medmnist_npz(tmp_path / "octmnist.npz", channels=1, classes=4, counts=(32, 16, 8))
+    return str(tmp_path)
+
+
+def config(data_dir: str, **kw) -> TrainConfig:
+    return TrainConfig(**{"dataset": "octmnist", "data_dir": data_dir, "device": "cpu", "epochs": 2,
+                          "batch_size": 16, **kw})
+
+
+def four(data_dir: str, **common) -> list[TrainConfig]:
+    """Four members that differ in everything a pack lets differ."""
+    return [config(data_dir, **common, lr=1e-3, seed=0),
+            config(data_dir, **common, lr=3e-3, dropout=0.2, augmentation="flip", seed=1),
+            config(data_dir, **common, lr=1e-3, weight_decay=1e-2, label_smoothing=0.1, dropout=0.0, seed=2),
+            config(data_dir, **common, lr=5e-4, augmentation="dihedral+crop", schedule="cosine", warmup_epochs=0.5,
+                   seed=3)]
+
+
+def assert_same_history(packed: engine.FitResult, alone: engine.FitResult, tol: float = TOL) -> None:
+    assert len(packed.history) == len(alone.history)
+    for p, a in zip(packed.history, alone.history):
+        assert set(p) == set(a)
+        for key in KEYS:
+            assert p[key] == pytest.approx(a[key], rel=tol, abs=tol), (key, p, a)
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.allclose(sa[key].float(), sb[key].float(), rtol=TOL, atol=TOL), key
+
+
+@pytest.mark.parametrize("architecture", ["simple_cnn_v2", "alexnet"])
+def test_fused_equals_separate(organ, architecture):
+    cfgs = four(organ, architecture=architecture)
+    heard: list[list[int]] = [[] for _ in cfgs]
+    packed = fit_pack(cfgs, on_epoch=[lambda e, m, h=h: h.append(e) for h in heard])
+    for cfg, result, epochs in zip(cfgs, packed, heard):
+        alone = engine.fit(cfg)
+        assert result.outcome == "completed" and epochs == [1, 2]
+        assert_same_history(result, alone)
+        assert result.best_epoch == alone.best_epoch and result.best == pytest.approx(alone.best, rel=TOL)
+        # the returned model holds the best epoch's weights, as engine.fit's does, and is a plain unfused model
+        assert_same_weights(result.model, alone.model)
+        assert result.params == alone.params
+        assert result.trainer.evaluate(result.trainer.data.val) == pytest.approx(
+            alone.trainer.evaluate(alone.trainer.data.val), rel=TOL)
+
+
+def test_resnet18_fuses_its_residual_blocks(organ):
+    """Residual adds and strided 1x1 shortcuts; two members, one epoch (ResNet-18 is slow on a CPU).
+
+    Tolerance 1e-4 here: oneDNN sums some of ResNet-18's grouped convolutions (the strided ones) in another order
+    than the lone convolution, which moves a loss by about 1e-7; SGD keeps that from growing (Adam would turn such
+    noise in near-zero gradients into whole steps), and the evaluation's running statistics after two steps make
+    the validation loss large (its relative error is what counts).
+    """
+    cfgs = [config(organ, architecture="resnet18", optimizer="sgd", epochs=1, seed=s, lr=lr, momentum=mom, dropout=d)
+            for s, lr, mom, d in ((0, 0.01, 0.9, 0.5), (1, 0.03, 0.0, 0.0))]
+    for result, cfg in zip(fit_pack(cfgs, on_epoch=[None, None]), cfgs):
+        assert_same_history(result, engine.fit(cfg), tol=1e-4)
+
+
+def test_members_leave_and_the_pack_really_shrinks(organ):
+    """A member stopped by its on_epoch and one whose loss blew up leave after epoch 1; the fused model then runs the
+    one left, which goes on exactly as alone."""
+    cfgs = [config(organ, optimizer="sgd", lr=0.05, seed=0),
+            config(organ, optimizer="sgd", lr=0.01, seed=1),
+            config(organ, optimizer="sgd", lr=1e20, momentum=0.0, seed=2)]
+    hooks = [None, lambda epoch, metrics: epoch == 1, None]
+    pack = Pack(cfgs, on_epoch=hooks)
+    assert pack.size == 3
+    pack.epoch(1)
+    assert pack.size == 1 and pack.live == pack.members[:1]
+    # the fused model takes one member's channels now and gives one member's logits (in eval mode: a training-mode
+    # pass would move the running statistics and draw dropout masks)
+    x = torch.zeros(2, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert pack.fused.eval()(x).shape == (2, 4)
+    assert pack.fused.features_0_0.members[0].weight.shape == (32, 1, 3, 3)
+    pack.epoch(2)
+    pack.close()
+    kept, stopped, diverged = (m.result for m in pack.members)
+    assert (kept.outcome, stopped.outcome, diverged.outcome) == ("completed", "stopped", "diverged")
+    alone = [engine.fit(cfg, on_epoch=hook) for cfg, hook in zip(cfgs, hooks)]
+    assert_same_history(kept, alone[0])
+    assert_same_history(stopped, alone[1]) and len(stopped.history) == 1
+    assert diverged.reason == alone[2].reason == "training diverged at epoch 1: the loss became nan"
+    assert diverged.history == [] and diverged.best_epoch is None
+
+
+def test_a_member_checkpoint_resumes_alone_exactly(organ, tmp_path):
+    cfgs = four(organ, epochs=3)[:2]
+    path = tmp_path / "member.pt"
+    fit_pack(cfgs, on_epoch=[lambda e, m: e == 2, None], checkpoints=[path, None])
+    state = checkpoint.load(path, cfgs[0].to_dict())
+    assert state["epoch"] == 2
+    uninterrupted = engine.fit(cfgs[0])
+    resumed = engine.fit(cfgs[0], resume=state)
+    assert resumed.resumed_at == 3
+    assert_same_history(resumed, uninterrupted)
+    assert_same_weights(resumed.model, uninterrupted.model)
+    # resumed in a pack too, beside a member that is not: refused in one line
+    with pytest.raises(SearchError, match=r"resume after the same epoch; got epochs 2, 0") as err:
+        fit_pack(cfgs, on_epoch=[None, None], resumes=[state, None])
+    assert "\n" not in str(err.value)
+    again = fit_pack(cfgs[:1], on_epoch=[None], resumes=[checkpoint.load(path, cfgs[0].to_dict())])[0]
+    assert_same_history(again, uninterrupted)
+
+
+class _Concat(nn.Module):
+    """Two branches joined along the channels: fusing it would mix the members."""
+
+    def __init__(self, *, in_channels: int, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(in_channels, 4, 3, padding=1), nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x)], dim=1))
+
+
+@pytest.fixture
+def concat_registered():
+    """In the model registry for one test only: other tests check the registry's exact names."""
+    register_model("pack_test_concat", reference="tests/test_pack.py")(lambda **kw: _Concat(**kw))
+    yield
+    registry._REGISTRY.pop("pack_test_concat")  # our own registry has no public removal; tests alone need one
+    registry.MODEL_REFERENCES.pop("pack_test_concat")
+
+
+def test_what_does_not_fuse_says_why(organ, concat_registered):
+    assert unsupported(config(organ)) is None
+    assert unsupported(config(organ, architecture="resnet18")) is None
+    assert unsupported(config(organ, architecture="pack_test_concat")) == (
+        "pack_test_concat does not fuse into a pack yet: its operation cat")
+    assert "pretrained resnet18 does not fuse" in unsupported(config(organ, architecture="resnet18", pretrained=True))
+    with pytest.raises(SearchError, match="^pack_test_concat does not fuse"):
+        fit_pack([config(organ, architecture="pack_test_concat")], on_epoch=[None])
+
+
+def test_members_must_share_the_pack_key(organ):
+    a = config(organ)
+    assert pack_key(a) == pack_key(a.replace(lr=0.1, seed=4, dropout=0.1, augmentation="flip", schedule="cosine"))
+    assert pack_key(a) != pack_key(a.replace(batch_size=32))
+    with pytest.raises(SearchError) as err:
+        fit_pack([a, a.replace(seed=1), a.replace(batch_size=32)], on_epoch=[None] * 3)
+    assert str(err.value) == ("pack member 3 has batch_size 32 but member 1 has 16; the members of a pack agree on "
+                              "dataset, data_dir, size, architecture, pretrained, batch_size, epochs, optimizer, "
+                              "precision, compile, device")
