@@ -155,13 +155,16 @@ def test_a_grey_png_for_a_colour_model_is_one_line_in_a_real_process(root, tmp_p
 
 def test_onnx_export_matches_the_runs_probabilities(root):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the dev extra installs it)")
-    pytest.importorskip("onnx", reason="onnx is not installed (the dev extra installs it)")
+    for name in ("onnx", "onnxscript"):
+        pytest.importorskip(name, reason=f"{name} is not installed (the onnx and dev extras install it)")
     code, output = predict(root, "seeds/seed-0", "-", "--onnx", "model.onnx")
     assert code == 0 and "model.onnx" in output, output
     saved = torch.load(root / "seeds" / "seed-0" / "model.pt", weights_only=True)
     images = np.load(root / "pathmnist.npz")["test_images"].transpose(0, 3, 1, 2) / 255.0
     x = ((images - np.array(saved["mean"])[None, :, None, None]) / np.array(saved["std"])[None, :, None, None])
     session = ort.InferenceSession(str(root / "model.onnx"))
+    meta = session.get_modelmeta().custom_metadata_map  # what a user needs to feed it, in the file itself
+    assert json.loads(meta["mean"]) == pytest.approx(saved["mean"]) and json.loads(meta["classes"]) == NAMES
     (logits,) = session.run(["logits"], {"images": x.astype(np.float32)})
     p = torch.from_numpy(logits).softmax(dim=1).numpy()
     assert np.allclose(p, probs(rows(root / "seeds" / "seed-0" / "test_predictions.csv")), atol=1e-4)
