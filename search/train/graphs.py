@@ -139,6 +139,14 @@ def _device_lr(optimizer: torch.optim.Optimizer, lr: torch.Tensor) -> Iterator[N
                 g["capturable"] = capturable
 
 
+def _autocast(trainer: Any) -> torch.autocast:
+    """The trainer's autocast without its weight-cast cache, as PyTorch asks of captured regions: the casts are
+    recorded in the graph and redone from the current weights at each replay (the same numbers as cached)."""
+    dtype = trainer.amp_dtype
+    return torch.autocast(trainer.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                          cache_enabled=False)
+
+
 class TrainGraph:
     """The trainer's training step with static buffers; `capture` records it as a CUDA graph once, `start` loads an
     epoch's order, `replay` trains one batch. Not captured (the CPU tests), `replay` runs the same step eagerly."""
@@ -172,7 +180,7 @@ class TrainGraph:
         idx = self.rows.index_select(0, self.row).view(-1)
         train = t.data.train
         x = t.inputs(train.images[idx], train=True)
-        with t.autocast:
+        with _autocast(t):
             loss = t.loss_fn(t.model(x), train.labels[idx])
         loss.backward()
         t.optimizer.step()
@@ -208,7 +216,7 @@ class EvalGraph:
 
     def _forward(self) -> torch.Tensor:
         t = self.trainer
-        with t.autocast:
+        with _autocast(t):
             return t.model(t.inputs(self.images, train=False)).float()
 
     def capture(self, stream: torch.cuda.Stream) -> "EvalGraph":
