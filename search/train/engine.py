@@ -9,6 +9,8 @@ Speed notes (figures from bench/epoch_speed.py):
 - The training loss is summed on the device and read once per epoch, so the CPU never waits for the GPU mid-epoch.
 - On CUDA: bf16 autocast (`precision`), channels_last and fused optimizers (Tensor Cores; fewer kernel launches);
   `compile: true` adds torch.compile. bench/gpu_proof.py measures all of it on a GPU in one command.
+- `graphs: on` replays the whole training step, and the evaluation forward, as CUDA graphs: one launch instead of
+  ~140 (search/train/graphs.py, docs/graphs.md; `auto` leaves it off until measured).
 """
 from __future__ import annotations
 
