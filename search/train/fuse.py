@@ -193,13 +193,14 @@ class _Linear(nn.Module):
 
 
 class _Dropout(nn.Module):
-    """Each member's dropout with its own rate, its mask drawn from its own generator.
+    """Each member's dropout with its own rate.
 
     On the CPU each member's mask is drawn exactly as its lone run draws it: models.layers.Dropout compares
     ``rand_like`` with p, nn.Dropout (F.dropout) fills ``bernoulli_(1 - p)`` and divides, both in the memory layout
     of the member's own activation, from the member's generator (whose state is what torch's global one would hold
-    in the lone run). On CUDA the masks come from the member's CUDA generator (a lone run uses torch's fused dropout
-    kernel: the same distribution, other numbers).
+    in the lone run). On CUDA, where a lone run's masks come from torch's fused dropout kernel (the same
+    distribution, other numbers: no pack could repeat them), all members' masks are one uniform draw from the first
+    member's generator compared with each channel's rate: three kernels, whatever K.
     """
 
     def __init__(self, drops: list[nn.Dropout], generators: Sequence[torch.Generator]) -> None:
@@ -207,10 +208,13 @@ class _Dropout(nn.Module):
         self.rates = [float(m.p) for m in drops]
         self.bernoulli = [type(m) is nn.Dropout for m in drops]
         self.generators = list(generators)
+        self._per_channel: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or not any(self.rates):
             return x
+        if x.is_cuda:
+            return self.shared(x)
         k = len(self.rates)
         shape = (x.shape[0], x.shape[1] // k, *x.shape[2:])
         layout = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
@@ -221,12 +225,24 @@ class _Dropout(nn.Module):
                 masks.append(torch.ones(shape, dtype=x.dtype, device=x.device))
                 continue
             noise = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
-            if bernoulli and not x.is_cuda:
+            if bernoulli:
                 masks.append(noise.bernoulli_(1 - p, generator=gen).div_(1 - p))
             else:
                 keep = noise.uniform_(generator=gen) >= p
                 masks.append(keep.to(x.dtype).mul_(1.0 / (1.0 - p)))
         return x * torch.cat(masks, dim=1)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """All members' masks from one draw: keep where u >= the channel's member's p, scaled by 1 / (1 - p)."""
+        key = (x.shape[1], x.device)
+        if key not in self._per_channel:
+            width = x.shape[1] // len(self.rates)
+            rates = torch.tensor(self.rates, device=x.device).repeat_interleave(width)
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            self._per_channel[key] = (rates.view(view), (1 / (1 - rates)).view(view))
+        rates, scales = self._per_channel[key]
+        noise = torch.empty_like(x, dtype=torch.float32).uniform_(generator=self.generators[0])
+        return x * ((noise >= rates) * scales).to(x.dtype)
 
 
 def members_of(fused: nn.Module) -> int:

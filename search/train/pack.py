@@ -43,6 +43,7 @@ from search.train.engine import (
     Trainer,
     divergence,
     epoch_line,
+    normalise,
     probabilities,
     record_epoch,
     resolve_device,
@@ -155,6 +156,24 @@ def _member(cfg: TrainConfig, data: Data, device: torch.device, on_epoch: OnEpoc
     return member
 
 
+def batched_loss(out: torch.Tensor, labels: torch.Tensor, smoothing: torch.Tensor, *, multi_label: bool
+                 ) -> torch.Tensor:
+    """The K members' mean losses, (K,), of logits ``out`` (N, K, C) and labels ``labels`` (K, N) (multi-label:
+    (K, N, C)) with label smoothing ``smoothing`` (K,): what each member's nn.CrossEntropyLoss(label_smoothing) or
+    smoothed BCEWithLogitsLoss gives, in a few kernels for all members."""
+    out = out.float()
+    if multi_label:
+        smooth = smoothing.view(-1, 1, 1)
+        target = labels * (1 - smooth) + 0.5 * smooth
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.transpose(0, 1), target, reduction="none")
+        return bce.mean(dim=(1, 2))
+    logp = torch.log_softmax(out, dim=-1).transpose(0, 1)  # (K, N, C)
+    nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (K, N)
+    uniform = -logp.mean(dim=-1)
+    smooth = smoothing.view(-1, 1)
+    return ((1 - smooth) * nll + smooth * uniform).mean(dim=1)
+
+
 class Pack:
     """The members, the live ones and their fused model (fused anew whenever one leaves); `epoch` trains one."""
 
@@ -255,18 +274,19 @@ class Pack:
 
     def step(self, batches: list[torch.Tensor]) -> torch.Tensor:
         """One training step of every live member on its own batch; their losses, (K,) on the device."""
-        train, lead = self.data.train, self.lead
-        x = torch.cat([m.trainer.inputs(train.images[idx], train=True) for m, idx in zip(self.live, batches)], dim=1)
-        x = x.contiguous(memory_format=lead.memory_format)
-        with lead.autocast:
+        x = self.inputs(batches)
+        labels = self.data.train.labels[torch.cat(batches)]
+        labels = labels.view(len(self.live), -1, *labels.shape[1:])
+        with self.lead.autocast:
             out = self.fused(x)
             out = out.view(out.shape[0], len(self.live), -1)
-            losses = [m.trainer.loss_fn(out[:, k], train.labels[idx])
-                      for k, (m, idx) in enumerate(zip(self.live, batches))]
+            losses = self.losses(out, labels)
         for m in self.live:
             m.trainer.optimizer.zero_grad(set_to_none=True)
+        scaled = losses if not self.lead.scaler.is_enabled() else torch.stack(
+            [m.trainer.scaler.scale(loss) for m, loss in zip(self.live, losses)])
         # The sum's gradient with respect to each member's loss is 1: each member's gradients are its own loss's.
-        torch.stack([m.trainer.scaler.scale(loss) for m, loss in zip(self.live, losses)]).sum().backward()
+        scaled.sum().backward()
         for m in self.live:
             t = m.trainer
             if t.scaler.is_enabled():
@@ -275,7 +295,39 @@ class Pack:
             else:
                 t.optimizer.step()
             t.scheduler.step()
-        return torch.stack([loss.detach() for loss in losses])
+        return losses.detach()
+
+    def inputs(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """The members' batches side by side along the channels, (N, K*C, H, W), each augmented by its own member
+        (from its own generator, as alone) and normalised as its lone run normalises it: one gather, one scaling and
+        one normalisation for the whole pack, whatever K."""
+        k = len(self.live)
+        x = self.data.train.images[torch.cat(batches)].float().div_(255.0)
+        parts = x.view(k, -1, *x.shape[1:])
+        for i, m in enumerate(self.live):
+            if m.trainer.augment is not None:
+                parts[i] = m.trainer.augment(parts[i], m.trainer.generator)
+        n, c, h, w = parts.shape[1:]
+        return normalise(parts.transpose(0, 1).reshape(n, k * c, h, w), self.data.mean.repeat(1, k, 1, 1),
+                         self.data.std.repeat(1, k, 1, 1))
+
+    def losses(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each member's loss of its logits ``out[:, k]`` and labels ``labels[k]``, (K,).
+
+        On the CPU each is its own trainer's loss function, exactly as alone. On CUDA they are one batched
+        computation of the same formulas (label-smoothed cross-entropy, or BCE with smoothed targets), a handful of
+        kernels whatever K: equal to the members' own within float rounding (tests/test_pack.py).
+        """
+        if not out.is_cuda:
+            return torch.stack([m.trainer.loss_fn(out[:, k], labels[k]) for k, m in enumerate(self.live)])
+        return batched_loss(out, labels, self._smoothing(out.device), multi_label=self.data.info.multi_label)
+
+    def _smoothing(self, device: torch.device) -> torch.Tensor:
+        members = tuple(id(m) for m in self.live)
+        if getattr(self, "_smoothing_of", None) != members:
+            self._smoothing_of = members
+            self._smoothing_k = torch.tensor([m.trainer.cfg.label_smoothing for m in self.live], device=device)
+        return self._smoothing_k
 
     @torch.inference_mode()
     def evaluate(self, split: Split) -> list[dict[str, float]]:
