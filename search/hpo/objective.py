@@ -19,7 +19,7 @@ import optuna
 import torch
 
 from search.errors import StoreFault
-from search.hpo import goals, trial_log
+from search.hpo import folds, goals, trial_log
 from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
 from search.results import artifacts
@@ -44,6 +44,7 @@ class Objective:
         self._batch_size: int | None = None  # of the trial running now
         self._checkpoint: Path | None = None  # of the trial running now
         self.trial_number: int | None = None  # the trial running now, or the last one
+        self._assignment: list[int] | None = None  # a cv_folds study's folds, read once
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_number = trial.number
@@ -101,8 +102,13 @@ class Objective:
             pruned = epoch < cfg.epochs and trial.should_prune()
             return pruned
 
-        result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
-                            resume=resume)
+        if self.spec.cv_folds is not None:
+            result = engine.fit_folds(cfg.replace(device=self.device), self._folds(trial), on_epoch=on_epoch)
+        else:
+            result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
+                                resume=resume)
+        if result.folds is not None:  # each fold's validation values at the kept epoch, and its curve
+            trial.set_user_attr("cv_folds", result.folds)
         trial.set_user_attr("params", result.params)
         own = result.trained
         trial.set_user_attr("epochs_run", len(own))
@@ -120,6 +126,14 @@ class Objective:
         if self.spec.keep_best_weights:
             self._keep_weights(trial, result, cfg.to_dict(), values)
         return values if self.spec.multi else values[0]
+
+    def _folds(self, trial: optuna.Trial) -> list[int]:
+        """The study's folds, as stored with its definition when it was created (supervisor.ensure_study); made
+        from the spec for a study created without them (a study object made in code)."""
+        if self._assignment is None:
+            stored = (trial.study.user_attrs.get("definition") or {}).get("cv_folds") or {}
+            self._assignment = stored.get("assignment") or folds.make(self.spec)["assignment"]
+        return self._assignment
 
     def _values(self, trial: optuna.Trial, result: engine.FitResult) -> list[float]:
         """The trial's value of each objective (search/hpo/goals.py); latency_ms is measured here, once."""
@@ -213,7 +227,7 @@ class Objective:
             return
         try:
             confusion = names = None
-            if outcome == "complete":
+            if outcome == "complete" and result.folds is None:  # a cv trial has no one model to show
                 # The kept (best) epoch's weights are loaded; one more pass over the validation split, once per
                 # trial, costs far less than keeping every epoch's predictions inside the training loop.
                 trainer = result.trainer

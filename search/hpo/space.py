@@ -23,7 +23,7 @@ from search.train import config
 
 TYPES = ("float", "int", "categorical")
 # These come from the study file's top level (or, for device, from the worker), never from a trial.
-STUDY_KEYS = ("dataset", "data_dir", "epochs", "metric", "device")
+STUDY_KEYS = ("dataset", "data_dir", "epochs", "metric", "keep_epoch_by", "device")
 _ENTRY_KEYS: dict[str, tuple[str, ...]] = {
     "float": ("type", "low", "high", "step", "log", "when"),
     "int": ("type", "low", "high", "step", "log", "when"),

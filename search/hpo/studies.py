@@ -30,7 +30,7 @@ from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, sugge
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "objectives", "epochs", "trials", "timeout",
-                   "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights")
+                   "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights", "keep_epoch_by", "cv_folds")
 REQUIRED = ("name", "dataset")
 DEFAULT_TRIALS = 20
 DEFAULT_SAMPLER: dict[str, Any] = {"name": "tpe", "seed": 0}
@@ -84,6 +84,12 @@ class StudySpec:
     # ``direction``), or the file's ``objectives`` (search/hpo/goals.py). ``metric`` is then the validation
     # metric among them, which picks each trial's kept epoch, and ``direction`` the first objective's.
     objectives: goals.Objectives = ()
+    # The validation metric that picks each trial's kept epoch (TrainConfig.keep_epoch_by); None: ``metric``.
+    keep_epoch_by: str | None = None
+    # Cross-validated selection (search/hpo/folds.py): each trial trains on cv_folds stratified folds of train+val,
+    # made from cv_seed (the file's sampler seed, never a worker's own) and stored with the definition.
+    cv_folds: int | None = None
+    cv_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.objectives:  # a spec built in code with metric and direction only
@@ -100,8 +106,9 @@ class StudySpec:
 
     def base_config(self) -> dict[str, Any]:
         """TrainConfig values shared by every trial: ``fixed`` plus the study's dataset, data_dir, epochs, metric."""
+        kept_by = {"keep_epoch_by": self.keep_epoch_by} if self.keep_epoch_by is not None else {}
         return {**self.fixed, "dataset": self.dataset, "data_dir": self.data_dir, "epochs": self.epochs,
-                "metric": self.metric}
+                "metric": self.metric, **kept_by}
 
     def definition(self) -> dict[str, Any]:
         """What the study is, as stored with it when it is created (JSON): a start from a file that differs is
@@ -119,6 +126,10 @@ class StudySpec:
             value["enqueue"] = list(self.enqueue)
         if self.multi:
             value["objectives"] = [list(o) for o in self.objectives]
+        if self.keep_epoch_by is not None:
+            value["keep_epoch_by"] = self.keep_epoch_by
+        if self.cv_folds is not None:  # the folds themselves join it when the study is created (ensure_study)
+            value["cv_folds"] = {"k": self.cv_folds, "seed": self.cv_seed}
         return json.loads(json.dumps(value, default=str))  # tuples become lists, as the store gives them back
 
     def sizes(self) -> list[int]:
@@ -280,11 +291,22 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     if not isinstance(keep, bool):
         raise SearchError(f"{source}: keep_best_weights must be true or false, got {keep!r}")
 
+    keep_epoch_by = raw.get("keep_epoch_by")
+    if keep_epoch_by is not None:
+        config.choice("keep_epoch_by", keep_epoch_by, config.EPOCH_METRICS, source=source)
+    cv_folds = raw.get("cv_folds")
+    if cv_folds is not None:
+        cv_folds = _int(cv_folds, source=source, key="cv_folds", minimum=2)
+        if keep:
+            raise SearchError(f"{source}: keep_best_weights keeps one model per trial, but a cv_folds trial trains "
+                              f"{cv_folds}, none on the official split; drop one of the two and train the winner "
+                              f"with `search train`")
     space = parse_space(raw.get("space"), source=source)
     fixed = _parse_fixed(raw.get("fixed"), source=source, space=space)
     spec = StudySpec(name=name, dataset=dataset, data_dir=data_dir, metric=metric, direction=direction,
                      epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
-                     fixed=fixed, path=path.resolve(), keep_best_weights=keep, objectives=objectives)
+                     fixed=fixed, path=path.resolve(), keep_best_weights=keep, objectives=objectives,
+                     keep_epoch_by=keep_epoch_by, cv_folds=cv_folds, cv_seed=sampler["seed"])
     _check_configs(spec, source=source)
     spec = dataclasses.replace(spec, enqueue=_parse_enqueue(raw.get("enqueue"), source=source, spec=spec))
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from search import interrupt
 from search.devices import Placement, placements
 from search.errors import Interrupted, ProcessFailed, SearchError, StoreFault
-from search.hpo import faults, goals, progress, queue, trial_log, worker
+from search.hpo import faults, folds, goals, progress, queue, trial_log, worker
 from search.hpo.storage import FINISHED, fail_running, retry_once
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -349,6 +349,9 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
     """
     from search.hpo.storage import open_storage
 
+    new = spec.definition()
+    if spec.cv_folds is not None:  # made (or refused in one line) before anything is written
+        new["cv_folds"] = folds.make(spec)
     storage = open_storage(storage_url)
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions,
                                 load_if_exists=True)
@@ -356,7 +359,7 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
     if stored != spec.directions:
         raise SearchError(f"study '{spec.name}' exists in the store with directions {', '.join(stored)}, but "
                           f"{spec.path} says {', '.join(spec.directions)}; give the study a new name")
-    new, old = spec.definition(), study.user_attrs.get("definition")
+    old = study.user_attrs.get("definition")
     changed = sorted(k for k in {**new, **(old or {})} if old is not None and old.get(k) != new.get(k))
     if changed and not allow_changes:
         raise SearchError(f"{spec.path} differs from the definition study '{spec.name}' was created with "

@@ -165,3 +165,35 @@ def make_augment(spec: str, *, channels: int) -> Augment | None:
 
     augment.__name__ = augment.__qualname__ = f"augment_{'_'.join(names)}"
     return augment
+
+
+# --- test-time views ------------------------------------------------------------------------------------------
+
+View = Callable[[Tensor], Tensor]
+
+
+def _dihedral_view(flip: bool, quarter_turns: int) -> View:
+    def view(x: Tensor) -> Tensor:
+        x = x.flip(-1) if flip else x
+        return torch.rot90(x, quarter_turns, dims=(-2, -1)) if quarter_turns else x
+
+    view.__name__ = f"{'flip_' if flip else ''}rot{90 * quarter_turns}"
+    return view
+
+
+def tta_views(tta: str) -> tuple[View, ...]:
+    """The deterministic views of a batch (N, C, H, W) that a test-time augmentation ``tta`` (config.TTA) averages
+    over, the identity first: none -> 1 view, flip -> 2 (the horizontal mirror, as ``flip`` trains), dihedral -> 8
+    (every element of D4, as ``dihedral`` trains; square images). Spatial views commute with the per-channel
+    normalisation, so they may be applied before or after it.
+
+    >>> [v.__name__ for v in tta_views("flip")]
+    ['rot0', 'flip_rot0']
+    """
+    if tta == "none":
+        return (_dihedral_view(False, 0),)
+    if tta == "flip":
+        return (_dihedral_view(False, 0), _dihedral_view(True, 0))
+    if tta == "dihedral":
+        return tuple(_dihedral_view(f, k) for f in (False, True) for k in range(4))
+    raise ValueError(f"unknown tta {tta!r}; valid: none, flip, dihedral")

@@ -21,6 +21,11 @@ from search.errors import SearchError
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 METRICS = ("val_acc", "val_auc")
+# What may pick the kept epoch: a study metric, or the validation loss (lowest wins).
+EPOCH_METRICS = (*METRICS, "val_loss")
+# Test-time augmentation: the label-preserving views a prediction averages (search/train/augment.py makes them).
+# Each is a subset of the next, so a dataset allows a prefix of this tuple (data.DatasetInfo.tta).
+TTA = ("none", "flip", "dihedral")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 GRAPHS = ("auto", "on", "off")
 
@@ -42,7 +47,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "constant"
     warmup_epochs: float = 0.0
-    metric: str = "val_acc"  # the validation metric that picks the kept epoch
+    metric: str = "val_acc"  # the study's validation metric; it picks the kept epoch unless keep_epoch_by does
+    # The validation metric that picks the kept epoch (val_acc, val_auc, or val_loss: lowest); None: ``metric``.
+    # MedMNIST's protocol searches on one metric and keeps epochs by val_auc.
+    keep_epoch_by: str | None = None
+    # Test-time augmentation of validation and test predictions: the mean of the views' probabilities. none; flip
+    # (the image and its mirror, 2 views); dihedral (the 8 flips and quarter turns). Allowed per dataset
+    # (data.DatasetInfo.tta): only views that keep the label.
+    tta: str = "none"
     seed: int = 0
     device: str = "auto"
     pretrained: bool = False
@@ -134,7 +146,8 @@ def _check_type(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise SearchError(f"{key} must be true or false, got {value!r}")
     elif not isinstance(value, str) or not value:  # str
-        raise SearchError(f"{key} must be a {'path string' if optional else 'non-empty string'}, got {value!r}")
+        what = "path string" if key == "data_dir" else "non-empty string or null" if optional else "non-empty string"
+        raise SearchError(f"{key} must be a {what}, got {value!r}")
     return value
 
 
@@ -194,6 +207,10 @@ def validate(cfg: TrainConfig) -> None:
     choice("optimizer", cfg.optimizer, OPTIMIZERS)
     choice("schedule", cfg.schedule, SCHEDULES)
     choice("metric", cfg.metric, METRICS)
+    if cfg.keep_epoch_by is not None:
+        choice("keep_epoch_by", cfg.keep_epoch_by, EPOCH_METRICS)
+    choice("tta", cfg.tta, TTA)
+    get_info(cfg.dataset).check_tta(cfg.tta)
     choice("precision", cfg.precision, PRECISIONS)
     choice("graphs", cfg.graphs, GRAPHS)
     get_info(cfg.dataset).check_size(cfg.size)

@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -50,10 +50,24 @@ class DatasetInfo:
     sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
     labels: tuple[str, ...] | None = None  # the class names (MedMNIST's); None: the class numbers
     bundled: bool = False  # its data ship with the installed packages: nothing to download or check beforehand
+    # The most test-time augmentation that keeps every label (config.TTA: none < flip < dihedral); the rule is in
+    # docs/finalists.md: digits and organ CT slices (left and right organs) have none, images with an up but no
+    # left and right (chest X-ray, OCT, breast ultrasound) a mirror, orientation-free ones (tissue, cells, skin,
+    # fundus) the dihedral group.
+    tta: str = "none"
 
     @property
     def multi_label(self) -> bool:
         return is_multi_label(self.task)
+
+    def check_tta(self, tta: str) -> None:
+        """The one check of a test-time augmentation against the views that keep this dataset's labels."""
+        from search.train.config import TTA
+
+        allowed = TTA[:TTA.index(self.tta) + 1]
+        if tta in TTA and tta not in allowed:
+            raise SearchError(f"tta {tta!r} can change the labels of {self.name} (its images have an orientation); "
+                              f"valid for {self.name}: {', '.join(allowed)}")
 
     def check_size(self, size: int) -> None:
         """The one check of an image size: those that exist for the dataset (every one an architecture takes)."""
@@ -181,6 +195,34 @@ def load(name: str, data_dir: str | None, device: torch.device, size: int = 28) 
         as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
         _CACHE[key] = Data(info, splits["train"], splits["val"], splits["test"], as_t(mean), as_t(std).clamp_min(1e-3))
     return _CACHE[key]
+
+
+def fold_data(data: Data, assignment: Sequence[int], fold: int) -> Data:
+    """One fold of cross-validation on train+val: the images whose ``assignment`` (train images first, then val,
+    in the split's order) is ``fold`` validate, the others train; the test split is the dataset's. The
+    normalisation is that fold's training images' own, as `load` computes it for the official split."""
+    import torch
+
+    if len(assignment) != len(data.train) + len(data.val):
+        raise SearchError(f"{data.info.name}: the stored folds cover {len(assignment)} images, but train+val now holds "
+                          f"{len(data.train) + len(data.val)}; the dataset changed since the study was created: "
+                          f"start a new study")
+    where = torch.as_tensor(list(assignment), device=data.train.images.device) == fold
+    images = torch.cat([data.train.images, data.val.images])
+    labels = torch.cat([data.train.labels, data.val.labels])
+    train = Split(images[~where], labels[~where])
+    total = torch.zeros(data.info.channels, dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(train), 1024):  # float64 as in `load`, in chunks (224 px images are large)
+        chunk = train.images[i:i + 1024].double().div_(255.0)
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = train.images[:, 0].numel()
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    as_t = lambda v: v.float().view(1, -1, 1, 1)  # noqa: E731
+    return Data(data.info, train, Split(images[where], labels[where]), data.test, as_t(mean),
+                as_t(std).clamp_min(1e-3))
 
 
 def _chunked_std(images: np.ndarray, mean: np.ndarray, chunk: int = 10_000) -> np.ndarray:
@@ -314,6 +356,16 @@ def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> Non
                           f"data_dir / $SEARCH_DATA_DIR to the folder that holds it") from None
 
 
+# Test-time views that keep each MedMNIST 2D flag's labels (DatasetInfo.tta); a flag not named here allows none.
+# Tissue, blood cells, skin lesions and fundus photographs have no orientation: the dihedral group. Chest X-rays,
+# retinal OCT scans and breast ultrasound have an up (the body's axis, the retina's layers, the probe) but their
+# labels do not name a side: the mirror (random horizontal flips train CheXNet, Rajpurkar et al. 2017). Organ CT
+# slices name left and right kidneys and femurs: none.
+MEDMNIST_TTA = {"pathmnist": "dihedral", "bloodmnist": "dihedral", "dermamnist": "dihedral",
+                "tissuemnist": "dihedral", "retinamnist": "dihedral", "chestmnist": "flip",
+                "pneumoniamnist": "flip", "octmnist": "flip", "breastmnist": "flip"}
+
+
 def _register_medmnist() -> None:
     medmnist = _medmnist()
     for flag, info in medmnist.INFO.items():
@@ -323,7 +375,8 @@ def _register_medmnist() -> None:
         names = [info["label"].get(str(i)) for i in range(len(info["label"]))]
         register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
                                      _medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,))),
-                                     tuple(map(str, names)) if all(names) else None))
+                                     tuple(map(str, names)) if all(names) else None,
+                                     tta=MEDMNIST_TTA.get(flag, "none")))
 
 
 # --- MNIST -----------------------------------------------------------------------------------------------

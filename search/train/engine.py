@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -33,11 +33,11 @@ from search import interrupt
 from search.devices import physical_name, visible
 from search.errors import SearchError
 from search.train import config, graphs, predictions
-from search.train.augment import make_augment
+from search.train.augment import make_augment, tta_views
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, DatasetInfo, Split, load
+from search.train.data import Data, DatasetInfo, Split, fold_data, load
 from search.train.metrics import class_results, evaluate_scores, predict
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
@@ -113,6 +113,9 @@ class FitResult:
     seconds: float = 0.0
     reason: str | None = None
     resumed_at: int = 1  # the first epoch this run trained itself (> 1 when it resumed from a checkpoint)
+    # fit_folds: each fold's validation metrics at the kept epoch and its study metric at every epoch; the trainer
+    # is then the first fold's (its model: that fold's last epoch, for the size and latency of the architecture)
+    folds: dict[str, Any] | None = None
 
     @property
     def trained(self) -> list[dict[str, float]]:
@@ -345,18 +348,37 @@ def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: Datase
     user's images. Probabilities are the softmax (sigmoid for multi-label tasks). Batched by image area.
     ``static``: the same forward at a fixed batch shape (the captured evaluation graph, search/train/graphs.py);
     the last batch is padded to it and the padding's rows are cut here, before anything sees them.
+
+    With test-time augmentation (``cfg.tta``, augment.tta_views) the probabilities are the mean over the views of
+    each view's probabilities: each view votes with its confidence, and the mean is itself a distribution (rows
+    sum to 1). The logits are then those of that mean (log p; log-odds for multi-label), so that the softmax
+    (sigmoid) of the logits is the mean and the cross-entropy of the logits is the mean's. Without TTA: one pass,
+    the model's own logits, as always.
     """
     model.eval()
-    logits = []
+    views = tta_views(cfg.tta)
+    static = static if len(views) == 1 else None  # the captured graph is the plain forward
+    logits, means = [], []
     for chunk, n in graphs.padded_batches(images, eval_batch(cfg), pad=static is not None):
         interrupt.check()
         if static is not None:
             logits.append(static(chunk)[:n])
             continue
-        with autocast if autocast is not None else contextlib.nullcontext():
-            logits.append(model(normalise(chunk.float().div_(255.0), mean, std)).float())
+        x = normalise(chunk.float().div_(255.0), mean, std)
+        if len(views) == 1:
+            with autocast if autocast is not None else contextlib.nullcontext():
+                logits.append(model(x).float())
+            continue
+        total = torch.zeros((), device=x.device)
+        for view in views:  # flips and quarter turns commute with the per-channel normalisation
+            with autocast if autocast is not None else contextlib.nullcontext():
+                out = model(view(x).contiguous(memory_format=torch.channels_last)).float()
+            total = total + probabilities(out, info)
+        means.append(total / len(views))
+        p = means[-1].clamp(1e-7, 1 - 1e-7)  # a finite loss where every view was certain
+        logits.append(p.log() - (1 - p).log() if info.multi_label else p.log())
     out = torch.cat(logits)
-    return out, probabilities(out, info)
+    return out, torch.cat(means) if means else probabilities(out, info)
 
 
 def probabilities(logits: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
@@ -395,7 +417,7 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: in
 
 def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = False,
         checkpoint: Path | None = None, resume: dict[str, Any] | None = None) -> FitResult:
-    """Train `cfg`; keep the weights of the epoch with the best `cfg.metric` on the validation split.
+    """Train `cfg`; keep the weights of the epoch with the best validation `cfg.keep_epoch_by` (default: `metric`).
 
     ``checkpoint``: after every epoch, the run's state is saved there (search/train/checkpoint.py), before
     `on_epoch` hears of the epoch. ``resume``: a state loaded from such a file; the run goes on at the epoch after
@@ -431,7 +453,8 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
             metrics, best_state = record_epoch(result, epoch, train_loss, val, best_state, started=t0,
                                                train_seconds=train_seconds)
             if bar is not None:
-                bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {val['acc']:.4f} val_auc {val['auc']:.4f}")
+                bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {metrics['val_acc']:.4f} "
+                                    f"val_auc {metrics['val_auc']:.4f}")
                 bar.refresh()
             elif progress:
                 print(f"epoch {epoch}/{cfg.epochs}: {epoch_line(metrics)}", file=sys.stderr, flush=True)
@@ -481,16 +504,12 @@ def record_epoch(result: FitResult, epoch: int, train_loss: float, val: dict[str
                  train_seconds: float) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
     """Append the epoch's metrics (what `on_epoch` hears) to the history and keep the model's weights if the epoch is
     the best so far; returns the metrics and the best epoch's weights."""
-    trainer, cfg = result.trainer, result.trainer.cfg
-    metrics = {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
-               "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started,
-               "images_per_second": trainer.steps_per_epoch * cfg.batch_size / train_seconds}
+    trainer = result.trainer
+    metrics = epoch_metrics(trainer, epoch, train_loss, val, started=started, train_seconds=train_seconds)
     result.history.append(metrics)
-    key = cfg.metric.removeprefix("val_")
-    if result.best_epoch is None or val[key] > result.best[cfg.metric]:
+    if _keeps(trainer.cfg, metrics, result):
         result.best_epoch = epoch
-        result.best = {"val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"]}
+        result.best = {k: metrics[k] for k in VAL_KEYS}
         best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     return metrics, best_state
 
@@ -513,6 +532,96 @@ def save_or_warn(checkpoint: Path, trainer: Trainer, result: FitResult, best_sta
         return None
 
 
+VAL_KEYS = ("val_acc", "val_auc", "val_loss")
+
+
+def epoch_metrics(trainer: Trainer, epoch: int, train_loss: float, val: dict[str, float], *, started: float,
+                  train_seconds: float) -> dict[str, float]:
+    """An epoch's history entry: what `on_epoch` hears."""
+    return {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
+            "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+            "images_per_second": trainer.steps_per_epoch * trainer.cfg.batch_size / train_seconds}
+
+
+def _train_epoch(trainer: Trainer, epoch: int) -> dict[str, float]:
+    """Train one epoch and validate (a fold of fit_folds): its history entry (only its train_loss when that is not
+    finite)."""
+    t0 = time.perf_counter()
+    train_loss = trainer.epoch()
+    train_seconds = time.perf_counter() - t0
+    if not math.isfinite(train_loss):
+        return {"epoch": epoch, "train_loss": train_loss}
+    val = trainer.evaluate(trainer.data.val)
+    return epoch_metrics(trainer, epoch, train_loss, val, started=t0, train_seconds=train_seconds)
+
+
+def _keeps(cfg: TrainConfig, metrics: dict[str, float], result: FitResult) -> bool:
+    """Whether this epoch becomes the kept one: the first, or one better by ``keep_epoch_by`` (default ``metric``;
+    val_loss: lower). A NaN value (an AUC a split cannot define) never beats a number."""
+    if result.best_epoch is None:
+        return True
+    by = cfg.keep_epoch_by or cfg.metric
+    if by == "val_loss":
+        return metrics[by] < result.best[by]
+    return metrics[by] > result.best[by]
+
+
+def fit_folds(cfg: TrainConfig, assignment: Sequence[int], *, on_epoch: OnEpoch | None = None) -> FitResult:
+    """Cross-validated `fit`: one model per fold of train+val, trained in lockstep, epoch by epoch.
+
+    ``assignment``: each train+val image's fold (train images first, then val, in the split's order; a study's
+    cv_folds makes it, search/hpo/folds.py). Fold f trains on the images of the other folds and validates on its
+    own (data.fold_data). Each epoch, every fold trains and validates, and `on_epoch` hears the mean over the folds
+    of each validation metric (a search prunes on it). The kept epoch is the one with the best mean
+    ``keep_epoch_by`` (default ``metric``): every fold at the same epoch, as a final run on the official split
+    would train. ``result.best`` holds the means at that epoch, ``result.folds`` each fold's values. No weights are
+    kept (K models, none of them the final one) and no checkpoint is written: a retried trial starts again.
+    """
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
+    k = max(assignment) + 1
+    trainers = [Trainer(cfg, fold_data(data, assignment, f), device) for f in range(k)]
+    result = FitResult(trainers[0], "completed", None, {})
+    metric = cfg.keep_epoch_by or cfg.metric
+    per_epoch: list[list[dict[str, float]]] = []  # per epoch, each fold's history entry
+    for epoch in range(1, cfg.epochs + 1):
+        folds = []
+        for f, trainer in enumerate(trainers):
+            entry = _train_epoch(trainer, epoch)
+            if not math.isfinite(entry["train_loss"]):
+                result.outcome = "diverged"
+                result.reason = f"training diverged at epoch {epoch} on fold {f + 1}: the loss became " \
+                                f"{entry['train_loss']}"
+                break
+            folds.append(entry)
+        if result.outcome == "diverged":
+            break
+        per_epoch.append(folds)
+        seconds = sum(e["seconds"] for e in folds)
+        trained = sum(t.steps_per_epoch * cfg.batch_size for t in trainers)
+        metrics = {"epoch": epoch, **{key: statistics.fmean(e[key] for e in folds) for key in
+                                      ("train_loss", *VAL_KEYS)},
+                   "lr": folds[0]["lr"], "seconds": seconds,
+                   "images_per_second": trained / sum(t.steps_per_epoch * cfg.batch_size / e["images_per_second"]
+                                                      for t, e in zip(trainers, folds))}
+        result.history.append(metrics)
+        if _keeps(cfg, metrics, result):
+            result.best_epoch = epoch
+            result.best = {key: metrics[key] for key in VAL_KEYS}
+        if on_epoch is not None and on_epoch(epoch, metrics):
+            result.outcome = "stopped"
+            break
+    if result.best_epoch is not None:
+        kept = per_epoch[result.best_epoch - 1]
+        result.folds = {"k": k, "kept_by": metric,
+                        **{key: [e[key] for e in kept] for key in VAL_KEYS},
+                        "history": {cfg.metric: [[e[cfg.metric] for e in folds] for folds in per_epoch]}}
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """`search train`: fit, evaluate the best epoch on test, write metrics.json, model.pt, config.yaml and
     test_predictions.csv to out."""
@@ -520,7 +629,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     if result.best_epoch is None:
         raise SearchError(f"{result.reason}; nothing was saved. Try a lower lr (now {cfg.lr}).")
     data = result.trainer.data
+    t0 = time.perf_counter()
     test, scores = result.trainer.evaluate_with_scores(data.test)
+    test_seconds = time.perf_counter() - t0
     per_class = class_results(data.test.labels, scores, data.info.task)
     metrics = {
         **{k: result.best[k] for k in ("val_acc", "val_auc")},
@@ -532,6 +643,10 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
         "precision": result.trainer.precision, "compiled": result.trainer.compiled,
         "graphed": result.trainer.graphed, "size": cfg.size,
         "seed": cfg.seed, "task": data.info.task,
+        "keep_epoch_by": cfg.keep_epoch_by or cfg.metric,
+        # what test-time augmentation costs: the test pass's time per image, with its views (1 without TTA)
+        "tta": cfg.tta, "tta_views": len(tta_views(cfg.tta)),
+        "test_ms_per_image": round(1000 * test_seconds / max(1, len(data.test)), 4),
         # from the same test pass as test_acc: rows are true classes, columns predicted ones
         "test_confusion": per_class["confusion"], "test_per_class_acc": per_class["per_class_acc"],
         "test_class_counts": per_class["class_counts"],
