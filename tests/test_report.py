@@ -26,9 +26,9 @@ from tests.support.studies import Searched
 
 STUDY_FIGURES = ("optimisation_history", "importances", "marginal_effects", "parallel_coordinates",
                  "learning_curves", "best_per_architecture", "trial_states", "pruning_savings")
-RUN_FIGURES = ("training_curves", "confusion_matrix", "per_class_accuracy", "test_metrics")
+RUN_FIGURES = ("training_curves", "confusion_matrix", "per_class_accuracy", "test_metrics", "val_test_gap")
 TABLES = ("best_per_architecture", "trial_states", "pruning_savings", "top_trials", "trials",
-          "per_class_accuracy", "test_metrics")
+          "per_class_accuracy", "test_metrics", "val_test_gap")
 
 
 
@@ -174,6 +174,16 @@ def test_latex_tables_have_one_row_per_item(searched):
 
     rows, footer = body_rows(tex(searched, "test_metrics"))
     assert [r[0] for r in rows] == ["final/seed-0", "final/seed-1"] and footer[0][0] == r"mean $\pm$ sd"
+
+    rows, footer = body_rows(tex(searched, "val_test_gap"))  # validation minus test, each run and the group
+    gaps = []
+    for row, seed in zip(rows, (0, 1)):
+        m = json.loads((searched.root / "final" / f"seed-{seed}" / "metrics.json").read_text())
+        gaps.append(m["val_acc"] - m["test_acc"])
+        assert row[0] == f"final/seed-{seed}" and row[1] == r"val\_acc"
+        assert float(row[4]) == pytest.approx(gaps[-1], abs=1e-4)
+        assert float(row[7]) == pytest.approx(m["val_auc"] - m["test_auc"], abs=1e-4)
+    assert len(rows) == 2 and footer[0][4].startswith(f"{statistics.fmean(gaps):+.4f}")
 
     rows, _ = body_rows(tex(searched, "trials"))
     assert [int(r[0]) for r in rows] == [t.number for t in trials]

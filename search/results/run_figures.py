@@ -160,3 +160,34 @@ def groups_metrics_figure(groups: Sequence[tuple[str, list[float], list[float]]]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 2))  # the source is long
     fig.suptitle("Test accuracy and AUC" + (" beside the published MedMNIST v2 results" if reference else ""))
     return fig
+
+
+@rc_context(STYLE)
+def gap_figure(groups: Sequence[tuple[str, list[float], list[float]]]) -> Figure:
+    """Validation minus test, of ACC and of AUC: a row per group, each run a dot, the group's mean ± sd a diamond in
+    its colour, and a line at 0 (no gap). groups: (row label, ACC gap of each run, AUC gap of each run)."""
+    labels = [g[0] for g in groups]
+    fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, column, name in ((axes[0], 1, "ACC"), (axes[1], 2, "AUC")):
+        ax.axvline(0, color="0.45", lw=1, linestyle="--")
+        for gi, group in enumerate(groups):
+            mean, sd, finite = _mean_sd(group[column])
+            if not finite:
+                continue
+            colour = group_colour(gi)
+            ax.errorbar([mean], [gi], xerr=[[sd], [sd]] if len(finite) > 1 else None, fmt="D", color=colour,
+                        markersize=7, capsize=4, zorder=4)
+            ax.annotate(f"{mean:+.3f}", (mean, gi), xytext=(0, -9), textcoords="offset points", ha="center",
+                        va="top", fontsize=8, color=colour)
+            if len(finite) > 1:
+                ax.scatter(finite, [gi] * len(finite), color="black", s=10, zorder=5)
+        ax.set_xlabel(f"Validation {name} − test {name}")
+        ax.grid(axis="y", visible=False)
+    axes[0].set_yticks(range(len(labels)), labels=labels)
+    axes[0].set_ylim(len(labels) - 0.2, -0.6)
+    for i, label in enumerate(axes[0].get_yticklabels()):
+        label.set_fontweight("bold")
+        label.set_color(group_colour(i))
+    fig.suptitle("Validation-test gap of the kept epoch (> 0: the validation split flatters the run)")
+    return fig

@@ -29,6 +29,7 @@ from search.results.compare import LEVEL, Difference, McNemar, mcnemar, welch
 from search.results.figures import confusion_figure, history_figure
 from search.results.run_figures import (
     confusion_groups_figure,
+    gap_figure,
     group_colour,
     groups_metrics_figure,
     per_class_groups_figure,
@@ -161,6 +162,7 @@ def runs_section(groups: list[Group], study_dataset: str | None) -> Section:
                        groups=[g.label for g in groups for _ in g.runs] if several else None)))
     s.items += _class_items(groups, dataset)
     s.items += _test_items(groups, dataset)
+    s.items += _gap_items(groups)
     return s
 
 
@@ -276,6 +278,45 @@ def _kept(m: dict[str, Any]) -> str:
     if m.get("outcome") == "ensemble":  # an ensemble's members each kept their own epoch
         return "ensemble"
     return f"{m.get('best_epoch', '?')} of {m.get('epochs', '?')}"
+
+
+def _gap(run: Run, metric: str) -> float:
+    """Validation minus test of ``metric`` (acc, auc) at the run's kept epoch; NaN where either is missing."""
+    return float(run.metrics.get(f"val_{metric}", math.nan)) - float(run.metrics.get(f"test_{metric}", math.nan))
+
+
+def _gap_items(groups: list[Group]) -> list[FigureItem | Table | Note]:
+    """How far each run's validation value flatters it: the selection's bias on a small validation split."""
+    several = len(groups) > 1
+    cell = lambda v: "n/a" if math.isnan(v) else f"{v:+.4f}"  # noqa: E731
+    rows = [[r.label, _kept_by(r.metrics), f"{r.metrics.get('val_acc', math.nan):.4f}",
+             f"{r.metrics['test_acc']:.4f}", cell(_gap(r, "acc")), f"{r.metrics.get('val_auc', math.nan):.4f}",
+             f"{r.metrics['test_auc']:.4f}", cell(_gap(r, "auc"))] for g in groups for r in g.runs]
+    footer = [[(f"{g.label}: " if several else "") + ("mean ± sd" if len(g.runs) > 1 else "mean"), "",
+               _pm(g.values("val_acc"), 4), _pm(g.values("test_acc"), 4),
+               _signed_pm([_gap(r, "acc") for r in g.runs]), _pm(g.values("val_auc"), 4),
+               _pm(g.values("test_auc"), 4), _signed_pm([_gap(r, "auc") for r in g.runs])] for g in groups]
+    return [Table("val_test_gap", "Validation-test gap of each run",
+                  ["Run", "Kept by", "Val ACC", "Test ACC", "Gap ACC", "Val AUC", "Test AUC", "Gap AUC"], rows,
+                  "llrrrrrr", footer=footer,
+                  note="Gap: validation minus test, at the kept epoch (picked by the 'Kept by' metric); > 0: the "
+                       "validation split flatters the run, as it does the winner of a search that chose on it."),
+            FigureItem("val_test_gap", "Validation-test gap",
+                       "Validation minus test accuracy (left) and AUC (right) of each run's kept epoch, a row per "
+                       "group: each run a dot, the group's mean ± sd a diamond; the dashed line is no gap.",
+                       gap_figure([(f"{g.label} (n = {len(g.runs)})", [_gap(r, "acc") for r in g.runs],
+                                    [_gap(r, "auc") for r in g.runs]) for g in groups]))]
+
+
+def _kept_by(m: dict[str, Any]) -> str:
+    """The metric that picked the kept epoch (older runs: val_acc, the only one then); an ensemble's members each
+    kept their own."""
+    return "ensemble" if m.get("outcome") == "ensemble" else str(m.get("keep_epoch_by", "val_acc"))
+
+
+def _signed_pm(values: list[float]) -> str:
+    text = _pm(values, 4)
+    return text if text == "n/a" or text.startswith("-") else "+" + text
 
 
 # --- the comparison with the baseline -------------------------------------------------------------------------
