@@ -289,9 +289,9 @@ def _gap_items(groups: list[Group]) -> list[FigureItem | Table | Note]:
     """How far each run's validation value flatters it: the selection's bias on a small validation split."""
     several = len(groups) > 1
     cell = lambda v: "n/a" if math.isnan(v) else f"{v:+.4f}"  # noqa: E731
-    rows = [[r.label, _kept_by(r.metrics), f"{r.metrics.get('val_acc', math.nan):.4f}",
-             f"{r.metrics['test_acc']:.4f}", cell(_gap(r, "acc")), f"{r.metrics.get('val_auc', math.nan):.4f}",
-             f"{r.metrics['test_auc']:.4f}", cell(_gap(r, "auc"))] for g in groups for r in g.runs]
+    value = lambda r, key: "n/a" if math.isnan(float(r.metrics.get(key, math.nan))) else f"{r.metrics[key]:.4f}"  # noqa: E731
+    rows = [[r.label, _kept_by(r.metrics), value(r, "val_acc"), value(r, "test_acc"), cell(_gap(r, "acc")),
+             value(r, "val_auc"), value(r, "test_auc"), cell(_gap(r, "auc"))] for g in groups for r in g.runs]
     footer = [[(f"{g.label}: " if several else "") + ("mean ± sd" if len(g.runs) > 1 else "mean"), "",
                _pm(g.values("val_acc"), 4), _pm(g.values("test_acc"), 4),
                _signed_pm([_gap(r, "acc") for r in g.runs]), _pm(g.values("val_auc"), 4),
