@@ -41,8 +41,8 @@ def eager() -> engine.FitResult:
 # --- the key --------------------------------------------------------------------------------------------------
 
 
-def test_the_graphs_key_is_auto_by_default_checked_in_one_line_and_searchable(tmp_path):
-    assert TrainConfig(dataset="digits").graphs == "auto"
+def test_the_graphs_key_is_off_by_default_checked_in_one_line_and_searchable(tmp_path):
+    assert TrainConfig(dataset="digits").graphs == "off"
     with pytest.raises(SearchError) as err:
         TrainConfig(dataset="digits", graphs="always")
     assert str(err.value) == "graphs 'always' is not known; valid: auto, on, off"
@@ -58,12 +58,12 @@ def test_the_graphs_key_is_auto_by_default_checked_in_one_line_and_searchable(tm
 
 
 def test_auto_is_off_everywhere_and_on_says_why_it_cannot_capture():
-    for cfg in (digits(), digits(graphs="off")):
+    for cfg in (digits(), digits(graphs="auto")):
         assert graphs.wanted(cfg, CPU, None, False) == (False, None)
     capture, note = graphs.wanted(digits(graphs="on"), CPU, None, False)
     assert capture is False and note == "graphs: on: graphs need a CUDA GPU; on cpu this run trains eagerly"
     cuda = torch.device("cuda")
-    assert graphs.wanted(digits(), cuda, torch.bfloat16, False) == (False, None)  # until measured
+    assert graphs.wanted(digits(graphs="auto"), cuda, torch.bfloat16, False) == (False, None)  # until measured
     assert graphs.wanted(digits(graphs="on"), cuda, torch.bfloat16, False) == (True, None)
     for cfg, amp, compiled, why in [(digits(graphs="on"), torch.float16, False, "fp16"),
                                     (digits(graphs="on"), None, True, "compile: true"),

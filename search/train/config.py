@@ -63,9 +63,9 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False  # torch.compile the model on CUDA (ignored on the CPU)
     # The training step and the evaluation pass as CUDA graphs (search/train/graphs.py, docs/graphs.md): on
-    # captures them on CUDA (eager elsewhere, with a note in the log); off never; auto is off on every device until
-    # a measurement on a GPU decides where capture pays.
-    graphs: str = "auto"
+    # captures them on CUDA (eager elsewhere, with a note in the log); off (the default until a GPU has measured
+    # the capture) never; auto captures where bench/gpu_proof.py's figures say it pays: nowhere yet.
+    graphs: str = "off"
     size: int = 28  # image side in pixels: those of the dataset (data.DatasetInfo.sizes: 28, and MedMNIST+ 64-224)
 
     def __post_init__(self) -> None:
