@@ -1,12 +1,13 @@
 """Trial packs' training speed: K runs trained as one fused model (search/train/pack.py) against the same K runs
 trained one after another, each by its own engine Trainer, measured in one run on one device.
 
-Both sides train the same K configurations (same architecture and batch size, different learning rates, dropout and
-seeds) on the same generated PathMNIST-layout file; each timed step is a full training step (inputs, augmentation,
-forward, loss, backward, optimizer, schedule) of all K members. Prints images/s of training (all members together)
-for each side and their ratio.
+A pack runs fused layers (search/train/fuse.py: the default on CUDA) or its members' own models side by side (the
+default on the CPU); both are measured. All sides train the same K configurations (same architecture and batch
+size, different learning rates, dropout and seeds) on the same generated PathMNIST-layout file; each timed step is
+a full training step (inputs, augmentation, forward, loss, backward, optimizer, schedule) of all K members. Prints
+images/s of training (all members together) for each and the ratios to the separate runs.
 
-    python bench/pack_speed.py [--device auto] [--steps 4] [--batch 128]
+    python bench/pack_speed.py [--device auto] [--steps N]
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from search.train.pack import Pack
 
 # (architecture, batch size, member counts): ResNet-18 at 28 px is ~40x simple_cnn_v2's work per image, so on a
 # CPU it runs smaller batches and packs to fit the two minutes this bench is meant to take there.
-CPU_PLAN = [("simple_cnn_v2", 128, (1, 4, 8)), ("resnet18", 16, (1, 4))]
+CPU_PLAN = [("simple_cnn_v2", 128, (1, 4, 8)), ("resnet18", 8, (1, 4))]
 GPU_PLAN = [("simple_cnn_v2", 128, (1, 4, 8, 16, 32)), ("resnet18", 128, (1, 4, 8, 16))]
 
 
@@ -74,9 +75,9 @@ def separate(cfgs: list[TrainConfig], steps: int, warmup: int) -> float:
     return len(cfgs) * steps * cfgs[0].batch_size / elapsed
 
 
-def packed(cfgs: list[TrainConfig], steps: int, warmup: int) -> float:
-    """images/s of the same K members trained as one pack."""
-    pack = Pack(cfgs, on_epoch=[None] * len(cfgs))
+def packed(cfgs: list[TrainConfig], steps: int, warmup: int, fused: bool) -> float:
+    """images/s of the same K members trained as one pack: fused layers, or the members' models side by side."""
+    pack = Pack(cfgs, on_epoch=[None] * len(cfgs), fused=fused)
     device = pack.lead.device
     pack.fused.train()
     idx = batches(len(pack.data.train), cfgs[0].batch_size, len(cfgs), device)
@@ -102,17 +103,17 @@ def main() -> None:
     steps, warmup = args.steps or (30 if cuda else 3), 5 if cuda else 1
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"trial packs: training images/s on {name}, {steps} timed steps after {warmup} warm-up")
-    print(f"{'architecture':<14} {'batch':>5} {'K':>3} {'separate':>10} {'pack':>10} {'pack/separate':>14}")
+    print(f"{'architecture':<14} {'batch':>5} {'K':>3} {'separate':>9} {'fused':>9} {'side by side':>13}   "
+          f"fused/separate  side by side/separate")
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_data(Path(tmp), n_train=1024)
         for architecture, batch, counts in GPU_PLAN if cuda else CPU_PLAN:
-            base = None
             for k in counts:
                 cfgs = members(folder, architecture, batch, k, str(device))
-                alone, fused = separate(cfgs, steps, warmup), packed(cfgs, steps, warmup)
-                base = base or alone
-                print(f"{architecture:<14} {batch:>5} {k:>3} {alone:>10,.0f} {fused:>10,.0f} {fused / alone:>13.2f}x"
-                      f"   (pack of {k} vs one run alone: {fused / base:.2f}x)", flush=True)
+                alone = separate(cfgs, steps, warmup)
+                fused, sliced = packed(cfgs, steps, warmup, True), packed(cfgs, steps, warmup, False)
+                print(f"{architecture:<14} {batch:>5} {k:>3} {alone:>9,.0f} {fused:>9,.0f} {sliced:>13,.0f}   "
+                      f"{fused / alone:>13.2f}x  {sliced / alone:>20.2f}x", flush=True)
 
 
 if __name__ == "__main__":

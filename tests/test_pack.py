@@ -17,7 +17,7 @@ from models import register_model, registry
 from search.errors import SearchError
 from search.train import checkpoint, engine
 from search.train.config import TrainConfig
-from search.train.fuse import _Dropout
+from search.train.fuse import _Dropout, _Linear
 from search.train.pack import Pack, batched_loss, fit_pack, pack_key, unsupported
 from tests.support.data import write_medmnist_npz
 
@@ -61,11 +61,13 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.allclose(sa[key].float(), sb[key].float(), rtol=TOL, atol=TOL), key
 
 
-@pytest.mark.parametrize("architecture, epochs", [("simple_cnn_v2", 2), ("alexnet", 1)])  # AlexNet: CPU time
-def test_fused_equals_separate(organ, architecture, epochs):
+# fused=True: the fused layers a GPU pack runs; False: the CPU's default, the members' own models side by side.
+@pytest.mark.parametrize("architecture, epochs, fused", [("simple_cnn_v2", 2, True), ("simple_cnn_v2", 1, False),
+                                                         ("alexnet", 1, True)])  # AlexNet: one epoch, for CPU time
+def test_fused_equals_separate(organ, architecture, epochs, fused):
     cfgs = four(organ, architecture=architecture, epochs=epochs)
     heard: list[list[int]] = [[] for _ in cfgs]
-    packed = fit_pack(cfgs, on_epoch=[lambda e, m, h=h: h.append(e) for h in heard])
+    packed = fit_pack(cfgs, on_epoch=[lambda e, m, h=h: h.append(e) for h in heard], fused=fused)
     for cfg, result, epochs_heard in zip(cfgs, packed, heard):
         alone = engine.fit(cfg)
         assert result.outcome == "completed" and epochs_heard == list(range(1, epochs + 1))
@@ -90,7 +92,7 @@ def test_resnet18_fuses_its_residual_blocks(tmp_path):
     cfgs = [config(str(tmp_path), architecture="resnet18", optimizer="sgd", epochs=1, batch_size=8, seed=s, lr=lr,
                    momentum=mom, dropout=d)
             for s, lr, mom, d in ((0, 0.01, 0.9, 0.5), (1, 0.03, 0.0, 0.0))]
-    for result, cfg in zip(fit_pack(cfgs, on_epoch=[None, None]), cfgs):
+    for result, cfg in zip(fit_pack(cfgs, on_epoch=[None, None], fused=True), cfgs):
         assert_same_history(result, engine.fit(cfg), tol=1e-4)
 
 
@@ -101,7 +103,7 @@ def test_members_leave_and_the_pack_really_shrinks(organ):
             config(organ, optimizer="sgd", lr=0.01, seed=1),
             config(organ, optimizer="sgd", lr=1e20, momentum=0.0, seed=2)]
     hooks = [None, lambda epoch, metrics: epoch == 1, None]
-    pack = Pack(cfgs, on_epoch=hooks)
+    pack = Pack(cfgs, on_epoch=hooks, fused=True)
     assert pack.size == 3
     pack.epoch(1)
     assert pack.size == 1 and pack.live == pack.members[:1]
@@ -125,7 +127,7 @@ def test_members_leave_and_the_pack_really_shrinks(organ):
 def test_a_member_checkpoint_resumes_alone_exactly(organ, tmp_path):
     cfgs = four(organ, epochs=3)[:2]
     path = tmp_path / "member.pt"
-    fit_pack(cfgs, on_epoch=[lambda e, m: e == 2, None], checkpoints=[path, None])
+    fit_pack(cfgs, on_epoch=[lambda e, m: e == 2, None], checkpoints=[path, None], fused=True)
     state = checkpoint.load(path, cfgs[0].to_dict())
     assert state["epoch"] == 2
     uninterrupted = engine.fit(cfgs[0])
@@ -184,8 +186,8 @@ def test_members_must_share_the_pack_key(organ):
 
 
 def test_the_cuda_paths_keep_each_member_s_loss_and_dropout_rate():
-    """On CUDA a pack computes its members' losses in one batch and draws their dropout masks in one call (tested
-    here on the CPU, where packs use the members' own, exact paths)."""
+    """On CUDA a pack computes its members' linear layers and losses in one batch and draws their dropout masks in
+    one call (tested here on the CPU, where packs use the members' own, exact paths)."""
     torch.manual_seed(0)
     out, smoothing = torch.randn(64, 3, 5), torch.tensor([0.0, 0.1, 0.3])
     labels = torch.randint(0, 5, (3, 64))
@@ -196,6 +198,12 @@ def test_the_cuda_paths_keep_each_member_s_loss_and_dropout_rate():
     want = torch.stack([nn.BCEWithLogitsLoss()(out[:, k], targets[k] * (1 - s) + 0.5 * s)
                         for k, s in enumerate(smoothing)])
     assert torch.allclose(batched_loss(out, targets, smoothing, multi_label=True), want, rtol=1e-6, atol=1e-6)
+
+    linears = [nn.Linear(6, 3), nn.Linear(6, 3, bias=True)]
+    x = torch.randn(8, 12)
+    fused = _Linear(linears)
+    assert torch.allclose(fused.batched(x), fused(x), atol=1e-6)  # the batched matmul against one per member
+    assert torch.allclose(fused(x)[:, 3:], linears[1](x[:, 6:]))
 
     rates = [0.0, 0.25, 0.5]
     drop = _Dropout([nn.Dropout(p) for p in rates], [torch.Generator().manual_seed(1)])

@@ -17,6 +17,9 @@ The fused weights are concatenated from the members' parameters at every forward
 back to its member's own leaf parameters and each member's optimizer steps its own model. A layer or an operation
 outside this list (a concatenation, a reshape across channels, 3-d convolutions...) does not fuse: :func:`unfusable`
 names it, and such an architecture trains unpacked.
+
+:class:`Sliced` takes the same inputs and gives the same outputs with the members' own models side by side: what a
+pack runs on the CPU, where fusing only slows it down (its docstring says why).
 """
 from __future__ import annotations
 
@@ -178,11 +181,14 @@ class _Linear(nn.Module):
         self.members = nn.ModuleList(linears)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return self.batched(x)
+        # On the CPU one matmul per member is as fast, and its sums are those of the lone run bit for bit (a batched
+        # matmul's are not): the CPU pack trains exactly as its members alone.
+        return torch.cat([m(part) for m, part in zip(self.members, x.chunk(len(self.members), dim=1))], dim=1)
+
+    def batched(self, x: torch.Tensor) -> torch.Tensor:
         k, n = len(self.members), x.shape[0]
-        if not x.is_cuda:
-            # On the CPU one matmul per member is as fast, and its sums are those of the lone run bit for bit (a
-            # batched matmul's are not): the CPU pack trains exactly as its members alone.
-            return torch.cat([m(part) for m, part in zip(self.members, x.chunk(k, dim=1))], dim=1)
         x = x.reshape(n, k, -1).transpose(0, 1)
         weight = torch.stack([m.weight for m in self.members]).transpose(1, 2)
         if self.members[0].bias is None:
@@ -245,12 +251,41 @@ class _Dropout(nn.Module):
         return x * ((noise >= rates) * scales).to(x.dtype)
 
 
+class Sliced(nn.Module):
+    """The members' own models side by side, each on its slice of the fused layout: the pack of the CPU.
+
+    On a CPU a fused layer gains nothing (one core runs one kernel at a time, and launching one costs nothing) and
+    loses to the K times larger working set of its memory-bound layers (batch norm, ReLU, pooling: bench/
+    pack_speed.py measured a fused pack of 8 at 0.4-0.7x its members trained one after another). So a CPU pack
+    runs each member's model on its own channels in turn, its dropout drawing from its own generator (swapped in as
+    torch's global one for its pass): the same inputs, outputs and layout as the fused module, each member's numbers
+    those of its lone run, and the speed of the lone runs.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], generators: Sequence[torch.Generator]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.generators = list(generators)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for model, gen, part in zip(self.members, self.generators, x.chunk(len(self.members), dim=1)):
+            part = part.contiguous(memory_format=torch.channels_last)
+            if self.training:
+                torch.set_rng_state(gen.get_state())
+                outs.append(model(part))
+                gen.set_state(torch.get_rng_state())
+            else:
+                outs.append(model(part))
+        return torch.cat(outs, dim=1)
+
+
 def members_of(fused: nn.Module) -> int:
-    """How many members ``fused`` runs (the output width of its first fused layer's member list)."""
+    """How many members ``fused`` (a :func:`fuse` module or a :class:`Sliced` one) runs."""
     for layer in fused.modules():
-        if isinstance(layer, (_Conv, _Linear, _BatchNorm)):
+        if isinstance(layer, (Sliced, _Conv, _Linear, _BatchNorm)):
             return len(layer.members)
     raise ValueError("not a fused module")
 
 
-__all__: list[Any] = ["fuse", "unfuse", "unfusable", "members_of"]
+__all__: list[Any] = ["fuse", "unfuse", "unfusable", "members_of", "Sliced"]
