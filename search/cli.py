@@ -85,6 +85,9 @@ def _stops_at_once(fn):  # type: ignore[no-untyped-def]
     return run
 
 
+PACK = click.option("--pack", type=click.IntRange(min=1), metavar="K",
+                    help="Train up to K trials at once as one fused model, each still a trial of its own (replaces "
+                         "the study file's pack; 1: one at a time). See docs/packs.md.")
 ALLOW_CHANGES = click.option(
     "--allow-changes", is_flag=True,
     help="Go on with a study although its file differs from the definition it was created with (recorded).")
@@ -226,10 +229,11 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
                                 "e.g. 0,1 or cpu (default: every visible GPU, else the CPU).")
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed, replacing the study file's (worker k uses seed + k).")
+@PACK
 @ALLOW_CHANGES
 @_stops_at_safe_points
 def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
-          devices: str | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
+          devices: str | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
     from search.hpo.urls import resolve_url
 
@@ -238,7 +242,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
         with interrupt.raising():
             from search.hpo import supervisor
 
-            spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed)
+            spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed, pack=pack)
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None
     raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo,
@@ -259,14 +263,15 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @click.option("--data-dir", help="Folder holding the dataset files.")
 @click.option("--seed", type=int, help="Sampler seed of this worker, replacing the study file's (default: the "
                                       "study's seed plus a number derived from this worker's host name and pid).")
+@PACK
 @ALLOW_CHANGES
 @_stops_at_safe_points
 def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
-           threads: int | None, data_dir: str | None, seed: int | None, allow_changes: bool) -> None:
+           threads: int | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     from search.hpo.standalone import standalone
 
-    spec = _spec(study, seed=seed, data_dir=data_dir, trials=trials, timeout=timeout)
+    spec = _spec(study, seed=seed, data_dir=data_dir, trials=trials, timeout=timeout, pack=pack)
     raise SystemExit(standalone(spec, storage, device=device, threads=threads, seeded=seed is not None,
                                 allow_changes=allow_changes, echo=click.echo))
 
@@ -285,22 +290,23 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
               help="Any other sbatch option, e.g. --sbatch-arg=--qos=long (repeat for more).")
 @storage_option("Study store URL the tasks share: journal:///abs/path or postgresql://")
 @click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
+@PACK
 @ALLOW_CHANGES
 @_stops_at_once
 def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | None, time_limit: str | None,
            partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: str | None,
-           dry_run: bool, allow_changes: bool) -> None:
+           dry_run: bool, pack: int | None, allow_changes: bool) -> None:
     """Run a search on SLURM: one job array of N tasks, each a `search worker` on the study."""
     from search import env
     from search.hpo import slurm
     from search.hpo.urls import mask, resolve_url
 
-    spec = _spec(study)
+    spec = _spec(study, pack=pack)
     shipped = not Path(study).exists()  # a name of a shipped study; a file is given to the tasks by its full path
     job = slurm.Job(study=study if shipped else str(Path(study).absolute()), name=spec.name, workers=workers,
                     storage=slurm.absolute(resolve_url(storage)), gpus=gpus, cpus=cpus, mem=mem, time=time_limit,
                     partition=partition, account=account, sbatch_args=sbatch_args,
-                    artifacts=env.path("SEARCH_ARTIFACTS"))
+                    artifacts=env.path("SEARCH_ARTIFACTS"), pack=pack)
     slurm.check(job)
     if dry_run:
         click.echo(slurm.script(job), nl=False)

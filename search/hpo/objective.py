@@ -12,18 +12,22 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from search.errors import StoreFault
-from search.hpo import folds, goals, trial_log
+from search.hpo import folds, goals, packs, trial_log
 from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
 from search.results import artifacts
 from search.train import checkpoint, engine, metrics
+from search.train.config import TrainConfig
 
 log = logging.getLogger("search")
 _UNSET = object()
@@ -31,82 +35,147 @@ _UNSET = object()
 OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
+@dataclass
+class Member:
+    """One trial of what a worker trains at once: a lone trial, or a member of a pack (search/hpo/packs.py)."""
+
+    trial: optuna.Trial
+    cfg: TrainConfig | None = None
+    checkpoint: Path | None = None  # where it checkpoints its epochs
+    resume: dict | None = None  # the state it resumes from (a retry)
+    pruned: bool = False
+    value: Any = None  # its value (several objectives: the list), once it completed
+    error: BaseException | None = None  # what ended it otherwise
+    traceback: str = ""  # of that error, for its log
+
+
 class Objective:
     """Callable for Optuna: trains one trial on ``device`` and returns its best validation metric (several
-    objectives: the list of their values)."""
+    objectives: the list of their values). With ``size`` above 1, the trial Optuna hands it is the first of a pack:
+    it asks the others itself (search/hpo/packs.py), trains them all as one fused model, and tells the others'
+    outcomes to the study (``on_done`` hears each), the first's as for a lone trial. Lone and packed trials take the
+    same steps below (prepare, train, finish, settle); only the training call differs."""
 
     def __init__(self, spec: StudySpec, device: str, on_start: Callable[[int], None] | None = None,
-                 on_epoch: Callable[[int, int, int, float, float], None] | None = None) -> None:
-        """``on_start(number)``: a trial starts; ``on_epoch(number, epoch, epochs, value, images_per_second)``:
-        it finished an epoch (a supervised worker tells its supervisor both)."""
+                 on_epoch: Callable[[int, int, int, float, float, bool], None] | None = None,
+                 on_pack: Callable[[list[int]], None] | None = None,
+                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        """``on_start(number)``: a trial starts; ``on_epoch(number, epoch, epochs, value, images_per_second,
+        pruned)``: it finished an epoch (a supervised worker tells its supervisor both); ``on_pack(numbers)``: the
+        trials of the pack now starting, the first's included; ``on_done(trial)``: a pack's member other than the first
+        ended (Optuna's callbacks hear of the first); ``on_note(line)``: a line for the terminal."""
         self.spec, self.device, self.on_start, self.on_epoch = spec, device, on_start, on_epoch
+        self.on_pack, self.on_done, self.on_note = on_pack, on_done, on_note
+        # Trials to train at once: a number (a supervised worker's ticket), or asked of a callable per pack.
+        self.size: int | Callable[[optuna.Study], int] = 1
         self._artifacts: object | Path | None = _UNSET  # the artifact folder, found at the first trial
-        self._batch_size: int | None = None  # of the trial running now
-        self._checkpoint: Path | None = None  # of the trial running now
-        self.trial_number: int | None = None  # the trial running now, or the last one
         self._assignment: list[int] | None = None  # a cv_folds study's folds, read once
+        self._said: set[str] = set()  # the reasons this worker ran a pack's first trial alone, said once each
+        self.trial_numbers: list[int] = []  # the trials running now, or the last ones
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_number = trial.number
-        interrupted = False  # then the checkpoint outlives the trial (its retry resumes from it), and no log is kept
-        with trial_log.capture() as captured:
-            try:
-                return self._run(trial)
-            except KeyboardInterrupt:  # SIGINT or SIGTERM: the worker is being stopped
-                interrupted = True
-                trial.set_user_attr("reason", "interrupted")
-                raise
-            except StoreFault:  # nothing more can be written: the trial stays RUNNING and resumes from its checkpoint
-                interrupted = True
-                raise
-            except (optuna.TrialPruned, Diverged):
-                raise
-            except Exception as err:  # recorded with the trial; Optuna marks it FAIL
-                captured.traceback()
-                if not is_out_of_memory(err):
-                    trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:1000])
-                    raise
-                reason = f"CUDA out of memory at batch_size {self._batch_size}"
-            finally:
-                if not interrupted:
-                    self._forget_checkpoint()
-                    self._upload_log(trial, captured)
-        # Out of the except block, the error and its traceback are gone, and with them the frames that held the
-        # trial's model, optimizer state and activations: free them now, so the next trial finds the card empty.
-        release_memory()
-        trial.set_user_attr("reason", reason)
-        raise OutOfMemory(reason)
+    @property
+    def trial_number(self) -> int | None:
+        """The (first) trial running now, or the last one."""
+        return self.trial_numbers[0] if self.trial_numbers else None
 
-    def _run(self, trial: optuna.Trial) -> float:
-        if self.on_start is not None:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.trial_numbers = [trial.number]
+        first = Member(trial)
+        members = [first]
+        with trial_log.capture() as captured, packs.heartbeats(trial.study, []) as beating:
+            self._attempt([first], lambda: self._prepare(first))
+            size = self.size(trial.study) if callable(self.size) else self.size
+            if size > 1 and first.error is None:
+                self._attempt([first], lambda: members.extend(self._others(first, size)))
+                for m in members[1:]:
+                    beating.enter_context(packs.beat(trial.study, m.trial))
+                    self._attempt([m], lambda m=m: self._prepare(m))
+            live = [m for m in members if m.error is None]
+            if live and not _stopped(members):
+                results = self._attempt(live, lambda: self._train(live)) or []
+                for m, result in zip(live, results):
+                    if not _stopped(members):
+                        self._attempt([m], lambda m=m, r=result: self._finish(m, r))
+                del results
+            for m in members:
+                self._settle(m, captured, stop=_stopped(members))
+            for m in members[1:]:
+                self._tell(m)
+        error = first.error
+        first.error = None  # its frames (the model, the optimizer, activations) go with the exception once raised
+        if error is not None:
+            raise error
+        return first.value
+
+    def _attempt(self, members: list[Member], step: Callable[[], Any]) -> Any:
+        """Run one step of ``members``; an error ends each of them (never the worker), with its traceback kept."""
+        try:
+            return step()
+        except BaseException as err:  # noqa: BLE001 (each member's outcome is settled below, as Optuna would)
+            text = traceback.format_exc()
+            for m in members:
+                m.error, m.traceback = err, text
+            return None
+
+    def _others(self, first: Member, size: int) -> list[Member]:
+        """The pack's other members, asked of the study; none when the first must run alone (said once)."""
+        why = packs.alone(self.spec, first.trial, first.cfg)  # type: ignore[arg-type]
+        if why is not None and why not in self._said and self.on_note is not None:
+            self._said.add(why)
+            self.on_note(f"worker {worker_id()}: {why}")
+        others = [] if why else packs.ask_members(first.trial.study, self.spec, first.trial, first.cfg, size)  # type: ignore[arg-type]
+        self.trial_numbers += [t.number for t in others]
+        if self.on_pack is not None:
+            self.on_pack(list(self.trial_numbers))  # the whole pack: the tickets beyond it go back
+        return [Member(t) for t in others]
+
+    def _prepare(self, m: Member) -> None:
+        trial = m.trial
+        if self.on_start is not None and m.trial.number == self.trial_numbers[0]:
             self.on_start(trial.number)  # the supervisor must know which trial to fail if this process dies
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", engine.device_label(engine.resolve_device(self.device)))
-        cfg = suggest_config(self.spec, trial)
-        self._batch_size = cfg.batch_size
-        trial.set_user_attr("config", cfg.to_dict())  # device 'auto': the exported file runs anywhere
-        resume = self._resume(trial, cfg.to_dict())
-        pruned = False
+        m.cfg = suggest_config(self.spec, trial)
+        trial.set_user_attr("config", m.cfg.to_dict())  # device 'auto': the exported file runs anywhere
+        m.resume = self._resume(m, m.cfg.to_dict())
+
+    def _reporter(self, m: Member) -> Callable[[int, dict[str, float]], bool]:
+        trial, cfg = m.trial, m.cfg
+        assert cfg is not None
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            nonlocal pruned
             value = metrics[self.spec.metric]
+            # Optuna takes no intermediate values of a multi-objective trial, and prunes none
+            if not self.spec.multi:
+                if math.isfinite(value):
+                    trial.report(value, epoch)
+                # After the last epoch there is nothing left to save: the trial completes, whatever the pruner says
+                # (a median pruner would otherwise mark a fully trained trial PRUNED and hide its value from the study).
+                m.pruned = epoch < cfg.epochs and trial.should_prune()
             if self.on_epoch is not None:
-                self.on_epoch(trial.number, epoch, cfg.epochs, value, metrics["images_per_second"])
-            if self.spec.multi:  # Optuna takes no intermediate values of a multi-objective trial, and prunes none
-                return False
-            if math.isfinite(value):
-                trial.report(value, epoch)
-            # After the last epoch there is nothing left to save: the trial completes, whatever the pruner says
-            # (a median pruner would otherwise mark a fully trained trial PRUNED and hide its value from the study).
-            pruned = epoch < cfg.epochs and trial.should_prune()
-            return pruned
+                self.on_epoch(trial.number, epoch, cfg.epochs, value, metrics["images_per_second"], m.pruned)
+            return m.pruned
 
-        if self.spec.cv_folds is not None:
-            result = engine.fit_folds(cfg.replace(device=self.device), self._folds(trial), on_epoch=on_epoch)
-        else:
-            result = engine.fit(cfg.replace(device=self.device), on_epoch=on_epoch, checkpoint=self._checkpoint,
-                                resume=resume)
+        return on_epoch
+
+    def _train(self, members: list[Member]) -> list[engine.FitResult]:
+        """The one training call: engine.fit for a trial alone, the fused fit_pack for a pack's members."""
+        cfgs = [m.cfg.replace(device=self.device) for m in members]  # type: ignore[union-attr]
+        if len(members) == 1:
+            m = members[0]
+            if self.spec.cv_folds is not None:
+                return [engine.fit_folds(cfgs[0], self._folds(m.trial), on_epoch=self._reporter(m))]
+            return [engine.fit(cfgs[0], on_epoch=self._reporter(m), checkpoint=m.checkpoint, resume=m.resume)]
+        for m in members:
+            m.trial.set_user_attr("pack", packs.attr([x.trial.number for x in members]))
+        from search.train import pack as fusion
+
+        return fusion.fit_pack(cfgs, on_epoch=[self._reporter(m) for m in members],
+                               checkpoints=[m.checkpoint for m in members], resumes=[m.resume for m in members])
+
+    def _finish(self, m: Member, result: engine.FitResult) -> None:
+        trial = m.trial
         if result.folds is not None:  # each fold's validation values at the kept epoch, and its curve
             trial.set_user_attr("cv_folds", result.folds)
         trial.set_user_attr("params", result.params)
@@ -115,17 +184,61 @@ class Objective:
         if own:
             trial.set_user_attr("epoch_seconds", round(sum(h["seconds"] for h in own) / len(own), 3))
             trial.set_user_attr("images_per_second", round(result.images_per_second, 1))
-        outcome = "diverged" if result.outcome == "diverged" else "pruned" if pruned else "complete"
+        outcome = "diverged" if result.outcome == "diverged" else "pruned" if m.pruned else "complete"
         self._upload(trial, result, outcome)
         if result.outcome == "diverged":
             trial.set_user_attr("reason", result.reason)
             raise Diverged(result.reason)
-        if pruned:
+        if m.pruned:
             raise optuna.TrialPruned(f"pruned at epoch {len(result.history)}")
         values = self._values(trial, result)
         if self.spec.keep_best_weights:
-            self._keep_weights(trial, result, cfg.to_dict(), values)
-        return values if self.spec.multi else values[0]
+            self._keep_weights(trial, result, m.cfg.to_dict(), values)  # type: ignore[union-attr]
+        m.value = values if self.spec.multi else values[0]
+
+    def _settle(self, m: Member, captured: trial_log.TrialLog, *, stop: BaseException | None) -> None:
+        """What a trial's end records, whatever ended it: its reason, its log, its checkpoint forgotten. A stop
+        (SIGINT/SIGTERM, or the store failing) ends every member still going: its checkpoint outlives it (its retry
+        resumes from it), and no log is kept."""
+        trial, err = m.trial, m.error
+        if stop is not None and (err is None or isinstance(err, (KeyboardInterrupt, StoreFault))):
+            m.error = err = stop
+        if isinstance(err, KeyboardInterrupt):  # SIGINT or SIGTERM: the worker is being stopped
+            trial.set_user_attr("reason", "interrupted")
+            return
+        if isinstance(err, StoreFault):  # nothing more can be written: it stays RUNNING and resumes from its checkpoint
+            return
+        if err is not None and not isinstance(err, (optuna.TrialPruned, Diverged)):  # Optuna marks it FAIL
+            if is_out_of_memory(err):
+                reason = f"CUDA out of memory at batch_size {m.cfg.batch_size if m.cfg else '?'}"
+                m.error = err = OutOfMemory(reason)
+            else:
+                reason = f"{type(err).__name__}: {err}"[:1000]
+        else:
+            reason = None
+        self._forget_checkpoint(m)
+        self._upload_log(trial, captured.text(m.traceback if reason is not None else ""))
+        if isinstance(m.error, OutOfMemory):
+            # The error and its traceback are gone, and with them the frames that held the trial's model, optimizer
+            # state and activations: free them now, so the next trial finds the card empty.
+            release_memory()
+        if reason is not None:
+            trial.set_user_attr("reason", reason)
+
+    def _tell(self, m: Member) -> None:
+        """A pack's member other than the first: its outcome to the study, as Optuna's optimize tells the first's."""
+        err = m.error
+        if isinstance(err, StoreFault):
+            return
+        study = m.trial.study
+        if err is None:
+            frozen = study.tell(m.trial, m.value)
+        else:
+            state = TrialState.PRUNED if isinstance(err, optuna.TrialPruned) else TrialState.FAIL
+            frozen = study.tell(m.trial, state=state)
+        m.error = None
+        if self.on_done is not None:
+            self.on_done(frozen)
 
     def _folds(self, trial: optuna.Trial) -> list[int]:
         """The study's folds, as stored with its definition when it was created (supervisor.ensure_study); made
@@ -178,44 +291,45 @@ class Objective:
             self._artifacts = artifacts.artifact_dir(artifacts.storage_url(trial.storage))
         return self._artifacts if isinstance(self._artifacts, Path) else None
 
-    def _resume(self, trial: optuna.Trial, config: dict) -> dict | None:
+    def _resume(self, m: Member, config: dict) -> dict | None:
         """Where this trial checkpoints its epochs; the state to resume from when it retries a stopped trial.
 
         A retry (search/hpo/storage.py: retry_once) takes over the checkpoint of the trial it retries, by renaming
         it: if the retry is stopped too, its own retry finds it. One that cannot be used is reported in one line
         and the retry starts from epoch 1.
         """
+        trial = m.trial
         folder = self._folder(trial)
-        self._checkpoint = checkpoint_path(folder, self.spec.name, trial.number) if folder is not None else None
+        m.checkpoint = checkpoint_path(folder, self.spec.name, trial.number) if folder is not None else None
         origin = trial.user_attrs.get("retry_of")
         if origin is None:
             return None
         trial.set_user_attr("resumed_from_trial", origin)
         old = checkpoint_path(folder, self.spec.name, origin) if folder is not None else None
         state = None
-        if old is not None and self._checkpoint is not None and old.exists():
-            old.replace(self._checkpoint)
+        if old is not None and m.checkpoint is not None and old.exists():
+            old.replace(m.checkpoint)
             try:
-                state = checkpoint.load(self._checkpoint, config)
+                state = checkpoint.load(m.checkpoint, config)
             except checkpoint.CheckpointError as err:
                 log.warning("trial %d: %s; it starts again from epoch 1", trial.number, err)
                 trial.set_user_attr("resume_note", str(err))
         trial.set_user_attr("resumed_at_epoch", state["epoch"] + 1 if state else 1)
         return state
 
-    def _forget_checkpoint(self) -> None:
+    def _forget_checkpoint(self, m: Member) -> None:
         try:
-            if self._checkpoint is not None:
-                self._checkpoint.unlink(missing_ok=True)
+            if m.checkpoint is not None:
+                m.checkpoint.unlink(missing_ok=True)
         except OSError:  # the folder could not be written either: there is nothing to delete
             pass
 
-    def _upload_log(self, trial: optuna.Trial, captured: trial_log.TrialLog) -> None:
+    def _upload_log(self, trial: optuna.Trial, text: str) -> None:
         folder = self._folder(trial)
         if folder is None:
             return
         try:
-            artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", captured.text())
+            artifacts.upload_text(trial, folder, f"trial-{trial.number}-log.txt", text)
         except Exception as err:  # as for the learning curve: never at the cost of the trial's result
             _store_failed(err)
             log.warning("trial %d: its log could not be saved to %s: %s", trial.number, folder, err)
@@ -242,6 +356,11 @@ class Objective:
             _store_failed(err)
             log.warning("trial %d: its learning curve could not be saved to %s: %s: %s", trial.number, folder,
                         type(err).__name__, err)
+
+
+def _stopped(members: list[Member]) -> BaseException | None:
+    """A stop signal or the store's failure met by any member: it ends the whole pack."""
+    return next((m.error for m in members if isinstance(m.error, (KeyboardInterrupt, StoreFault))), None)
 
 
 def _store_failed(err: Exception) -> None:

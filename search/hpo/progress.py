@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 SUMMARY_EVERY_S = 30.0
@@ -19,20 +19,62 @@ SUMMARY_EVERY_S = 30.0
 
 @dataclass
 class WorkerLine:
+    """What one worker does now: its trial (epoch k/n, latest validation value), or its pack's members (search/hpo/
+    packs.py), which train the same epochs together until one leaves (pruned)."""
+
     trial: int | None = None
     epoch: int = 0
     epochs: int = 0
     value: float | None = None
     images_per_second: float | None = None
+    members: dict[int, tuple[int, float | None]] = field(default_factory=dict)  # a pack: trial -> (epoch, value)
+    left: set[int] = field(default_factory=set)  # members pruned: they left the pack (told when it ends)
+
+    def start(self, number: int) -> None:
+        self.__init__(trial=number)  # type: ignore[misc]
+
+    def pack(self, numbers: list[int] | tuple[int, ...]) -> None:
+        self.__init__(trial=numbers[0], members={n: (0, None) for n in numbers})  # type: ignore[misc]
+
+    def update(self, number: int, epoch: int, epochs: int, value: float, images_per_second: float,
+               leaves: bool = False) -> None:
+        """A trial finished an epoch (``leaves``: and was pruned there)."""
+        if number in self.members:
+            self.members[number] = (epoch, value)
+            self.epoch = max(self.epoch, epoch)
+            if leaves:
+                self.left.add(number)
+        else:
+            self.trial, self.epoch, self.value = number, epoch, value
+        self.epochs, self.images_per_second = epochs, images_per_second
+
+    def ended(self, number: int) -> bool:
+        """A trial ended; True when the worker runs no trial any more."""
+        self.members.pop(number, None)
+        if self.members:
+            self.trial = min(self.members)
+            return False
+        self.__init__()  # type: ignore[misc]
+        return True
 
     def text(self, name: str, metric: str) -> str:
         if self.trial is None:
             return f"{name}: waiting for a trial"
+        speed = f", {self.images_per_second:,.0f} images/s" if self.images_per_second else ""
+        if self.members and not self.epoch:
+            return f"{name}: pack of {len(self.members)} (trials {', '.join(map(str, sorted(self.members)))}), starting"
+        if self.members:
+            return (f"{name}: pack of {len(self.members)}, epoch {self.epoch}/{self.epochs}, {metric} "
+                    + ", ".join(self._member(n, e, v) for n, (e, v) in sorted(self.members.items())) + speed)
         if not self.epoch:
             return f"{name}: trial {self.trial}, starting"
         value = f"{metric} {self.value:.4f}" if self.value is not None else f"{metric} -"
-        speed = f", {self.images_per_second:,.0f} images/s" if self.images_per_second else ""
         return f"{name}: trial {self.trial}, epoch {self.epoch}/{self.epochs}, {value}{speed}"
+
+    def _member(self, number: int, epoch: int, value: float | None) -> str:
+        shown = f"{value:.4f}" if value is not None else "-"
+        left = f" (left at epoch {epoch})" if number in self.left else ""
+        return f"trial {number} {shown}{left}"
 
 
 def eta(finished: int, remaining: int, seconds: float) -> str:

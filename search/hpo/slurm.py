@@ -55,6 +55,7 @@ class Job:
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)
     folder: Path = field(default_factory=Path.cwd)  # where the tasks start and write their logs
     artifacts: Path | None = None  # the trials' files and checkpoints, a folder every node reaches
+    pack: int | None = None  # `search submit --pack K`, passed on to each task's worker (None: the study file's)
 
     def artifact_dir(self) -> Path:
         """``artifacts``, else the store's own default (beside a journal file), else artifacts/ in ``folder``:
@@ -146,7 +147,8 @@ def script(job: Job) -> str:
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         "# The trials' files and the checkpoints a stopped trial resumes from:",
         f"export SEARCH_ARTIFACTS={shlex.quote(str(job.artifact_dir()))}",
-        f"{launcher()} worker --study {shlex.quote(job.study)} --device {device} &",
+        f"{launcher()} worker --study {shlex.quote(job.study)} --device {device}"
+        f"{f' --pack {job.pack}' if job.pack is not None else ''} &",
         _SUPERVISE,
     ]
     return "\n".join(lines)

@@ -49,7 +49,7 @@ class Param:
 
     def can_take(self, value: Any) -> bool:
         if self.choices is not None:
-            return any(_same(value, choice) for choice in self.choices)
+            return any(same(value, choice) for choice in self.choices)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         return self.low <= value <= self.high  # type: ignore[operator]
@@ -61,7 +61,7 @@ class Param:
             if isinstance(value, str) and not any(isinstance(c, str) for c in self.choices):
                 value = config.as_number(value)  # `1e-3` among number choices
             for choice in self.choices:
-                if _same(value, choice):
+                if same(value, choice):
                     return choice
             raise ValueError(f"not a choice; choices: {_describe(self)}")
         try:
@@ -81,11 +81,11 @@ class Param:
         """Whether ``when`` is met by the values suggested so far (a skipped parameter meets nothing)."""
         if not self.when:
             return True
-        return all(name in values and any(_same(values[name], v) for v in allowed)
+        return all(name in values and any(same(values[name], v) for v in allowed)
                    for name, allowed in self.when.items())
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
     # True == 1 in Python; a condition on a bool choice must not match the integer 1, or the reverse.
     return (isinstance(a, bool) == isinstance(b, bool)) and a == b
 
@@ -118,7 +118,7 @@ def _parse_entry(name: str, entry: Any, *, where: str, earlier: dict[str, Param]
             if choice is not None and not isinstance(choice, (bool, int, float, str)):
                 raise SearchError(f"{where}: choice {choice!r} must be a number, string, true/false or null")
         for i, choice in enumerate(choices):
-            if any(_same(choice, other) for other in choices[:i]):
+            if any(same(choice, other) for other in choices[:i]):
                 raise SearchError(f"{where}: choice {choice!r} is listed twice")
         return Param(name, kind, choices=tuple(choices), when=when)
 

@@ -1,7 +1,8 @@
 """`search worker`: one worker without a supervisor, e.g. on another machine, joining a study in a shared store.
 
 The one thing to know: without a supervisor nobody hands out tickets, so the budget is Optuna's
-MaxTrialsCallback, and workers that started a trial as the budget filled may overshoot it by that trial. A worker
+MaxTrialsCallback, and workers that started a trial as the budget filled may overshoot it by that trial. A packed
+worker asks for no more members than the budget leaves beside the trials running now (`room`). A worker
 takes its host's slot first (search/hpo/slots.py), which may choose its GPU. A failure that is not the user's
 input ends it with one line; the traceback goes to the trial's log or to search-worker-<id>.log.
 """
@@ -43,16 +44,16 @@ def standalone(spec: StudySpec, storage: str | None, *, device: str, threads: in
     except (SearchError, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise _failed(err, url, None, None) from None
+        raise _failed(err, url, None, []) from None
     # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
     offset = 0 if seeded else zlib.crc32(worker_id().encode())
     return run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset, echo=echo)
 
 
-def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | None) -> SearchError:
-    """The one line of a worker that failed on ``err`` (being handled); its traceback goes to ``trial``'s log while
-    that trial runs (then failed, and queued to run again), else to search-worker-<id>.log. After a store fault, the
-    fault's line: nothing more can be written, and the trial stays RUNNING, to resume."""
+def _failed(err: Exception, url: str, study: optuna.Study | None, numbers: list[int]) -> SearchError:
+    """The one line of a worker that failed on ``err`` (being handled); its traceback goes to the log of its trial
+    (a pack's first) while its trials run (then failed, and queued to run again), else to search-worker-<id>.log.
+    After a store fault, the fault's line: nothing more can be written, and the trials stay RUNNING, to resume."""
     from search.results import artifacts
 
     fault = store_fault()
@@ -61,11 +62,12 @@ def _failed(err: Exception, url: str, study: optuna.Study | None, trial: int | N
 
     text = traceback.format_exc()
     folder = artifacts.artifact_dir(url)
+    trial = numbers[0] if numbers else None
     log = trial_log.record_crash(text, study=study, trial=trial, folder=folder, worker=worker_id())
     where = log if log is not None else f"trial {trial}'s log (search status --trial {trial})"
-    if study is not None and trial is not None:
+    for number in numbers if study is not None else []:
         try:  # the next worker resumes it; a store that is what failed leaves it to the heartbeat's grace period
-            failed = fail_running(study._storage, study, trial, f"worker {worker_id()} failed: {reason(err)}")
+            failed = fail_running(study._storage, study, number, f"worker {worker_id()} failed: {reason(err)}")
             if failed is not None and failed.state == TrialState.FAIL:
                 retry_once(study, failed)
         except Exception:
@@ -90,7 +92,7 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     except (SearchError, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise _failed(err, storage_url, None, None) from None
+        raise _failed(err, storage_url, None, []) from None
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done >= trials:
         echo(queue.beyond_budget(study, trials)
@@ -106,7 +108,9 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     board = progress.Board(echo)  # this worker's line: redrawn on a terminal, every 30 s elsewhere
     began = time.monotonic()
 
-    def show(line: progress.WorkerLine) -> None:
+    line = progress.WorkerLine()
+
+    def show() -> None:
         board.show([line.text(f"worker {worker_id()}", spec.metric)],
                    f"[{time.monotonic() - began:6.0f} s] study '{spec.name}'")
 
@@ -120,8 +124,22 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
         if interrupt.requested():
             study.stop()
 
-    objective = Objective(spec, device, on_start=lambda n: show(progress.WorkerLine(trial=n)),
-                          on_epoch=lambda *p: show(progress.WorkerLine(*p)))
+    def start(number: int) -> None:
+        line.start(number)
+        show()
+
+    def pack(numbers: list[int]) -> None:
+        if len(numbers) > 1:
+            line.pack(numbers)
+        show()
+
+    def epoch(*progress: object) -> None:
+        line.update(*progress)  # type: ignore[arg-type]
+        show()
+
+    objective = Objective(spec, device, on_start=start, on_epoch=epoch, on_pack=pack,
+                          on_done=lambda t: report(study, t), on_note=board.say)
+    objective.size = lambda s: room(s, trials, spec.pack)
     try:
         interrupt.check()
         study.optimize(objective, n_trials=None, timeout=spec.timeout, catch=(Exception,),
@@ -135,16 +153,30 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
         board.close()
         what = "no trial was running"
-        number = objective.trial_number
-        if number is not None:
+        stopped = []
+        for number in objective.trial_numbers:
             trial = study.get_trials(deepcopy=False)[number]
             if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
                 retry_once(study, trial, interrupted=True)  # the next worker resumes it from its checkpoint
-                what = f"trial {number} was stopped and will resume from its last finished epoch"
+                stopped.append(number)
+        if len(stopped) == 1:
+            what = f"trial {stopped[0]} was stopped and will resume from its last finished epoch"
+        elif stopped:
+            what = (f"trials {', '.join(map(str, stopped))} were stopped and will each resume from its last finished "
+                    f"epoch")
         raise Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on") from None
     except SearchError:
         raise
     except Exception as err:  # outside the objective (which records its own failures): Optuna's or the store's
         board.close()
-        raise _failed(err, storage_url, study, objective.trial_number) from None
+        raise _failed(err, storage_url, study, objective.trial_numbers) from None
     return 0
+
+
+def room(study: optuna.Study, trials: int, pack: int) -> int:
+    """The members of this worker's next pack: at most ``pack``, and no more than the budget leaves beside the trials
+    finished and running (this pack's first among them); at least the one trial already asked for."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    finished = sum(s in FINISHED for s in states)
+    running = sum(s == TrialState.RUNNING for s in states)
+    return max(1, min(pack, trials - finished - running + 1))

@@ -30,7 +30,8 @@ from search.hpo.space import STUDY_KEYS, Param, check_params, parse_space, sugge
 from search.train import config
 
 STUDY_FILE_KEYS = ("name", "dataset", "data_dir", "metric", "direction", "objectives", "epochs", "trials", "timeout",
-                   "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights", "keep_epoch_by", "cv_folds")
+                   "sampler", "pruner", "space", "fixed", "enqueue", "keep_best_weights", "keep_epoch_by", "cv_folds",
+                   "pack")
 REQUIRED = ("name", "dataset")
 DEFAULT_TRIALS = 20
 DEFAULT_SAMPLER: dict[str, Any] = {"name": "tpe", "seed": 0}
@@ -90,6 +91,9 @@ class StudySpec:
     # made from cv_seed (the file's sampler seed, never a worker's own) and stored with the definition.
     cv_folds: int | None = None
     cv_seed: int = 0
+    # Trials a worker trains at once as one fused model (search/hpo/packs.py); 1 = one trial at a time. How the
+    # study runs, not what it searches: not part of its definition, and `--pack` overrides it.
+    pack: int = 1
 
     def __post_init__(self) -> None:
         if not self.objectives:  # a spec built in code with metric and direction only
@@ -225,8 +229,9 @@ def _named(raw: Any, *, source: str, key: str, default: dict[str, Any], valid: d
 
 
 def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | None = None,
-               timeout: float | None = None) -> StudySpec:
-    """Read and check a study file; ``data_dir``, ``trials`` and ``timeout`` override the file (None keeps it)."""
+               timeout: float | None = None, pack: int | None = None) -> StudySpec:
+    """Read and check a study file; ``data_dir``, ``trials``, ``timeout`` and ``pack`` override the file (None keeps
+    it)."""
     path = find_study(name_or_path)
     source = _display(path)
     raw = config.read_yaml(source if Path(source).is_file() else path)
@@ -265,6 +270,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     epochs = _int(raw.get("epochs", config.TrainConfig.epochs), source=source, key="epochs", minimum=1)
     trials = _int(trials if trials is not None else raw.get("trials", DEFAULT_TRIALS),
                   source=source, key="trials", minimum=1)
+    pack = _int(pack if pack is not None else raw.get("pack", 1), source=source, key="pack", minimum=1)
     timeout = timeout if timeout is not None else raw.get("timeout")
     if timeout is not None:
         try:
@@ -306,7 +312,7 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     spec = StudySpec(name=name, dataset=dataset, data_dir=data_dir, metric=metric, direction=direction,
                      epochs=epochs, trials=trials, timeout=timeout, sampler=sampler, pruner=pruner, space=space,
                      fixed=fixed, path=path.resolve(), keep_best_weights=keep, objectives=objectives,
-                     keep_epoch_by=keep_epoch_by, cv_folds=cv_folds, cv_seed=sampler["seed"])
+                     keep_epoch_by=keep_epoch_by, cv_folds=cv_folds, cv_seed=sampler["seed"], pack=pack)
     _check_configs(spec, source=source)
     spec = dataclasses.replace(spec, enqueue=_parse_enqueue(raw.get("enqueue"), source=source, spec=spec))
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker
@@ -406,6 +412,10 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     settings = dict(spec.sampler)
     name = settings.pop("name")
     settings["seed"] = (settings.get("seed", 0) + seed_offset) % 2**32  # numpy's seeds: the sum wraps, never fails
+    if name == "tpe" and spec.pack > 1:
+        # A pack's members are sampled while the others are running: TPE's constant liar counts running trials as
+        # bad ones, so that the members spread out rather than crowd one good region (the file may say otherwise).
+        settings.setdefault("constant_liar", True)
     needs = _SAMPLER_NEEDS.get(name)
     if needs and importlib.util.find_spec(needs) is None:
         raise SearchError(f"{_display(spec.path)}: sampler {name} needs the '{needs}' package: pip install {needs}")

@@ -1,8 +1,9 @@
 """The supervisor of `search start`: N worker processes (search/hpo/worker.py) on one study store, their
 progress lines (search/hpo/progress.py), and what happens when one dies or the user stops them.
 
-The one thing to know: the supervisor alone keeps the budget. A worker asks it for a ticket before each trial,
-so the study ends with exactly the requested number of finished trials; a failed trial gives its ticket back,
+The one thing to know: the supervisor alone keeps the budget. A worker asks it for a ticket before each trial (a
+packed worker for one per member of its pack: it gets at most what the budget leaves), so the study ends with
+exactly the requested number of finished trials; a failed trial gives its ticket back,
 and a trial whose worker died or was stopped is failed with its reason and queued once more, to resume from its
 checkpoint. Stopping follows search/interrupt.py: Ctrl-C is the supervisor's alone, and each worker gets one SIGTERM.
 """
@@ -43,9 +44,10 @@ class WorkerProcess:
     place: Placement  # its device, CUDA_VISIBLE_DEVICES and threads
     process: Any = None
     conn: Connection | None = None
-    ticket: bool = False  # holds a ticket: a trial is (about to be) running
+    tickets: int = 0  # tickets it holds: trials (about to be) running
+    want: int = 1  # tickets it asked for (a pack's size)
     waiting: bool = False  # asked for a ticket, not answered yet
-    trial: int | None = None  # number of the trial it runs now
+    trials: list[int] = field(default_factory=list)  # numbers of the trials it runs now (a pack's members)
     stopped: bool = False  # was told to stop
     ready: bool = False  # has asked for its first ticket: it runs our code, with its SIGTERM handler set
     crash: worker.Crashed | None = None  # the error it ended on, as it told us before exiting
@@ -97,7 +99,7 @@ class Supervisor:
         # Its own CUDA_VISIBLE_DEVICES; it starts deaf to Ctrl-C, and SIGTERM waits for its handler.
         interrupt.start_shielded(slot.process, slot.place.env)
         child.close()
-        slot.conn, slot.ticket, slot.waiting, slot.trial, slot.stopped = parent, False, False, None, False
+        slot.conn, slot.tickets, slot.waiting, slot.trials, slot.stopped = parent, 0, False, [], False
 
     def _replace(self, dead: WorkerProcess) -> WorkerProcess:
         slot = WorkerProcess(self.next_index, dead.place)
@@ -133,7 +135,9 @@ class Supervisor:
             self.echo(text)
 
     def _dispatch(self) -> None:
-        in_flight = sum(s.ticket for s in self.slots)
+        in_flight = sum(s.tickets for s in self.slots)
+        # The end of the budget is shared among the workers rather than taken by the first to ask.
+        share = max(1, -(-(self.budget - self.progress.finished - in_flight) // len(self.slots)))
         for slot in self.slots:
             if not slot.waiting:
                 continue
@@ -141,27 +145,37 @@ class Supervisor:
                 slot.conn.send(worker.STOP)
                 slot.waiting, slot.stopped = False, True
             elif self.progress.finished + in_flight < self.budget:
-                slot.conn.send(worker.GO)
-                slot.waiting, slot.ticket = False, True
-                in_flight += 1
+                grant = min(slot.want, self.budget - self.progress.finished - in_flight, share)
+                slot.conn.send(grant)
+                slot.waiting, slot.tickets = False, grant
+                in_flight += grant
 
     def _on_message(self, slot: WorkerProcess, msg: worker.Message) -> None:
         p = self.progress
-        if isinstance(msg, worker.Ticket):
+        if isinstance(msg, worker.Ticket):  # every trial of its last ticket has ended
             slot.waiting = slot.ready = True
+            slot.want, slot.tickets, slot.trials = msg.trials, 0, []
         elif isinstance(msg, worker.Crashed):
             slot.crash = msg
         elif isinstance(msg, worker.Started):
-            slot.trial = msg.number
-            slot.line = progress.WorkerLine(trial=msg.number)
+            slot.trials = [msg.number]
+            slot.line.start(msg.number)
+        elif isinstance(msg, worker.Packed):
+            slot.trials, slot.tickets = list(msg.numbers), len(msg.numbers)  # the tickets it did not use go back
+            if len(msg.numbers) > 1:
+                slot.line.pack(msg.numbers)
+        elif isinstance(msg, worker.Say):
+            self.echo(msg.text)
         elif isinstance(msg, worker.Note):
             self._note_outage(msg.text)
         elif isinstance(msg, worker.Fault):
             self.fault = self.fault or StoreFault(msg.text, msg.exit_code)
         elif isinstance(msg, worker.Epoch):
-            slot.line = progress.WorkerLine(msg.number, msg.epoch, msg.epochs, msg.value, msg.images_per_second)
+            slot.line.update(msg.number, msg.epoch, msg.epochs, msg.value, msg.images_per_second, msg.leaves)
         elif isinstance(msg, worker.Done):
-            slot.ticket, slot.trial, slot.line = False, None, progress.WorkerLine()
+            slot.tickets = max(0, slot.tickets - 1)
+            slot.trials = [n for n in slot.trials if n != msg.number]
+            slot.line.ended(msg.number)
             if msg.state in ("COMPLETE", "PRUNED"):
                 p.finished += 1
                 p.fail_streak = 0
@@ -197,11 +211,17 @@ class Supervisor:
         self.progress.deaths += 1
         reason = f"{self._worker_name(slot)} " + (f"failed: {slot.crash.reason}" if slot.crash else f"died ({how})")
         logged = self._log_death(slot, reason)
-        if slot.trial is not None:
-            self._fail_trial(slot.trial, reason)
+        if len(slot.trials) == 1:
+            self._fail_trial(slot.trials[0], reason)
             self.progress.failed += 1
-            self.echo(f"trial {slot.trial} failed: {reason}{logged}; it is queued once more and will resume from its "
-                      f"last finished epoch")
+            self.echo(f"trial {slot.trials[0]} failed: {reason}{logged}; it is queued once more and will resume from "
+                      f"its last finished epoch")
+        elif slot.trials:  # a pack: each member is failed, and retried from its own checkpoint
+            for number in slot.trials:
+                self._fail_trial(number, reason)
+            self.progress.failed += len(slot.trials)
+            self.echo(f"trials {', '.join(map(str, slot.trials))} (a pack) failed: {reason}{logged}; each is queued "
+                      f"once more and will resume from its last finished epoch")
         else:
             self.echo(f"{reason}{logged}")
         if self.progress.deaths > DEATHS_PER_WORKER * len(self.slots):
@@ -217,16 +237,17 @@ class Supervisor:
         where (a worker killed by a signal, outside a trial, left nothing more to say than the line)."""
         from search.results import artifacts
 
-        if slot.crash is None and slot.trial is None:
+        trial = slot.trials[0] if slot.trials else None
+        if slot.crash is None and trial is None:
             return ""
         text = slot.crash.traceback if slot.crash else f"{reason}: it left no Python traceback\n"
-        where = trial_log.record_crash(text, study=self.study, trial=slot.trial, worker=worker_id(slot.process.pid),
+        where = trial_log.record_crash(text, study=self.study, trial=trial, worker=worker_id(slot.process.pid),
                                        folder=artifacts.artifact_dir(self.storage_url))
-        return f"; traceback in {where}" if where is not None else f"; details: {self._status_command(slot.trial)}"
+        return f"; traceback in {where}" if where is not None else f"; details: {self._status_command(trial)}"
 
     def _totals(self) -> str:
         p = self.progress
-        running = sum(s.ticket for s in self.slots)
+        running = sum(max(s.tickets, len(s.trials)) for s in self.slots)
         seconds = max(time.monotonic() - p.started, 1e-9)
         return (f"[{seconds:6.0f} s] finished {self.already + p.finished}/{self.trials} (pruned {p.pruned}), "
                 f"failed {p.failed}, running {running} | best {p.best} | {p.finished * 3600 / seconds:.0f} trials/h"
@@ -319,7 +340,7 @@ class Supervisor:
         # rather than waited for; one stuck past the grace period is killed, and its trial failed below.
         interrupt.stop_children([s.process for s in started], starting=[s.process for s in started if not s.ready])
         mine = {worker_id(s.process.pid) for s in started}
-        stopped = {s.trial for s in started if s.trial is not None}  # a worker failed its own, or we do below
+        stopped = {n for s in started for n in s.trials}  # a worker failed its own, or we do below
         stopped |= {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if t.user_attrs.get("worker") in mine}
         for number in sorted(stopped):  # each is queued again and resumes from its last finished epoch

@@ -32,8 +32,9 @@ class TrialLog:
         """Add the traceback of the exception being handled."""
         self.buffer.write(traceback.format_exc())
 
-    def text(self) -> str:
-        return self.buffer.getvalue() or "(nothing was logged)\n"
+    def text(self, extra: str = "") -> str:
+        """What was logged, then ``extra`` (a member's own traceback, in a pack's shared log)."""
+        return self.buffer.getvalue() + extra or "(nothing was logged)\n"
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """Inside a worker process: the supervised worker of `search start`, and the standalone `search worker`.
 
 A supervised worker talks to its supervisor over one pipe, in the messages below: before each trial it asks for a
-ticket (the supervisor alone keeps the budget exact), says which trial it started (so the supervisor can fail that
-trial if this process dies), and reports each finished trial.
+ticket (the supervisor alone keeps the budget exact; a packed worker asks for one per member and may get fewer),
+says which trials it started (so the supervisor can fail them if this process dies), and reports each finished
+trial.
 
 Stopping (search/interrupt.py): a supervised worker starts with SIGINT and SIGTERM blocked; from its first line
 on it ignores SIGINT, records SIGTERM and stops at the next safe point (a batch boundary, or while it waits for a
@@ -28,7 +29,10 @@ from search.hpo.studies import StudySpec, make_pruner, make_sampler
 
 @dataclass(frozen=True)
 class Ticket:
-    """worker -> supervisor: may I start a trial? Answered with GO or STOP."""
+    """worker -> supervisor: may I start up to `trials` trials (a pack)? Answered with how many (at least 1), or STOP.
+    Every trial of the worker's last ticket has ended (and was reported) when it asks again."""
+
+    trials: int = 1
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,14 @@ class Started:
     """worker -> supervisor: trial `number` runs in this process now."""
 
     number: int
+
+
+@dataclass(frozen=True)
+class Packed:
+    """worker -> supervisor: trials `numbers` (the first one's included) run in this process now as one pack; the
+    tickets it holds beyond them go back."""
+
+    numbers: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -49,18 +61,27 @@ class Done:
 
 @dataclass(frozen=True)
 class Epoch:
-    """worker -> supervisor: trial `number` finished epoch `epoch` of `epochs` (for the progress lines)."""
+    """worker -> supervisor: trial `number` finished epoch `epoch` of `epochs` (for the progress lines); `leaves`: it
+    was pruned there, and leaves its pack."""
 
     number: int
     epoch: int
     epochs: int
     value: float
     images_per_second: float
+    leaves: bool = False
 
 
 @dataclass(frozen=True)
 class Note:
     """worker -> supervisor: a line for the terminal (the store is unreachable and waited for)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Say:
+    """worker -> supervisor: a line for the terminal, as it is (a pack's first trial runs alone, and why)."""
 
     text: str
 
@@ -81,8 +102,8 @@ class Crashed:
     traceback: str
 
 
-GO, STOP = "go", "stop"  # supervisor -> worker, the answers to a Ticket
-Message = Ticket | Started | Done | Epoch | Crashed | Note | Fault
+STOP = "stop"  # supervisor -> worker: the answer to a Ticket when no trial may start (else the number that may)
+Message = Ticket | Started | Packed | Done | Epoch | Crashed | Note | Say | Fault
 
 
 def drain(conn: Connection) -> list[Message]:
@@ -115,7 +136,8 @@ def set_threads(device: str, threads: int) -> None:
 
 def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
                threads: int) -> None:
-    """A supervised worker's process: one ticket, one trial, until the supervisor says stop (or sends SIGTERM)."""
+    """A supervised worker's process: one ticket, one trial (or pack), until the supervisor says stop (or sends
+    SIGTERM)."""
     interrupt.install_in_worker()  # SIGTERM is recorded from here on (it was blocked until now); SIGINT ignored
     quiet.libraries(worker=True)
     from search.hpo import faults
@@ -132,18 +154,23 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
 
         set_threads(device, threads)
         study = open_study(spec, storage_url, seed_offset)
+
+        def done(t: optuna.trial.FrozenTrial) -> None:
+            send(Done(t.number, t.state.name, t.user_attrs.get("reason")))
+
         objective = Objective(spec, device, on_start=lambda number: send(Started(number)),
-                              on_epoch=lambda *progress: send(Epoch(*progress)))
+                              on_epoch=lambda *progress: send(Epoch(*progress)),
+                              on_pack=lambda numbers: send(Packed(tuple(numbers))), on_done=done,
+                              on_note=lambda text: send(Say(text)))
         while True:
             interrupt.check()
-            send(Ticket())
-            if _answer(conn) != GO:
+            send(Ticket(spec.pack))
+            answer = _answer(conn)
+            if answer == STOP:
                 break
-            done: list[optuna.trial.FrozenTrial] = []
+            objective.size = answer
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[lambda _s, t, done=done: done.append(t)])
-            t = done[-1]
-            send(Done(t.number, t.state.name, t.user_attrs.get("reason")))
+                           callbacks=[lambda _s, t: done(t)])
         # Every result is in the store and reported: skip the interpreter's teardown, which with torch loaded
         # takes seconds that the supervisor (and the user) would wait for.
         sys.stdout.flush()
@@ -163,7 +190,7 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
         os._exit(fault.exit_code if fault is not None else 1)
 
 
-def _answer(conn: Connection) -> str:
+def _answer(conn: Connection) -> int | str:
     """The supervisor's answer to a Ticket; a stop signal that comes while waiting is seen at once."""
     while not conn.poll(0.2):
         interrupt.check()
