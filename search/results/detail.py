@@ -24,6 +24,10 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
     for key in ("reason", "worker", "device", "epochs_run", "resumed_from_trial", "resumed_at_epoch", "resume_note"):
         if key in attrs:
             lines.append(f"{key.replace('_', ' ')}: {attrs[key]}")
+    if "pack" in attrs:
+        pack = attrs["pack"]
+        lines.append(f"pack: trained as one fused model with trials {', '.join(map(str, pack['members']))} "
+                     f"(pack {pack['id']}, {pack['size']} trials)")
     url = resolve_url(storage_url)
     name = f"trial-{number}-log.txt"
     text = artifacts.read_text(t, open_storage(url, must_exist=True, heartbeat=False), artifacts.artifact_dir(url),

@@ -151,6 +151,7 @@ def summary(study: optuna.Study, top: int = 5) -> str:
               else f"{metric}, {study.direction.name.lower()}")
     lines = [f"study '{study.study_name}' ({study.user_attrs.get('dataset', '?')}, {judged}): {len(trials)} "
              f"trials: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATES)]
+    lines += pack_lines(trials)
     if goals.is_multi(study):
         return "\n".join(lines + pareto_lines(study))
     best = ranked(study)
@@ -168,9 +169,43 @@ def summary(study: optuna.Study, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+def pack_lines(trials: list[FrozenTrial]) -> list[str]:
+    """The trials trained as packs (search/hpo/packs.py), and what runs now: each running trial with its epoch, a
+    pack's members together (one that lags behind the others was pruned and left the pack)."""
+    packs = {t.user_attrs["pack"]["id"]: t.user_attrs["pack"] for t in trials if "pack" in t.user_attrs}
+    lines = []
+    if packs:
+        packed = sum(len(p["members"]) for p in packs.values())
+        lines.append(f"packs: {len(packs)} trained {packed} trials as fused models (up to "
+                     f"{max(p['size'] for p in packs.values())} at once)")
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if not running:
+        return lines
+    lines.append("running:")
+    shown: set[int] = set()
+    for t in running:
+        pack = t.user_attrs.get("pack")
+        if pack is None:
+            lines.append(f"  trial {t.number}: {_epoch(t)}")
+        elif pack["id"] not in shown:
+            shown.add(pack["id"])
+            members = [trials[n] for n in pack["members"] if n < len(trials)]
+            lines.append(f"  pack {pack['id']} ({pack['size']} trials): "
+                         + ", ".join(f"trial {m.number} {_epoch(m)}" for m in members))
+    return lines
+
+
+def _epoch(t: FrozenTrial) -> str:
+    if t.state != TrialState.RUNNING:
+        return t.state.name.lower()
+    done = max(t.intermediate_values, default=0)
+    return f"epoch {done}/{t.user_attrs.get('config', {}).get('epochs', '?')}" if done else "starting"
+
+
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     """Every trial as one row: number, state, value, one column per parameter (empty where a trial has none,
-    e.g. a conditional one), epochs run, seconds (start to finish), and the reason of a failed trial."""
+    e.g. a conditional one), its pack's id (search/hpo/packs.py; a column only in a study with packs, empty for a
+    trial trained alone), epochs run, seconds (start to finish), and the reason of a failed trial."""
     trials = study.get_trials(deepcopy=False)
     params: list[str] = []
     for t in trials:
@@ -178,9 +213,11 @@ def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     objectives = goals.of_study(study)
     multi = goals.is_multi(study)
     values = [m for m, _ in objectives] if multi else ["value"]
-    columns = ["number", "state", *values, *params, "epochs_run", "seconds", "reason"]
+    packed = ["pack"] if any("pack" in t.user_attrs for t in trials) else []
+    columns = ["number", "state", *values, *params, *packed, "epochs_run", "seconds", "reason"]
     rows = [[t.number, t.state.name.lower(), *(t.values or [None] * len(values)),
              *(t.params.get(name) for name in params),
+             *(t.user_attrs.get("pack", {}).get("id") for _ in packed),
              t.user_attrs.get("epochs_run"),
              round(t.duration.total_seconds(), 3) if t.duration is not None else None,
              t.user_attrs.get("reason")] for t in trials]
