@@ -124,7 +124,7 @@ class Objective:
         if why is not None and why not in self._said and self.on_note is not None:
             self._said.add(why)
             self.on_note(f"worker {worker_id()}: {why}")
-        others = [] if why else packs.ask_members(first.trial.study, self.spec, first.trial, first.cfg, size)  # type: ignore[arg-type]
+        others = [] if why else packs.ask_members(first.trial.study, self.spec, first.trial, size)
         self.trial_numbers += [t.number for t in others]
         if self.on_pack is not None:
             self.on_pack(list(self.trial_numbers))  # the whole pack: the tickets beyond it go back

@@ -28,8 +28,7 @@ import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread  # the thread Optuna's optimize runs for its own trial
 from optuna.trial import TrialState
 
-from search.errors import SearchError
-from search.hpo.space import Param, same
+from search.hpo.space import same
 from search.hpo.studies import StudySpec, suggest_config
 from search.train import pack as fusion
 from search.train.config import TrainConfig
@@ -48,11 +47,10 @@ def alone(spec: StudySpec, trial: optuna.Trial, cfg: TrainConfig) -> str | None:
     return f"{why}; its trials run one at a time" if why else None
 
 
-def fixed_names(spec: StudySpec, cfg: TrainConfig) -> list[str]:
-    """The searched parameters a pack's members share: each one whose value changes the pack key (tried with its
-    choices or bounds), and the parameters their conditions name, so that every member asks for the same ones."""
-    key = fusion.pack_key(cfg)
-    names = {name for name, param in spec.space.items() if _changes_key(cfg, key, param)}
+def fixed_names(spec: StudySpec) -> list[str]:
+    """The searched parameters a pack's members share: those of the training side's pack key, and the parameters
+    their conditions name, so that every member asks for the same ones."""
+    names = {name for name in spec.space if name in fusion.PACK_KEYS}
     grown = True
     while grown:  # a condition's parameters decide whether a shared one is asked for at all: shared too
         extra = {other for name in names for other in (spec.space[name].when or {}) if other not in names}
@@ -61,28 +59,16 @@ def fixed_names(spec: StudySpec, cfg: TrainConfig) -> list[str]:
     return [name for name in spec.space if name in names]
 
 
-def _changes_key(cfg: TrainConfig, key: tuple, param: Param) -> bool:
-    for value in param.bounds():
-        try:
-            other = cfg.replace(**{param.name: value})
-        except SearchError:  # a value this configuration cannot take with it: never mixed in one pack
-            return True
-        if fusion.pack_key(other) != key:
-            return True
-    return False
-
-
 def joins(shared: list[str], first: dict[str, Any], queued: dict[str, Any]) -> bool:
     """Whether a queued trial whose given parameters are ``queued`` can join the pack of the trial with ``first``:
     it names no shared parameter with another value (the ones it leaves out are asked with the first's values)."""
     return all(name not in queued or (name in first and same(queued[name], first[name])) for name in shared)
 
 
-def ask_members(study: optuna.Study, spec: StudySpec, first: optuna.Trial, cfg: TrainConfig, n: int
-                ) -> list[optuna.Trial]:
-    """Up to ``n - 1`` more trials for the pack of ``first`` (whose configuration is ``cfg``), each with its
+def ask_members(study: optuna.Study, spec: StudySpec, first: optuna.Trial, n: int) -> list[optuna.Trial]:
+    """Up to ``n - 1`` more trials for the pack of ``first`` (its parameters asked already), each with its
     parameters already asked: queued trials that can join first, then new ones (see the module's docstring)."""
-    shared = fixed_names(spec, cfg)
+    shared = fixed_names(spec)
     fixed = {name: first.params[name] for name in shared if name in first.params}
     members: list[optuna.Trial] = []
     storage = study._storage  # noqa: SLF001 (Optuna's ask reaches its queue through the same two calls)
