@@ -81,3 +81,12 @@ def test_the_private_names_used_elsewhere(tmp_path):
         if err.name in ("grpc", "google", "google.protobuf"):
             pytest.skip(f"grpcio/protobuf not installed ({err.name})")
         _fail(f"optuna.storages._grpc.auto_generated.api_pb2_grpc does not import ({err}): search/hpo/proxy.py")
+
+
+def test_the_heartbeat_thread_a_packs_members_beat_with():
+    # search/hpo/packs.py: the members of a pack other than the first beat as Optuna's optimize makes its trial beat.
+    from optuna.storages import _heartbeat
+
+    fn = getattr(_heartbeat, "get_heartbeat_thread", None)
+    if fn is None or list(inspect.signature(fn).parameters) != ["trial_id", "storage"]:
+        _fail("optuna.storages._heartbeat.get_heartbeat_thread(trial_id, storage) is gone")
