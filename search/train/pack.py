@@ -198,6 +198,7 @@ class Pack:
         self.sliced = not (device.type == "cuda" if fused is None else fused)
         self.fused: torch.nn.Module | None = None
         self._fused_models: list[torch.nn.Module] = []
+        self.trained: list[_Member] = []  # the members of the epoch being trained (some may leave at its end)
         self._refuse()
         self.bar = None
         self.progress = progress
@@ -254,8 +255,8 @@ class Pack:
             metrics, m.best_state = record_epoch(m.result, epoch, loss, val, m.best_state, started=t0,
                                                  train_seconds=train_seconds)
             if self.progress and self.bar is None:
-                print(f"epoch {epoch}/{cfg.epochs} (pack member {self.trained.index(m) + 1}/{len(self.trained)}): "
-                      f"{epoch_line(metrics)}", file=sys.stderr, flush=True)
+                print(f"epoch {epoch}/{cfg.epochs} (pack member {self.members.index(m) + 1} of {len(self.members)}, "
+                      f"{len(self.trained)} training): {epoch_line(metrics)}", file=sys.stderr, flush=True)
             if m.checkpoint is not None:
                 m.checkpoint = save_or_warn(m.checkpoint, m.trainer, m.result, m.best_state, epoch,
                                             dropout_rng=m.dropout.get_state())
