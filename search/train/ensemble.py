@@ -76,14 +76,16 @@ class Member:
         as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
         return as_t(self.mean), as_t(self.std)
 
-    def probabilities(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor, device: torch.device,
+                      net: torch.nn.Module | None = None) -> torch.Tensor:
         """(N, K) class probabilities of uint8 (N, C, S, S) ``images``, by the engine's one prediction path (the
-        run's normalisation, precision and any test-time views its config names)."""
+        run's normalisation, precision and any test-time views its config names). ``net``: self.net(device), built
+        once by a caller that scores several splits."""
         dtype = engine.resolve_precision(self.cfg.precision, device)
         autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
         mean, std = self.stats(device)
-        _, scores = engine.score(self.net(device), images.to(device), self.cfg, get_info(self.cfg.dataset), mean,
-                                 std, autocast)
+        _, scores = engine.score(net or self.net(device), images.to(device), self.cfg, get_info(self.cfg.dataset),
+                                 mean, std, autocast)
         return scores.float()
 
 
@@ -189,10 +191,13 @@ def evaluate(path: Path, out: Path, device_name: str | None = None) -> dict[str,
     info = get_info(members[0].cfg.dataset)
     splits: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
     labels: dict[str, torch.Tensor] = {}
+    params = 0
     for m in members:
         data = load(m.cfg.dataset, m.cfg.data_dir, device, m.cfg.size)
+        net = m.net(device)
+        params += sum(p.numel() for p in net.parameters())
         for split in splits:
-            splits[split].append(m.probabilities(getattr(data, split).images, device))
+            splits[split].append(m.probabilities(getattr(data, split).images, device, net))
             labels[split] = getattr(data, split).labels
     mean = {s: torch.stack(ps).mean(dim=0) for s, ps in splits.items()}
     val = evaluate_scores(labels["val"], mean["val"], info.task)
@@ -204,7 +209,7 @@ def evaluate(path: Path, out: Path, device_name: str | None = None) -> dict[str,
         "val_acc": val["acc"], "val_auc": val["auc"], "test_acc": test["acc"], "test_auc": test["auc"],
         "test_loss": _loss(labels["test"], mean["test"], info.multi_label),
         "best_epoch": None, "epochs": None, "outcome": "ensemble", "seconds": round(time.perf_counter() - start, 3),
-        "params": sum(v.numel() for m in members for v in m.state.values() if v.is_floating_point()),
+        "params": params,  # all the members' together: what the ensemble holds and runs per image
         "device": str(device), "dataset": info.name,
         "architecture": f"ensemble of {len(members)} ({', '.join(archs)})", "size": members[0].cfg.size,
         "seed": "", "task": info.task, "ensemble": str(folder or path), "combine": COMBINE,
