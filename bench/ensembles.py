@@ -1,6 +1,6 @@
 """Do ensembles pay? A single model vs a 3-seed ensemble vs a rerank-3 ensemble, on real MNIST images.
 
-    python bench/ensembles.py [--n-train 2000] [--epochs 3] [--trials 8] [--seeds 6] [--out runs/bench-ensembles]
+    python bench/ensembles.py [--n-train 2000] [--epochs 3] [--trials 6] [--seeds 6] [--out runs/bench-ensembles]
 
 Data: the real MNIST test set in ../shared/data/mnist (as bench/real_mnist.py): its first N images are the training
 set (split 9:1 into train and val by the MNIST reader), its last 2,000 the test split. A small training set, as a
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--n-train", type=int, default=2000, help="training images (train + val), from the real set")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--seeds", type=int, default=6, help="single-model seeds (a multiple of 3)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-ensembles"))
     args = ap.parse_args()
