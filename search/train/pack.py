@@ -69,7 +69,8 @@ def unsupported(cfg: TrainConfig) -> str | None:
     if cfg.pretrained:
         return (f"pretrained {cfg.architecture} does not fuse into a pack yet (its ImageNet input stage widens grey "
                 f"images to 3 channels inside the model)")
-    if cfg.compile:
+    if cfg.compile and (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())):
+        # (on the CPU a lone run ignores compile: true too)
         return "compile: true does not fuse into a pack yet (the fused model runs uncompiled)"
     info = get_info(cfg.dataset)
     reason = _unfusable(cfg.architecture, info.channels, info.num_classes, cfg.size)
