@@ -1,6 +1,6 @@
 """Do test-time augmentation and cross-validated selection pay? Figures on the real MNIST split and generated data.
 
-    python bench/finalists.py [--n-train 1000] [--trials 5] [--epochs 4] [--seeds 3] [--skip-tta] [--skip-cv]
+    python bench/finalists.py [--n-train 1000] [--trials 4] [--epochs 3] [--seeds 3] [--skip-tta] [--skip-cv]
 
 1. TTA. MNIST allows none (digits have an orientation: the rule in docs/finalists.md), so it is measured on
    generated PathMNIST-shaped data (28 x 28 RGB, 9 classes) whose classes are textures with no orientation, each
@@ -36,7 +36,7 @@ from search import quiet  # noqa: E402
 from search.errors import SearchError  # noqa: E402
 from search.hpo import supervisor  # noqa: E402
 from search.hpo.objective import Objective  # noqa: E402
-from search.hpo.studies import load_study  # noqa: E402
+from search.hpo.studies import load_study, make_pruner, make_sampler  # noqa: E402
 from search.train import engine  # noqa: E402
 from search.train.config import TrainConfig  # noqa: E402
 from search.train.data import read_idx  # noqa: E402
@@ -132,13 +132,13 @@ def winner(folder: Path, data: Path, name: str, seed: int, trials: int, epochs: 
     url = f"sqlite:///{folder / 'bench.db'}"
     t0 = time.perf_counter()
     supervisor.ensure_study(spec, url)
-    study = optuna.load_study(study_name=name, storage=url)
+    study = optuna.load_study(study_name=name, storage=url, sampler=make_sampler(spec), pruner=make_pruner(spec))
     study.optimize(Objective(spec, "cpu"), n_trials=trials)
     best = study.best_trial
     return best, time.perf_counter() - t0
 
 
-def cv_effect(shared: Path, n_train: int, trials: int, epochs: int, seeds: int) -> None:
+def cv_effect(shared: Path, n_train: int, trials: int, epochs: int, seeds: range) -> None:
     rows: dict[str, list[tuple[float, float]]] = {"plain split": [], "cv_folds: 5": []}
     cost = {"plain split": 0.0, "cv_folds: 5": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +146,7 @@ def cv_effect(shared: Path, n_train: int, trials: int, epochs: int, seeds: int) 
         data = subset(shared, Path(tmp) / "mnist", n_train)
         print(f"real MNIST, {n_train} training images (train {n_train - n_train // 10} / val {n_train // 10}), "
               f"test {N_TEST}: {trials} random trials (lr, dropout) x {epochs} epochs per search")
-        for seed in range(seeds):
+        for seed in seeds:
             for label, cv in (("plain split", None), ("cv_folds: 5", 5)):
                 best, seconds = winner(Path(tmp), data, f"s{seed}-{'cv' if cv else 'plain'}", seed, trials,
                                        epochs, cv)
@@ -170,9 +170,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="the first sampler seed (to run seeds apart)")
     ap.add_argument("--skip-tta", action="store_true")
     ap.add_argument("--skip-cv", action="store_true")
     args = ap.parse_args()
@@ -181,7 +182,8 @@ def main() -> None:
     if not args.skip_tta:
         tta_effect()
     if not args.skip_cv:
-        cv_effect(args.shared, args.n_train, args.trials, args.epochs, args.seeds)
+        cv_effect(args.shared, args.n_train, args.trials, args.epochs,
+                  range(args.first_seed, args.first_seed + args.seeds))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import yaml
 from optuna.trial import TrialState
 from torch import nn
 
@@ -210,6 +211,12 @@ def test_a_cv_study_stores_its_folds_and_judges_each_trial_by_the_fold_mean(path
         means = {e + 1: statistics.fmean(values) for e, values in enumerate(cv["history"]["val_acc"])}
         assert t.intermediate_values == pytest.approx(means)  # what the pruner saw: the fold mean of each epoch
         assert t.value == pytest.approx(statistics.fmean(cv["val_acc"]))  # the kept epoch's fold mean
+
+    exported = run(["export", "--study", "cv", "-o", "best.yaml"], tmp_path)  # the winner, for the official split
+    assert exported.returncode == 0, exported.stderr
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["keep_epoch_by"] == "val_auc" and best["search"]["cv_folds"]["k"] == 3
+    assert statistics.fmean(best["search"]["cv_folds"]["fold_values"]) == pytest.approx(best["search"]["value"])
 
     (tmp_path / "bad.yaml").write_text(CV_STUDY.format(name="bad", data=pathmnist_dir, k=40))
     bad = run(["start", "--study", "bad.yaml", "--workers", "1"], tmp_path)

@@ -52,6 +52,9 @@ def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | No
         notes["values"] = dict(zip((m for m, _ in goals.of_study(study)), trial.values or ()))
     else:
         notes.update(metric=study.user_attrs.get("metric", "value"), value=trial.value)
+    cv = trial.user_attrs.get("cv_folds")
+    if cv:  # the value is a fold mean; `search train` trains this config once, on the official split
+        notes["cv_folds"] = {"k": cv["k"], "fold_values": cv.get(study.user_attrs.get("metric", "val_acc"))}
     config.dump(cfg, out, notes=notes)
     return cfg, trial
 
