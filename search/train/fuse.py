@@ -272,12 +272,24 @@ class Sliced(nn.Module):
         for model, gen, part in zip(self.members, self.generators, x.chunk(len(self.members), dim=1)):
             part = part.contiguous(memory_format=torch.channels_last)
             if self.training:
-                torch.set_rng_state(gen.get_state())
+                set_global_rng(part.device, gen.get_state())
                 outs.append(model(part))
-                gen.set_state(torch.get_rng_state())
+                gen.set_state(global_rng(part.device))
             else:
                 outs.append(model(part))
         return torch.cat(outs, dim=1)
+
+
+def global_rng(device: torch.device) -> torch.Tensor:
+    """The state of torch's global generator on ``device`` (the one a model's dropout draws from)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_global_rng(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def members_of(fused: nn.Module) -> int:
@@ -288,4 +300,4 @@ def members_of(fused: nn.Module) -> int:
     raise ValueError("not a fused module")
 
 
-__all__: list[Any] = ["fuse", "unfuse", "unfusable", "members_of", "Sliced"]
+__all__: list[Any] = ["fuse", "unfuse", "unfusable", "members_of", "Sliced", "global_rng", "set_global_rng"]

@@ -52,7 +52,7 @@ from search.train.engine import (
     resume_run,
     save_or_warn,
 )
-from search.train.fuse import Sliced, fuse, members_of, unfusable, unfuse
+from search.train.fuse import Sliced, fuse, global_rng, members_of, unfusable, unfuse
 
 #: The TrainConfig fields that must agree for runs to share a pack. Everything else may differ per member.
 PACK_KEYS = ("dataset", "data_dir", "size", "architecture", "pretrained", "batch_size", "epochs", "optimizer",
@@ -154,7 +154,7 @@ def _member(cfg: TrainConfig, data: Data, device: torch.device, on_epoch: OnEpoc
     trainer = Trainer(cfg, data, device)  # seeds torch's global generator and builds the model: its lone init
     dropout = torch.Generator(device=device)
     # The global generator right after the model's initialisation: where its lone run draws its first mask.
-    dropout.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    dropout.set_state(global_rng(device))
     member = _Member(FitResult(trainer, "completed", None, {}), on_epoch, checkpoint, dropout)
     member.best_state = resume_run(trainer, member.result, resume, on_epoch)
     if resume is not None:
