@@ -157,8 +157,9 @@ def _member(cfg: TrainConfig, data: Data, device: torch.device, on_epoch: OnEpoc
     dropout.set_state(global_rng(device))
     member = _Member(FitResult(trainer, "completed", None, {}), on_epoch, checkpoint, dropout)
     member.best_state = resume_run(trainer, member.result, resume, on_epoch)
-    if resume is not None:
-        dropout.set_state(resume["cuda_rng"] if device.type == "cuda" else resume["cpu_rng"])
+    saved = None if resume is None else resume["cuda_rng"] if device.type == "cuda" else resume["cpu_rng"]
+    if saved is not None:  # (a CPU run's checkpoint has no CUDA state: resumed on a GPU, it goes on from the seed's)
+        dropout.set_state(saved)
     return member
 
 
