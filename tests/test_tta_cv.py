@@ -10,9 +10,11 @@ import optuna
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from optuna.trial import TrialState
 from torch import nn
 
+from search.cli import main
 from search.errors import SearchError
 from search.hpo import folds, supervisor
 from search.hpo.objective import Objective
@@ -92,7 +94,7 @@ def test_a_view_the_dataset_does_not_allow_is_one_line(dataset, allowed):
 
 
 @pytest.mark.e2e
-def test_search_train_with_tta_records_it_and_its_cost_and_refuses_a_view_in_one_line(tmp_path):
+def test_search_train_with_tta_records_it_and_its_cost_and_refuses_a_view_in_one_line(tmp_path, monkeypatch):
     write_medmnist_npz(tmp_path / "pathmnist.npz", channels=3, classes=9, counts=(64, 32, 32))
     (tmp_path / "run.yaml").write_text(f"dataset: pathmnist\ndata_dir: {tmp_path}\narchitecture: simple_cnn_v1\n"
                                        f"epochs: 1\nbatch_size: 32\ntta: dihedral\n")
@@ -109,10 +111,10 @@ def test_search_train_with_tta_records_it_and_its_cost_and_refuses_a_view_in_one
         assert sum(float(row.split(",")[i]) for i in columns) == pytest.approx(1, abs=1e-4)
 
     (tmp_path / "digits.yaml").write_text("dataset: digits\ntta: flip\n")
-    bad = run(["train", "digits.yaml", "--out", "never"], tmp_path)
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip().splitlines() == ["Error: tta 'flip' can change the labels of digits "
-                                               "(its images have an orientation); valid for digits: none"]
+    monkeypatch.chdir(tmp_path)  # in-process: the door's one line
+    bad = CliRunner().invoke(main, ["train", "digits.yaml", "--out", "never"])
+    assert bad.exit_code == 2 and bad.output.strip().splitlines() == [
+        "Error: tta 'flip' can change the labels of digits (its images have an orientation); valid for digits: none"]
     assert not (tmp_path / "never").exists()
 
 
@@ -120,9 +122,9 @@ def test_search_train_with_tta_records_it_and_its_cost_and_refuses_a_view_in_one
 
 
 @pytest.mark.parametrize("by, best", [("val_loss", min), ("val_auc", max)])
-def test_keep_epoch_by_keeps_the_epoch_best_by_it(by, best):
-    r = engine.fit(TrainConfig(dataset="digits", epochs=3, batch_size=128, device="cpu", lr=0.01,
-                               architecture="simple_cnn_v1", keep_epoch_by=by))
+def test_keep_epoch_by_keeps_the_epoch_best_by_it(pathmnist_dir, by, best):
+    r = engine.fit(TrainConfig(dataset="pathmnist", data_dir=str(pathmnist_dir), epochs=4, batch_size=32,
+                               device="cpu", lr=0.01, architecture="simple_cnn_v1", keep_epoch_by=by))
     kept = best(r.history, key=lambda h: h[by])
     assert r.best_epoch == kept["epoch"]
     assert r.best == {k: kept[k] for k in ("val_acc", "val_auc", "val_loss")}
@@ -219,10 +221,9 @@ def test_a_cv_study_stores_its_folds_and_judges_each_trial_by_the_fold_mean(path
     assert statistics.fmean(best["search"]["cv_folds"]["fold_values"]) == pytest.approx(best["search"]["value"])
 
     (tmp_path / "bad.yaml").write_text(CV_STUDY.format(name="bad", data=pathmnist_dir, k=40))
-    bad = run(["start", "--study", "bad.yaml", "--workers", "1"], tmp_path)
-    assert bad.returncode == 2
-    errors = [line for line in bad.stderr.splitlines() if not line.startswith("warning: ")]  # the tiny file's note
-    assert len(errors) == 1 and errors[0].startswith("Error: cv_folds 40 is more than the 8 train+val images"), errors
+    with pytest.raises(SearchError, match=r"^cv_folds 40 is more than the 8 train\+val images of pathmnist's "
+                                          r"smallest class \(\d\); valid: 2 to 8$"):
+        supervisor.ensure_study(load_study(str(tmp_path / "bad.yaml")), f"sqlite:///{tmp_path / 'search.db'}")
     assert "bad" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'search.db'}")  # nothing written
 
 
