@@ -237,7 +237,7 @@ class Objective:
             state = TrialState.PRUNED if isinstance(err, optuna.TrialPruned) else TrialState.FAIL
             frozen = study.tell(m.trial, state=state)
         m.error = None
-        if self.on_done is not None:
+        if self.on_done is not None and not isinstance(err, KeyboardInterrupt):  # stopped, not ended: no line
             self.on_done(frozen)
 
     def _folds(self, trial: optuna.Trial) -> list[int]:

@@ -66,29 +66,29 @@ def joins(shared: list[str], first: dict[str, Any], queued: dict[str, Any]) -> b
 
 
 def ask_members(study: optuna.Study, spec: StudySpec, first: optuna.Trial, n: int) -> list[optuna.Trial]:
-    """Up to ``n - 1`` more trials for the pack of ``first`` (its parameters asked already), each with its
-    parameters already asked: queued trials that can join first, then new ones (see the module's docstring)."""
+    """Up to ``n - 1`` more trials for the pack of ``first`` (whose parameters are asked), each with its parameters
+    asked: queued trials that can join first, then new ones (see the module's docstring)."""
     shared = fixed_names(spec)
     fixed = {name: first.params[name] for name in shared if name in first.params}
     members: list[optuna.Trial] = []
-    storage = study._storage  # noqa: SLF001 (Optuna's ask reaches its queue through the same two calls)
-    for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if len(members) >= n - 1:
-            break
-        queued = waiting.system_attrs.get("fixed_params", waiting.params)
-        if RETRY in waiting.user_attrs or not joins(shared, first.params, queued):
-            continue
-        try:
-            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                continue  # another worker took it a moment ago
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        members.append(optuna.Trial(study, waiting._trial_id))
+    storage = study._storage  # Optuna's own ask reaches its queue through the same two calls
     base = study.sampler
-    study.sampler = optuna.samplers.PartialFixedSampler(fixed, base)
+    study.sampler = optuna.samplers.PartialFixedSampler(fixed, base)  # for every member asked here, from its start
     try:
-        for trial in members:  # a queued trial's parameters it leaves out: the first's shared ones, the sampler's rest
-            suggest_config(spec, trial)
+        for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+            if len(members) >= n - 1:
+                break
+            queued = waiting.system_attrs.get("fixed_params", waiting.params)
+            if RETRY in waiting.user_attrs or not joins(shared, first.params, queued):
+                continue
+            try:
+                if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it a moment ago
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            trial = optuna.Trial(study, waiting._trial_id)
+            members.append(trial)
+            suggest_config(spec, trial)  # what it leaves out: the first's shared values, the sampler's rest
         while len(members) < n - 1:
             trial = optuna.Trial(study, storage.create_new_trial(study._study_id))
             members.append(trial)
