@@ -84,15 +84,15 @@ def main() -> None:
         root = args.out or Path(tmp)
         print(f"digits study, {args.epochs} epochs per trial, budget {args.budget}, {args.workers} workers on "
               f"{args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-        runs: dict[int, list[dict]] = {}
-        for pack in args.packs:
-            for seed in args.seeds:
+        runs: dict[int, list[dict]] = {pack: [] for pack in args.packs}
+        for seed in args.seeds:  # the packs in turn for each seed: a load that drifts meets them all alike
+            for pack in args.packs:
                 folder = root / f"pack-{pack}-seed-{seed}"
                 (folder / "studies").mkdir(parents=True, exist_ok=True)
                 (folder / "studies" / "digits.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
                 r = run_one(folder, pack=pack, seed=seed, workers=args.workers, budget=args.budget,
                             device=args.device)
-                runs.setdefault(pack, []).append(r)
+                runs[pack].append(r)
                 print(f"  pack {pack} seed {seed}: {r['finished']} trials ({r['pruned']} pruned, {r['packed']} in "
                       f"{r['packs']} packs, {r['epochs']} epochs) in {r['seconds']:.1f} s = "
                       f"{r['trials_per_hour']:.0f} trials/h, best val_acc {r['best']:.4f}", flush=True)
