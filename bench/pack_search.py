@@ -15,7 +15,10 @@ Prints one line per run, then per K: trials/h (mean +- sd over the seeds) and it
 means, sqrt(sd1^2/n1 + sd2^2/n2)): a pack must not cost search quality. Figures are printed, never asserted. With 2
 workers a pack of 8 needs a budget of at least 16 to form (the supervisor shares the end of the budget among them).
 
-Time: the defaults (3 packs x 3 seeds x 16 trials of 2 epochs) take about 5 minutes on two quiet CPU cores.
+Time: the defaults (3 packs x 3 seeds x 16 trials of 2 epochs, 9 searches) took 17 minutes on this project's two
+CPU cores shared with other work (load average 5 to 9): one search took 56 to 214 s by the load of the moment, so
+trials/h moves far more with the machine than with K there (docs/packs.md). On quiet cores a search takes about a
+minute, the defaults about 10 minutes; `--seeds 0 --budget 8` tries it in about 3.
 """
 from __future__ import annotations
 
