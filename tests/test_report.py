@@ -174,6 +174,8 @@ def test_latex_tables_have_one_row_per_item(searched):
 
     rows, footer = body_rows(tex(searched, "test_metrics"))
     assert [r[0] for r in rows] == ["final/seed-0", "final/seed-1"] and footer[0][0] == r"mean $\pm$ sd"
+    ensemble = json.loads((searched.root / "final" / "summary.json").read_text())["ensemble"]  # below the mean
+    assert footer[1][0] == "seed ensemble (2 runs)" and footer[1][5] == f"{ensemble['test_acc']:.4f}"
 
     rows, footer = body_rows(tex(searched, "val_test_gap"))  # validation minus test, each run and the group
     gaps = []

@@ -58,6 +58,15 @@ class Group:
         return [float(r.metrics.get(key, math.nan)) for r in self.runs]
 
     @property
+    def seed_ensemble(self) -> dict[str, Any] | None:
+        """The seed ensemble `search train --seeds` recorded in the group's summary.json (None: none there)."""
+        try:
+            e = json.loads((self.folder / "summary.json").read_text()).get("ensemble")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return e if isinstance(e, dict) and len(self.runs) > 1 else None
+
+    @property
     def dataset(self) -> str:
         return str(self.runs[0].metrics.get("dataset", "?"))
 
@@ -240,6 +249,11 @@ def _test_items(groups: list[Group], dataset: str) -> list[FigureItem | Table | 
     footer = [[(f"{g.label}: " if several else "") + ("mean ± sd" if len(g.runs) > 1 else "mean")
                + (f" (n = {len(g.runs)})" if several else ""), "", "", "", _pm(g.values("val_acc"), 4),
                _pm(g.values("test_acc"), 4), _pm(g.values("test_auc"), 4)] for g in groups]
+    for i, g in reversed(list(enumerate(groups))):  # each group's seed ensemble below its mean
+        e = g.seed_ensemble
+        if e is not None:
+            footer.insert(i + 1, [(f"{g.label}: " if several else "") + f"seed ensemble ({e['members']} runs)", "",
+                                  "", "", "", f"{e['test_acc']:.4f}", f"{e['test_auc']:.4f}"])
     items: list[FigureItem | Table | Note] = [Table(
         "test_metrics", "Test accuracy and AUC of each run",
         ["Run", "Architecture", "Seed", "Kept epoch", "Val ACC", "Test ACC", "Test AUC"],
@@ -247,8 +261,9 @@ def _test_items(groups: list[Group], dataset: str) -> list[FigureItem | Table | 
           _kept(r.metrics),
           f"{r.metrics.get('val_acc', math.nan):.4f}", f"{r.metrics['test_acc']:.4f}",
           f"{r.metrics['test_auc']:.4f}"] for r in runs], "llrrrrr", footer=footer,
-        note="sd: sample standard deviation (n - 1) over a group's runs." if any(len(g.runs) > 1 for g in groups)
-        else "")]
+        note=("sd: sample standard deviation (n - 1) over a group's runs." if any(len(g.runs) > 1 for g in groups)
+              else "") + (" Seed ensemble: the mean of the runs' test probabilities (summary.json)."
+                          if any(g.seed_ensemble for g in groups) else ""))]
     known = published.published(dataset)
     several_runs = any(len(g.runs) > 1 for g in groups)
     items.append(FigureItem(
