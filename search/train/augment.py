@@ -182,7 +182,7 @@ def _dihedral_view(flip: bool, quarter_turns: int) -> View:
 
 
 def tta_views(tta: str) -> tuple[View, ...]:
-    """The deterministic views of a batch (N, C, H, W) that a test-time augmentation ``tta`` (config.TTA) averages
+    """The deterministic views of a batch (N, C, H, W) that a test-time augmentation ``tta`` (data.TTA) averages
     over, the identity first: none -> 1 view, flip -> 2 (the horizontal mirror, as ``flip`` trains), dihedral -> 8
     (every element of D4, as ``dihedral`` trains; square images). Spatial views commute with the per-channel
     normalisation, so they may be applied before or after it.

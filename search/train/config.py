@@ -23,9 +23,6 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 METRICS = ("val_acc", "val_auc")
 # What may pick the kept epoch: a study metric, or the validation loss (lowest wins).
 EPOCH_METRICS = (*METRICS, "val_loss")
-# Test-time augmentation: the label-preserving views a prediction averages (search/train/augment.py makes them).
-# Each is a subset of the next, so a dataset allows a prefix of this tuple (data.DatasetInfo.tta).
-TTA = ("none", "flip", "dihedral")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 GRAPHS = ("auto", "on", "off")
 
@@ -197,7 +194,7 @@ def validate(cfg: TrainConfig) -> None:
     # The registries are the truth; imported here, at the first check. Neither loads torch (nor medmnist, unless
     # a MedMNIST name is asked for): `search start` checks every value of a study before its workers start.
     from models import list_models
-    from search.train.data import get_info, is_dataset, list_datasets
+    from search.train.data import TTA, get_info, is_dataset, list_datasets
 
     for key in KEYS:
         object.__setattr__(cfg, key, _check_type(key, getattr(cfg, key)))

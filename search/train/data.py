@@ -38,6 +38,9 @@ log = logging.getLogger("search")
 SPLITS = ("train", "val", "test")
 MULTI_LABEL = "multi-label, binary-class"  # medmnist's name of the one task with a 0/1 target per label
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 images N,H,W[,C], labels N,K)
+# Test-time augmentation: the label-preserving views a prediction averages (search/train/augment.py makes them).
+# Each is a subset of the next, so a dataset allows a prefix of this tuple (DatasetInfo.tta).
+TTA = ("none", "flip", "dihedral")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class DatasetInfo:
     sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
     labels: tuple[str, ...] | None = None  # the class names (MedMNIST's); None: the class numbers
     bundled: bool = False  # its data ship with the installed packages: nothing to download or check beforehand
-    # The most test-time augmentation that keeps every label (config.TTA: none < flip < dihedral); the rule is in
+    # The most test-time augmentation that keeps every label (TTA: none < flip < dihedral); the rule is in
     # docs/finalists.md: digits and organ CT slices (left and right organs) have none, images with an up but no
     # left and right (chest X-ray, OCT, breast ultrasound) a mirror, orientation-free ones (tissue, cells, skin,
     # fundus) the dihedral group.
@@ -62,8 +65,6 @@ class DatasetInfo:
 
     def check_tta(self, tta: str) -> None:
         """The one check of a test-time augmentation against the views that keep this dataset's labels."""
-        from search.train.config import TTA
-
         allowed = TTA[:TTA.index(self.tta) + 1]
         if tta in TTA and tta not in allowed:
             raise SearchError(f"tta {tta!r} can change the labels of {self.name} (its images have an orientation); "
