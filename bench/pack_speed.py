@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from step_profile import sync, write_data  # bench/ is on the path of a bench script
 
 from search.train.config import TrainConfig
 from search.train.data import load
@@ -30,65 +30,46 @@ CPU_PLAN = [("simple_cnn_v2", 128, (1, 4, 8)), ("resnet18", 8, (1, 4))]
 GPU_PLAN = [("simple_cnn_v2", 128, (1, 4, 8, 16, 32)), ("resnet18", 128, (1, 4, 8, 16))]
 
 
-def write_data(folder: Path, n_train: int) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", n_train), ("val", 256), ("test", 64)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 28, 28, 3), dtype=np.uint8)
-        arrays[f"{split}_labels"] = rng.integers(0, 9, size=(n, 1), dtype=np.uint8)
-    np.savez(folder / "pathmnist.npz", **arrays)
-    return folder
-
-
 def members(folder: Path, architecture: str, batch: int, k: int, device: str) -> list[TrainConfig]:
     return [TrainConfig(dataset="pathmnist", data_dir=str(folder), architecture=architecture, batch_size=batch,
                         device=device, lr=1e-3 * (1 + i), dropout=0.1 * (i % 5), seed=i, augmentation="flip")
             for i in range(k)]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def batches(n: int, batch: int, k: int, device: torch.device) -> list[torch.Tensor]:
     return [torch.randperm(n, device=device)[:batch] for _ in range(k)]
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (a CUDA step timed to its end)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def separate(cfgs: list[TrainConfig], steps: int, warmup: int) -> float:
     """images/s of K trainers, each training its steps in turn (K trials one after another on one device)."""
     device = resolve_device(cfgs[0].device)
     data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size)
-    trainers = [Trainer(cfg, data, device) for cfg in cfgs]
     elapsed = 0.0
-    for t in trainers:
+    for t in [Trainer(cfg, data, device) for cfg in cfgs]:
         t.model.train()
         idx = batches(len(data.train), t.cfg.batch_size, 1, device)[0]
-        for _ in range(warmup):
-            t.step(idx)
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            t.step(idx)
-        sync(device)
-        elapsed += time.perf_counter() - t0
+        elapsed += timed(lambda t=t, idx=idx: t.step(idx), steps, warmup, device)
     return len(cfgs) * steps * cfgs[0].batch_size / elapsed
 
 
 def packed(cfgs: list[TrainConfig], steps: int, warmup: int, fused: bool) -> float:
     """images/s of the same K members trained as one pack: fused layers, or the members' models side by side."""
     pack = Pack(cfgs, on_epoch=[None] * len(cfgs), fused=fused)
-    device = pack.lead.device
     pack.fused.train()
-    idx = batches(len(pack.data.train), cfgs[0].batch_size, len(cfgs), device)
-    for _ in range(warmup):
-        pack.step(idx)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        pack.step(idx)
-    sync(device)
-    elapsed = time.perf_counter() - t0
+    idx = batches(len(pack.data.train), cfgs[0].batch_size, len(cfgs), pack.lead.device)
+    elapsed = timed(lambda: pack.step(idx), steps, warmup, pack.lead.device)
     pack.close()
     return len(cfgs) * steps * cfgs[0].batch_size / elapsed
 
@@ -106,7 +87,7 @@ def main() -> None:
     print(f"{'architecture':<14} {'batch':>5} {'K':>3} {'separate':>9} {'fused':>9} {'side by side':>13}   "
           f"fused/separate  side by side/separate")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_data(Path(tmp), n_train=1024)
+        folder = write_data(Path(tmp), 1024)
         for architecture, batch, counts in GPU_PLAN if cuda else CPU_PLAN:
             for k in counts:
                 cfgs = members(folder, architecture, batch, k, str(device))
