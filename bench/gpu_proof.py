@@ -26,7 +26,12 @@ met or not met, and never makes the run pass or fail. Sections, each recorded in
    ``graphs: on``, 2 epochs, 16 trials each); trials per hour from the trials' own start and end times; where
    CUDA MPS can be started, the 4- and 8-worker runs again under MPS. Check: every trial completes. Target:
    4 workers >= 3x the trials per hour of 1; the best number of workers is reported.
-5. Real data: simple_cnn_v2 on the real MNIST test set split 8,000 / 2,000 (bench/real_mnist.py). Check: test
+5. Trial packs (docs/packs.md): training images/s of K members fused into one model against K lone trainers one
+   after another (bench/pack_speed.py) for simple_cnn_v2 and resnet18, batch 128, K = 1, 4, 16, 32; and one
+   ``search start --workers 1 --pack 16`` of the packing section's study (16 trials, one pack). Check: every trial
+   completes. Targets: the pack of 16 >= 6x the trials per hour of one unpacked worker (the packing section's
+   1-worker run) and >= 2x four separate workers under MPS (or without it where MPS cannot start).
+6. Real data: simple_cnn_v2 on the real MNIST test set split 8,000 / 2,000 (bench/real_mnist.py). Check: test
    accuracy >= 98.5%.
 
 ``--only graphs,speed`` runs some sections (a device budget too short for all of them in one call).
@@ -75,6 +80,9 @@ class Plan:
     mps_workers: tuple[int, ...]
     packing_trials: int
     packing_epochs: int
+    pack_models: tuple[str, ...]
+    pack_sizes: tuple[int, ...]  # members of a pack whose images/s are measured
+    pack_search: int  # --pack of the one-worker search (its study runs this many trials: one pack)
     mnist_epochs: int
     matmul_n: int
     timeout_s: int  # per subprocess
@@ -82,13 +90,14 @@ class Plan:
 
 FULL = Plan(False, PATHMNIST, 128, ("simple_cnn_v2", "resnet18"), ("simple_cnn_v2", "resnet18", "resnet50",
                                                                     "xception"), 12800,
-            (1, 2, 4, 8), (4, 8), 16, 2, 15, 8192, 300)
+            (1, 2, 4, 8), (4, 8), 16, 2, ("simple_cnn_v2", "resnet18"), (1, 4, 16, 32), 16, 15, 8192, 300)
 # The dry run leaves resnet18 out of the speed section: a CPU epoch of it would take minutes (its 28-px stem
 # keeps full resolution); tests/test_sizes.py and tests/test_models.py run it on the CPU.
 # Its packing section runs 2 workers only: every `search start` costs a supervisor and a worker process that each
 # import torch and optuna (seconds of CPU), and the test that runs the dry run must stay near a minute.
-DRY = Plan(True, (160, 64, 64), 32, ("simple_cnn_v2",), ("simple_cnn_v2",), 160, (2,), (), 2, 1, 2, 256, 240)
-SECTIONS = ("pytest_gpu", "speed", "graphs", "packing", "real_mnist")
+DRY = Plan(True, (160, 64, 64), 32, ("simple_cnn_v2",), ("simple_cnn_v2",), 160, (2,), (), 2, 1, ("simple_cnn_v2",),
+           (1, 2), 2, 2, 256, 240)
+SECTIONS = ("pytest_gpu", "speed", "graphs", "packing", "packs", "real_mnist")
 
 
 def sync(device: torch.device) -> None:
@@ -361,17 +370,17 @@ fixed:
 
 
 def packing_run(work: Path, out: Path, plan: Plan, root: Path, workers: int, tag: str,
-                env: dict[str, str]) -> dict[str, Any]:
+                env: dict[str, str], pack: int = 1) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
     name = f"pack-{tag}"
     spec = work / f"{name}.yaml"
-    spec.write_text(STUDY.format(name=name, data=root, epochs=plan.packing_epochs, trials=plan.packing_trials,
-                                 batch=plan.batch))
+    budget = max(plan.packing_trials, pack)
+    spec.write_text(STUDY.format(name=name, data=root, epochs=plan.packing_epochs, trials=budget, batch=plan.batch))
     db = work / f"{name}.db"
     cmd = [sys.executable, "-m", "search", "start", "--study", str(spec), "--workers", str(workers),
-           "--storage", f"sqlite:///{db}"] + (["--devices", "cpu"] if plan.dry else [])
+           "--storage", f"sqlite:///{db}", "--pack", str(pack)] + (["--devices", "cpu"] if plan.dry else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, env=env, check=False, capture_output=True, text=True, timeout=plan.timeout_s)
     wall = time.perf_counter() - t0
@@ -380,7 +389,7 @@ def packing_run(work: Path, out: Path, plan: Plan, root: Path, workers: int, tag
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds() \
         if done else 0.0
-    return {"ok": proc.returncode == 0 and len(done) == plan.packing_trials, "workers": workers,
+    return {"ok": proc.returncode == 0 and len(done) == budget, "workers": workers, "pack": pack,
             "complete": len(done), "trials": len(trials), "wall_seconds": wall, "trial_span_seconds": span,
             "trials_per_hour": len(done) / span * 3600 if span else 0.0,
             "mean_trial_seconds": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
@@ -448,7 +457,39 @@ def check_packing(out: Path, plan: Plan, root: Path, work: Path) -> dict[str, An
     return result
 
 
-# --- 4. real MNIST ------------------------------------------------------------------------------------------
+# --- 5. trial packs -----------------------------------------------------------------------------------------
+
+
+def check_packs(out: Path, plan: Plan, root: Path, work: Path, packing: dict[str, Any] | None) -> dict[str, Any]:
+    """Fused packs against lone trainers (images/s), and a one-worker search of one pack against the packing
+    section's unpacked workers (trials per hour)."""
+    import pack_speed
+
+    data = write_pathmnist(work / "pathmnist-packs", (plan.graphs_train, 256, 64))
+    steps, warmup = (3, 1) if plan.dry else (30, 5)
+    batch = plan.batch
+    speed: dict[str, Any] = {}
+    for arch in plan.pack_models:
+        for k in plan.pack_sizes:
+            cfgs = pack_speed.members(data, arch, batch, k, "cpu" if plan.dry else "cuda")
+            alone = pack_speed.separate(cfgs, steps, warmup)
+            fused = pack_speed.packed(cfgs, steps, warmup, True)
+            speed[f"{arch} K={k}"] = {"separate_images_per_second": alone, "fused_images_per_second": fused,
+                                      "fused_vs_separate": fused / alone}
+    run = packing_run(work, out, plan, root, 1, f"pack{plan.pack_search}", child_env(), pack=plan.pack_search)
+    base = ((packing or {}).get("runs", {}).get("1") or {}).get("trials_per_hour") or 0.0
+    mps = (packing or {}).get("mps", {}).get("runs", {}).get("4") or (packing or {}).get("runs", {}).get("4") or {}
+    four = mps.get("trials_per_hour") or 0.0
+    run["vs_one_worker"] = run["trials_per_hour"] / base if base else None
+    run["vs_four_workers"] = run["trials_per_hour"] / four if four else None
+    return {"ok": run["ok"], "checked": "every trial of the packed search completed", "batch_size": batch,
+            "images_per_second": speed, "search": run,
+            "four_workers_compared": "under MPS" if "mps_vs_no_mps" in mps else "without MPS" if mps else "none",
+            "targets": {f"pack_{plan.pack_search}_ge_6x_one_worker": (run["vs_one_worker"] or 0) >= 6,
+                        f"pack_{plan.pack_search}_ge_2x_four_workers": (run["vs_four_workers"] or 0) >= 2}}
+
+
+# --- 6. real MNIST ------------------------------------------------------------------------------------------
 
 
 def check_real_mnist(out: Path, plan: Plan, device: torch.device, shared: Path, work: Path) -> dict[str, Any]:
@@ -546,6 +587,17 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         lines.append(f"MPS: {p['mps']['note']}")
     if "best_workers" in p:
         lines.append(f"packing: the most trials per hour with {p['best_workers']} worker(s) on one card")
+    pk = r.get("packs", {})
+    for name, m in pk.get("images_per_second", {}).items():
+        lines.append(f"packs {name}: fused {m['fused_images_per_second']:,.0f} img/s, lone trainers "
+                     f"{m['separate_images_per_second']:,.0f} img/s ({m['fused_vs_separate']:.2f}x)")
+    if "search" in pk:
+        run = pk["search"]
+        against = (("vs_one_worker", "one unpacked worker"),
+                   ("vs_four_workers", f"4 workers {pk['four_workers_compared']}"))
+        ratios = [f"{run[k]:.2f}x {what}" for k, what in against if run.get(k)]
+        lines.append(f"packs: 1 worker --pack {run['pack']}: {run['complete']}/{run['trials']} complete, "
+                     f"{run['trials_per_hour']:,.0f} trials/h" + (f" ({', '.join(ratios)})" if ratios else ""))
     rm = r.get("real_mnist", {})
     if "test_acc" in rm:
         lines.append(f"real MNIST: test_acc {rm['test_acc']:.4f} (check: >= {rm['target']}), {rm['epochs']} epochs, "
@@ -612,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             "speed": lambda: check_speed(args.out, plan, device, root),
             "graphs": lambda: check_graphs(plan, device, work),
             "packing": lambda: check_packing(args.out, plan, root, work),
+            "packs": lambda: check_packs(args.out, plan, root, work, results.get("packing")),
             "real_mnist": lambda: check_real_mnist(args.out, plan, device, shared, work)}
         for name in SECTIONS:
             if name in args.only:

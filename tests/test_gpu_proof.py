@@ -24,7 +24,7 @@ def test_cpu_dry_run_runs_every_section_and_writes_the_figures(tmp_path):
     assert "Traceback" not in proc.stdout and "Warning" not in proc.stdout
     result = json.loads((out / "gpu_proof.json").read_text())
     assert result["mode"] == "cpu-dry-run" and result["ok"] is True
-    assert result["checks"] == {"pytest_gpu": True, "speed": True, "graphs": True, "packing": True,
+    assert result["checks"] == {"pytest_gpu": True, "speed": True, "graphs": True, "packing": True, "packs": True,
                                 "real_mnist": True}
     # targets are reported (met or not), apart from the checks: tiny CPU runs meet none of the speed targets
     assert result["targets"] and not any(k in result["checks"] for k in result["targets"])
@@ -38,6 +38,9 @@ def test_cpu_dry_run_runs_every_section_and_writes_the_figures(tmp_path):
     assert v2["engine"]["precision"] == "fp32" and result["speed"]["compile_simple_cnn_v2"]["compiled"] is False
     runs = result["packing"]["runs"]
     assert runs and all(r["complete"] == result["packing"]["trials_each"] > 0 for r in runs.values())
+    packs = result["packs"]
+    assert packs["search"]["complete"] == packs["search"]["trials"] == 2 and packs["search"]["pack"] == 2
+    assert all(m["fused_images_per_second"] > 0 for m in packs["images_per_second"].values())
     assert 0 <= result["real_mnist"]["test_acc"] <= 1
     assert (out / "pytest-gpu.log").exists() and (out / "real-mnist" / "metrics.json").exists()
     assert "every check holds" in proc.stdout.splitlines()[-1]
