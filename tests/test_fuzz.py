@@ -88,11 +88,14 @@ CONFIG_VALUES: dict[str, st.SearchStrategy] = {
     "schedule": st.sampled_from(["constant", "cosine", "onecycle", "step"]),
     "warmup_epochs": floats(-1, 15),
     "metric": st.sampled_from(["val_acc", "val_auc", "params"]),
+    "keep_epoch_by": st.sampled_from([None, "val_acc", "val_auc", "val_loss", "train_loss"]),
+    "tta": st.sampled_from(["none", "flip", "dihedral", "rotate", "FLIP"]),
     "seed": integers(-2**70, 2**70),
     "device": st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cudax", "mps"]),
     "pretrained": st.booleans(),
     "precision": st.sampled_from(["auto", "bf16", "fp16", "fp32", "fp8"]),
     "compile": st.booleans(),
+    "graphs": st.sampled_from(["auto", "on", "off", True, False, "always"]),
     "size": st.sampled_from([28, 64, 128, 224, 32, 0, True, 28.0, "28"]),
 }
 
@@ -187,6 +190,9 @@ def study_mappings(draw: st.DrawFn) -> dict:
         "enqueue": sometimes(st.lists(st.dictionaries(st.sampled_from(SEARCHABLE), SCALARS, max_size=3),
                                       max_size=2)),
         "keep_best_weights": sometimes(st.booleans()),
+        "keep_epoch_by": sometimes(CONFIG_VALUES["keep_epoch_by"]),
+        "pack": sometimes(integers(0, 40)),
+        "cv_folds": sometimes(integers(0, 12)),
     }
     keys = draw(st.lists(st.sampled_from(list(plausible)), unique=True, max_size=len(plausible)))
     # the required keys are there most of the time, so the checks behind them are reached
