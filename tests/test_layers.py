@@ -109,8 +109,8 @@ def test_no_import_cycles():
 
 
 # Each floor by rank, the door highest: a module may import its own floor and those below, never one above.
-FLOORS = {"search.cli": 5, "search.__main__": 5, "search.results": 4, "search.hpo": 3, "search.train": 2,
-          "models": 1, "search": 0}
+FLOORS = {"search.cli": 5, "search.door": 5, "search.__main__": 5, "search.results": 4, "search.hpo": 3,
+          "search.train": 2, "models": 1, "search": 0}
 
 
 def floor(module: str) -> int:
