@@ -11,7 +11,7 @@ import click
 
 from search import __version__, interrupt, quiet
 from search.errors import Interrupted, SearchError, store_fault
-from search.hpo.urls import DEFAULT_STORAGE
+from search.hpo.store import DEFAULT_STORAGE, Store, locate
 
 # `search --help` lists the commands in the order a user meets them; a command left out comes last.
 COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "predict", "enqueue", "worker", "submit",
@@ -95,9 +95,11 @@ ALLOW_CHANGES = click.option(
 
 def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
     """The --storage option of every command that opens the study store (only the first words of its help differ),
-    with --allow-network-sqlite beside it."""
-    url = click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
-                                         f"filesystem: journal:///abs/path/study.log).")
+    with --allow-network-sqlite beside it. The command gets the store parsed (search/hpo/store.py's Store), resolved
+    here once: --storage, else $SEARCH_STORAGE, else the default."""
+    url = click.option("--storage", callback=lambda _ctx, _param, value: locate(value),
+                       help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
+                            f"filesystem: journal:///abs/path/study.log).")
     allow = click.option("--allow-network-sqlite", is_flag=True, expose_value=False, callback=_allow_network_sqlite,
                          help="Use a SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) although its "
                               "locking is unsafe there.")
@@ -232,11 +234,9 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @PACK
 @ALLOW_CHANGES
 @_stops_at_safe_points
-def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
+def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: Store,
           devices: str | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
-    from search.hpo.urls import resolve_url
-
     try:
         # Loading torch and Optuna takes seconds and writes nothing: a Ctrl-C meanwhile stops it at once.
         with interrupt.raising():
@@ -245,7 +245,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
             spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed, pack=pack)
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None
-    raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo,
+    raise SystemExit(supervisor.start(spec, storage, workers=workers, devices=devices, echo=click.echo,
                                       allow_changes=allow_changes))
 
 
@@ -266,7 +266,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @PACK
 @ALLOW_CHANGES
 @_stops_at_safe_points
-def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
+def worker(study: str, storage: Store, trials: int | None, timeout: float | None, device: str,
            threads: int | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     from search.hpo.standalone import standalone
@@ -294,17 +294,17 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
 @ALLOW_CHANGES
 @_stops_at_once
 def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | None, time_limit: str | None,
-           partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: str | None,
+           partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: Store,
            dry_run: bool, pack: int | None, allow_changes: bool) -> None:
     """Run a search on SLURM: one job array of N tasks, each a `search worker` on the study."""
     from search import env
     from search.hpo import slurm
-    from search.hpo.urls import mask, resolve_url
+    from search.hpo.store import mask
 
     spec = _spec(study, pack=pack)
     shipped = not Path(study).exists()  # a name of a shipped study; a file is given to the tasks by its full path
     job = slurm.Job(study=study if shipped else str(Path(study).absolute()), name=spec.name, workers=workers,
-                    storage=slurm.absolute(resolve_url(storage)), gpus=gpus, cpus=cpus, mem=mem, time=time_limit,
+                    storage=storage, gpus=gpus, cpus=cpus, mem=mem, time=time_limit,
                     partition=partition, account=account, sbatch_args=sbatch_args,
                     artifacts=env.path("SEARCH_ARTIFACTS"), pack=pack)
     slurm.check(job)
@@ -317,11 +317,11 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
     supervisor.prepare_data(spec)  # on the login node: compute nodes often cannot download
     supervisor.ensure_study(spec, job.storage, allow_changes=allow_changes)
     job_id = slurm.submit(job)
-    click.echo(f"submitted job array {job_id}: {workers} workers on study '{spec.name}' in {mask(job.storage)}, "
+    click.echo(f"submitted job array {job_id}: {workers} workers on study '{spec.name}' in {mask(job.url)}, "
                f"trial files and checkpoints in {job.artifact_dir()}")
     click.echo(f"watch it:  squeue -j {job_id}")
-    shown = mask(job.storage)
-    where = f" --storage {shown}" if shown == job.storage else "   (with $SEARCH_STORAGE set to the store's URL)"
+    shown = mask(job.url)
+    where = f" --storage {shown}" if shown == job.url else "   (with $SEARCH_STORAGE set to the store's URL)"
     click.echo(f"           search status --study {spec.name}{where}")
 
 
@@ -333,7 +333,7 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
 @click.option("--trial", type=click.IntRange(min=0),
               help="One trial: its state, parameters, values per epoch, reason, worker, device and log's end.")
 @_stops_at_once
-def status(study: str, storage: str | None, csv_file: Path | None, trial: int | None) -> None:
+def status(study: str, storage: Store, csv_file: Path | None, trial: int | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture; or one trial in detail."""
     from search.results import trials
 
@@ -358,7 +358,7 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder (default: report-STUDY); files already there are replaced.")
 @_stops_at_once
-def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | None) -> None:
+def report(study: str, storage: Store, runs: tuple[str, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
     from search.results import trials
     from search.results.report import write_report
@@ -395,7 +395,7 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
 @click.option("--ensemble-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --ensemble: the ensemble's folder (default runs/ensemble-STUDY).")
 @_stops_at_safe_points
-def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_number: int | None, pareto: bool,
+def export_cmd(study: str, storage: Store, out: Path, rank: int, trial_number: int | None, pareto: bool,
                weights: bool, rerank_k: int | None, seeds: int | None, devices: str | None,
                rerank_dir: Path | None, ensemble_m: int | None, ensemble_dir: Path | None) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`; with --rerank K, the best of the
@@ -476,7 +476,7 @@ def predict(model_dir: Path, source: Path, out: Path, split: str, device: str, o
 @click.argument("file", metavar="FILE.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option()
 @_stops_at_once
-def enqueue(study: str, file: Path, storage: str | None) -> None:
+def enqueue(study: str, file: Path, storage: Store) -> None:
     """Queue one trial in an existing study: FILE.yaml is a TrainConfig file (as `search export` writes) or a
     mapping of some of the study's searched parameters; workers take it before the sampler's own trials."""
     from search.hpo import queue
@@ -496,20 +496,18 @@ def enqueue(study: str, file: Path, storage: str | None) -> None:
               help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite or journal "
                    "store).")
 @_stops_at_once
-def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | None) -> None:
+def dashboard(storage: Store, host: str, port: int, artifacts_dir: Path | None) -> None:
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     import threading
     from wsgiref.simple_server import make_server
 
     import optuna_dashboard
 
-    from search.hpo.storage import open_storage
-    from search.hpo.urls import check_port, mask, resolve_url
+    from search.hpo.urls import check_port
     from search.results import artifacts
 
-    url = resolve_url(storage)
-    store = open_storage(url, must_exist=True, heartbeat=False)
-    folder = artifacts.artifact_dir(url, artifacts_dir)
+    store = storage.open(must_exist=True, heartbeat=False)
+    folder = artifacts.artifact_dir(storage.url, artifacts_dir)
     check_port(host, port)
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the dashboard is bound to all interfaces (%s): anyone who can reach "
@@ -520,7 +518,7 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
     except OSError as err:
         raise SearchError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port") from None
     where = f", trial files in {folder}" if folder is not None else ""
-    click.echo(f"optuna-dashboard for {mask(url)} at http://{host}:{port}/{where} (Ctrl-C to stop)")
+    click.echo(f"optuna-dashboard for {storage.masked} at http://{host}:{port}/{where} (Ctrl-C to stop)")
     # wsgiref catches every exception raised while it answers a request, a stop signal's too: served from a thread,
     # so that the signal reaches this one (Python runs handlers in the main thread), waiting here.
     serving = threading.Thread(target=server.serve_forever, daemon=True)
@@ -535,24 +533,20 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
 @main.command(short_help="The study files, and the studies in the store.")
 @storage_option()
 @_stops_at_once
-def studies(storage: str | None) -> None:
+def studies(storage: Store) -> None:
     """The study files, and the studies in the store with their trial counts."""
     import optuna
 
-    from search.hpo.storage import open_storage
     from search.hpo.studies import list_study_files
-    from search.hpo.urls import mask, resolve_url, store_file
 
     click.echo("study files:")
     for name, path in list_study_files().items():
         click.echo(f"  {name:<16} {path}")
-    url = resolve_url(storage)
-    path = store_file(url)
-    if path is not None and not path.exists():
-        click.echo(f"no study store at {path} yet")
+    if storage.absent():
+        click.echo(f"{storage.absent()} yet")
         return
-    summaries = optuna.get_all_study_summaries(open_storage(url, heartbeat=False), include_best_trial=False)
-    click.echo(f"studies in {mask(url)}:" + ("" if summaries else " none"))
+    summaries = optuna.get_all_study_summaries(storage.open(heartbeat=False), include_best_trial=False)
+    click.echo(f"studies in {storage.masked}:" + ("" if summaries else " none"))
     for s in summaries:
         click.echo(f"  {s.study_name:<16} {s.n_trials} trials")
 
@@ -563,11 +557,8 @@ def studies(storage: str | None) -> None:
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 @_stops_at_once
-def proxy(storage: str | None, host: str, port: int) -> None:
+def proxy(storage: Store, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search.hpo.proxy import database_url, serve
-    from search.hpo.storage import open_storage
-    from search.hpo.urls import resolve_url
+    from search.hpo.proxy import database, serve
 
-    url = database_url(resolve_url(storage), host, port)
-    serve(open_storage(url, heartbeat=False), url, host=host, port=port, echo=click.echo)
+    serve(database(storage, host, port), host=host, port=port, echo=click.echo)

@@ -127,15 +127,20 @@ def place(chosen: list[str], processes: int, parent: str | None, cores: int) -> 
             else Placement("cuda:0", {"CUDA_VISIBLE_DEVICES": child_gpu(int(d), parent)}, 0) for d in on]
 
 
-def placements(text: str | None, processes: int, *, per_entry: bool = False) -> list[Placement]:
-    """Where ``processes`` child processes run for `--devices` ``text``: round-robin over its entries (`search
-    start`'s workers), or with ``per_entry`` one process per entry, at most ``processes`` (`search train --seeds`,
-    `export --rerank`). No list: every visible GPU, else the CPU."""
+def choose(text: str | None) -> list[str]:
+    """The devices of `--devices` ``text`` (`parse`); no list: every visible GPU, else the CPU. A command parses its
+    option once, through this, and hands the entries on."""
     if text is None:
-        chosen = [str(i) for i in range(gpu_count())] or [CPU]
-    else:
-        chosen = parse(text)
+        return [str(i) for i in range(gpu_count())] or [CPU]
+    return parse(text)
+
+
+def placements(devices: str | list[str] | None, processes: int, *, per_entry: bool = False) -> list[Placement]:
+    """Where ``processes`` child processes run for `--devices` ``devices`` (its text, or its entries as `choose`
+    gave them): round-robin over its entries (`search start`'s workers), or with ``per_entry`` one process per
+    entry, at most ``processes`` (`search train --seeds`, `export --rerank`)."""
+    picked = devices if isinstance(devices, list) else choose(devices)
     if per_entry:
-        chosen = chosen[:processes]
-        processes = len(chosen)
-    return place(chosen, processes, visible(), env.cores())
+        picked = picked[:processes]
+        processes = len(picked)
+    return place(picked, processes, visible(), env.cores())

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from search.hpo.storage import open_storage
-from search.hpo.urls import mask, mask_text
+from search.hpo.store import mask, mask_text
 from tests import pg
 
 QUEUED, TAKERS = 40, 8

@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 from search import env
 from search.errors import StoreFault, record_fault, store_fault
-from search.hpo.urls import mask, mask_text
+from search.hpo.store import mask, mask_text
 
-STORE_WAIT_S = 120  # default seconds an unreachable store is waited for ($SEARCH_STORE_WAIT_S)
 REPORT_AFTER_S = 1.0  # an outage is reported once it lasted this long
-LOCKED_WAIT_S = 60  # SQLite's "database is locked": as long as its busy timeout
+# SQLite's busy timeout (search/hpo/storage.py sets it on every connection), and how long "database is locked" is
+# waited out here when a call fails at once (SQLITE_BUSY_SNAPSHOT) rather than waiting in SQLite.
+SQLITE_BUSY_TIMEOUT_S = 60
 
 # What the drivers say, anywhere in an error's chain. An outage: the server restarted, shut down or dropped the
 # connection (PostgreSQL: pg_terminate_backend, a failover), or a network filesystem's blip under SQLite.
@@ -57,7 +58,7 @@ def first_line(err: BaseException) -> str:
 
 
 def store_wait_s() -> float:
-    return env.seconds("SEARCH_STORE_WAIT_S", STORE_WAIT_S)
+    return env.seconds("SEARCH_STORE_WAIT_S", env.STORE_WAIT_S)
 
 
 def _say(text: str) -> None:
@@ -155,7 +156,7 @@ def _tries(fn: Callable[..., Any], place: Callable[[Any], tuple[str, Path | None
             if what == "outage" and not outages:
                 raise
             if what is None or (what == "locked" and locked_since is not None
-                                and time.monotonic() - locked_since > LOCKED_WAIT_S):
+                                and time.monotonic() - locked_since > SQLITE_BUSY_TIMEOUT_S):
                 if after_outage and repeated is not None:
                     return repeated(self, err, *args, **kwargs)
                 raise

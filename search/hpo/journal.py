@@ -3,7 +3,7 @@
 SQLite's locking is unsafe on NFS, Lustre, GPFS and the like (Optuna's and SQLite's own docs say so): a study kept
 there can be corrupted silently. Optuna's JournalFileBackend appends each operation as one JSON line under a lock
 made for those filesystems (`JournalFileOpenLock`: an O_EXCL create, atomic on NFSv3 and later), and every
-process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:study.log`` (search/hpo/urls.py).
+process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:study.log`` (search/hpo/store.py).
 
 What the RDB stores do in SQL is done here through the log:
 - Taking a queued trial (WAITING -> RUNNING) is Optuna's own: the log's order decides, and only the process whose
@@ -13,8 +13,8 @@ What the RDB stores do in SQL is done here through the log:
   holding it.
 - Heartbeats, which JournalStorage lacks: each beat of a running trial is a trial system attribute holding the
   wall-clock time; a RUNNING trial whose last beat (or start) is older than the grace period is stale. The clocks
-  of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (30 s by
-  default) is far above their usual skew.
+  of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (search/env.py:
+  GRACE_BEATS heartbeats by default) is far above their usual skew.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import SearchError
-from search.hpo.urls import journal_path
+from search.hpo.store import Store
 
 BEAT = "search:heartbeat"  # trial system attribute: the wall-clock time (s) of the last heartbeat
 CLAIM_SUFFIX = ".claim"  # the lock file of claim_study_attr: <file>.claim.lock
@@ -83,21 +82,14 @@ class JournalStore(JournalStorage, BaseHeartbeat):
         return self._on_stale
 
 
-def open_journal(url: str, cls: type[JournalStore] = JournalStore, *, must_exist: bool,
-                 **heartbeat: Any) -> JournalStore:
-    """The journal store at ``url``, as ``cls`` (JournalStore or a subclass: the store's calls retried, see
-    storage.retrying); ``must_exist``: a read-only command never creates the file."""
-    path = journal_path(url)
-    assert path is not None, url
-    path = path.absolute()  # the dashboard's server and spawned workers may run in another folder
-    if must_exist and not path.exists():
-        raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
-    if not path.parent.is_dir():
-        raise SearchError(f"storage folder {path.parent} does not exist")
+def open_journal(store: Store, cls: type[JournalStore] = JournalStore, **heartbeat: Any) -> JournalStore:
+    """The journal store of ``store`` (its file checked by Store.open), as ``cls`` (JournalStore or a subclass: the
+    store's calls retried, see storage.retrying)."""
+    assert store.file is not None, store.url
     try:
-        return cls(path, **heartbeat)
+        return cls(store.file, **heartbeat)
     except OSError as err:
-        raise SearchError(f"cannot open storage {url}: {err.strerror or err}") from None
+        raise store.cannot_open(err.strerror or str(err)) from None
 
 
 @contextmanager

@@ -11,8 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
 from search.hpo import goals
-from search.hpo.storage import open_storage
-from search.hpo.urls import mask, resolve_url
+from search.hpo.store import Store, locate
 from search.train import config
 from search.train.config import TrainConfig
 
@@ -20,13 +19,13 @@ from search.train.config import TrainConfig
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 
 
-def load(study_name: str, storage_url: str | None) -> optuna.Study:
+def load(study_name: str, storage_url: Store | str | None) -> optuna.Study:
     """An existing study, read-only: a missing store or study is one line, and nothing is created."""
-    url = resolve_url(storage_url)
-    storage = open_storage(url, must_exist=True, heartbeat=False)
+    store = locate(storage_url)
+    storage = store.open(must_exist=True, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
-        raise SearchError(f"no study '{study_name}' in {mask(url)}; studies there: {', '.join(names) or 'none'}")
+        raise SearchError(f"no study '{study_name}' in {store.masked}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
