@@ -234,7 +234,8 @@ def _x(trial: optuna.Trial) -> float:
 @pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE, errno.ETIMEDOUT], ids=["EIO", "ESTALE", "ETIMEDOUT"])
 def test_a_journal_read_or_append_failing_for_a_while_is_waited_out(tmp_path, said, code):
     study, backend = _journal(tmp_path, code)
-    backend.broken_until = time.monotonic() + 1.5  # past the second after which an outage is reported
+    # Past the second after which an outage is reported, with room for the retries' backoff (at most 1.92 s then).
+    backend.broken_until = time.monotonic() + 3
     study.optimize(_x, n_trials=2)
     assert backend.failed > 0
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
