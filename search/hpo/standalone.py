@@ -33,7 +33,7 @@ def standalone(spec: StudySpec, storage: Store | str | None, *, device: str, thr
     number derived from its id, so that workers do not draw the same trials."""
     store = locate(storage)
     try:
-        from search.train.engine import resolve_device  # torch: a process short of memory may fail right here
+        from search.devices import resolve_device  # loads torch: a process short of memory may fail right here
 
         slots.workers_per_host()  # a bad $SEARCH_WORKERS_PER_HOST: one line, before anything is written
         gpu = slots.take(device)  # this host's lowest free slot; its GPU is set before CUDA starts (resolve_device)
