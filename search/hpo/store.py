@@ -101,10 +101,13 @@ class Store:
             return
         if must_exist and not self.file.exists():
             raise SearchError(f"{self.absent()}; run `search start` first or pass --storage")
-        if not self.file.parent.is_dir():
-            raise SearchError(f"storage folder {self.file.parent} does not exist")
+        self._check_folder()
         if self.kind == SQLITE:
             _refuse_network_sqlite(self.file)
+
+    def _check_folder(self) -> None:
+        if self.file is not None and not self.file.parent.is_dir():
+            raise SearchError(f"storage folder {self.file.parent} does not exist")
 
     def absent(self) -> str | None:
         """For a file store whose file is not made yet, the line that says so; else None."""
@@ -120,9 +123,7 @@ class Store:
             raise SearchError(f"search submit needs a store that tasks on other nodes can share safely, not SQLite "
                               f"({self.masked}); use --storage {where} on a shared filesystem, or a PostgreSQL URL")
         if self.kind == JOURNAL_KIND:
-            assert self.file is not None
-            if not self.file.parent.is_dir():
-                raise SearchError(f"storage folder {self.file.parent} does not exist")
+            self._check_folder()
             return Store.parse(f"journal://{self.file}")
         return self
 
