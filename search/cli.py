@@ -503,10 +503,11 @@ def dashboard(storage: Store, host: str, port: int, artifacts_dir: Path | None) 
 
     import optuna_dashboard
 
+    from search.hpo.storage import open_storage
     from search.hpo.urls import check_port
     from search.results import artifacts
 
-    store = storage.open(must_exist=True, heartbeat=False)
+    store = open_storage(storage, must_exist=True, heartbeat=False)
     folder = artifacts.artifact_dir(storage.url, artifacts_dir)
     check_port(host, port)
     if host in ("0.0.0.0", "::", ""):
@@ -537,6 +538,7 @@ def studies(storage: Store) -> None:
     """The study files, and the studies in the store with their trial counts."""
     import optuna
 
+    from search.hpo.storage import open_storage
     from search.hpo.studies import list_study_files
 
     click.echo("study files:")
@@ -545,7 +547,7 @@ def studies(storage: Store) -> None:
     if storage.absent():
         click.echo(f"{storage.absent()} yet")
         return
-    summaries = optuna.get_all_study_summaries(storage.open(heartbeat=False), include_best_trial=False)
+    summaries = optuna.get_all_study_summaries(open_storage(storage, heartbeat=False), include_best_trial=False)
     click.echo(f"studies in {storage.masked}:" + ("" if summaries else " none"))
     for s in summaries:
         click.echo(f"  {s.study_name:<16} {s.n_trials} trials")
@@ -560,5 +562,7 @@ def studies(storage: Store) -> None:
 def proxy(storage: Store, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
     from search.hpo.proxy import database, serve
+    from search.hpo.storage import open_storage
 
-    serve(database(storage, host, port), host=host, port=port, echo=click.echo)
+    store = database(storage, host, port)
+    serve(open_storage(store, heartbeat=False), store, host=host, port=port, echo=click.echo)

@@ -79,7 +79,7 @@ def test_a_relative_journal_is_absolute_from_the_start(tmp_path, monkeypatch):
 def test_a_url_that_names_no_store_parses_and_says_so_where_it_is_used(tmp_path, url, says):
     store = Store.parse(url)  # the command's other options are checked first, as before
     assert store.kind == "invalid" and says in store.problem and "secret" not in store.problem
-    for use in (store.check, lambda: store.open(heartbeat=False), store.for_cluster):
+    for use in (store.check, lambda: open_storage(store, heartbeat=False), store.for_cluster):
         with pytest.raises(SearchError, match="^" + re.escape(store.problem) + "$"):
             use()
 
@@ -88,10 +88,10 @@ def test_the_store_checks_are_one_line_each(tmp_path):
     missing = Store.parse(f"sqlite:///{tmp_path}/none.db")
     assert missing.absent() == f"no study store at {tmp_path}/none.db"
     with pytest.raises(SearchError, match=f"^no study store at {tmp_path}/none.db; run `search start` first"):
-        missing.open(must_exist=True, heartbeat=False)
+        open_storage(missing, must_exist=True, heartbeat=False)
     for url in (f"sqlite:///{tmp_path}/no/x.db", f"journal://{tmp_path}/no/x.log"):
         with pytest.raises(SearchError, match=f"^storage folder {tmp_path}/no does not exist$"):
-            Store.parse(url).open(heartbeat=False)
+            open_storage(Store.parse(url), heartbeat=False)
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "no").exists()
     with pytest.raises(SearchError, match="not SQLite"):
         missing.for_cluster()

@@ -67,10 +67,10 @@ def database(store: Store, host: str, port: int) -> Store:
     return store
 
 
-def serve(store: Store, *, host: str, port: int, echo: Callable[[str], None]) -> None:
-    """`search proxy`: serve the RDB store ``store`` (which `database` checked; opened here without heartbeats: the
-    workers' storage is the gRPC client) over gRPC on host:port until stopped."""
-    rdb = store.open(heartbeat=False)
+def serve(rdb: optuna.storages.BaseStorage, store: Store, *, host: str, port: int,
+          echo: Callable[[str], None]) -> None:
+    """`search proxy`: serve the RDB store ``rdb`` (opened from ``store``, which `database` checked, without
+    heartbeats: the workers' storage is the gRPC client) over gRPC on host:port until stopped."""
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the storage proxy is bound to all interfaces (%s) without "
                                             "authentication: anyone who can reach this port can change studies",

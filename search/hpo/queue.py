@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.errors import SearchError
 from search.hpo.space import Param, from_definition
-from search.hpo.storage import FINISHED, claim_study_attr
+from search.hpo.storage import FINISHED, claim_study_attr, open_storage
 from search.hpo.store import Store, locate
 from search.hpo.studies import check_trial
 from search.train import config
@@ -97,7 +97,7 @@ def enqueue_file(study_name: str, storage_url: Store | str | None, path: Path) -
     existing study's queue, checked against the space and fixed values the study was created with (its stored
     definition, so the study file need not be here). Every check comes before the one write."""
     store = locate(storage_url)
-    storage = store.open(must_exist=True, heartbeat=False)
+    storage = open_storage(store, must_exist=True, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
         raise SearchError(f"no study '{study_name}' in {store.masked} (studies there: {', '.join(names) or 'none'}); "

@@ -22,13 +22,13 @@ import sqlalchemy
 from optuna.storages._rdb import models  # Optuna's tables, for the statements of our own below
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from search import env
-from search.errors import SearchError, StoreFault
-from search.hpo import faults, journal
+from search.errors import StoreFault
+from search.hpo import faults, journal, proxy
 from search.hpo.faults import SQLITE_BUSY_TIMEOUT_S
-from search.hpo.store import SQLITE, Store, locate
+from search.hpo.store import GRPC_KIND, JOURNAL_KIND, SQLITE, Store, locate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states a trial budget counts
 
@@ -258,14 +258,24 @@ def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def open_storage(url: str | Store | None = None, *, must_exist: bool = False,
+def open_storage(store: Store | str | None = None, *, must_exist: bool = False,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open (creating tables if needed) the study store at ``url`` (search/hpo/store.py's Store.open)."""
-    return locate(url).open(must_exist=must_exist, heartbeat=heartbeat)
+    """The study store (``store``: parsed, or a URL as search/hpo/store.py's `locate` takes it) as Optuna's storage,
+    tables created if needed, each call waited out through locks and outages. ``must_exist``: read-only commands
+    never create a file; ``heartbeat``: record the running trials' heartbeats (a worker's store)."""
+    store = locate(store)
+    store.check()
+    faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
+    if store.kind == GRPC_KIND:  # a `search proxy` in front of the store
+        return proxy.client(store, retrying(optuna.storages.GrpcStorageProxy))
+    store.check_file(must_exist=must_exist)
+    if store.kind == JOURNAL_KIND:  # a file on a shared filesystem: see search/hpo/journal.py
+        return journal.open_journal(store, retrying(journal.JournalStore), **heartbeat_kwargs(heartbeat))
+    return _open_rdb(store, heartbeat=heartbeat)
 
 
-def open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
-    """A SQLite or database server's store (``store`` checked by Store.open)."""
+def _open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
+    """A SQLite or database server's store."""
     url = store.url
     kwargs: dict = {}
     url_for_engine = url
@@ -277,7 +287,7 @@ def open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
         kwargs["pool_pre_ping"] = True
     if store.kind == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
-        url_for_engine = _postgres_driver(store)
+        url_for_engine = store.engine_url()
     hb = heartbeat_kwargs(heartbeat)
     cls = retrying(SQLiteStorage if store.kind == SQLITE else RDBStore)
     # Creating the tables races with other workers starting at the same moment: retried. A store that is
@@ -297,19 +307,6 @@ def heartbeat_kwargs(on: bool) -> dict[str, Any]:
         return {}
     beat, grace = heartbeat_settings()
     return dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
-
-
-def _postgres_driver(store: Store) -> str:
-    """A plain postgresql:// URL means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to SQLAlchemy 2.1; the
-    `postgres` extra installs psycopg2, so name it where psycopg is missing (an explicit +driver is kept)."""
-    import importlib.util
-
-    u = make_url(store.url)
-    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
-        if importlib.util.find_spec("psycopg2") is None:
-            raise SearchError(f"storage {store.masked} needs a PostgreSQL driver: pip install 'search[postgres]'")
-        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return store.url
 
 
 def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, interrupted: bool = False) -> None:

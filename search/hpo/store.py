@@ -2,17 +2,17 @@
 
 The command line turns `--storage` into a `Store` once (search/cli.py's storage_option) and every floor below takes
 that object. Which kind of store a URL names, the file behind it, how it is shown without its password, and every
-line a bad store gets are decided here and nowhere else; opening it hands over to the kind's own module (RDB stores:
-search/hpo/storage.py, the journal: journal.py, a proxy: proxy.py), each with the fault handling of faults.py.
+line a bad store gets are decided here and nowhere else. `storage.open_storage` opens it: the kind's own module
+(RDB stores: search/hpo/storage.py, the journal: journal.py, a proxy: proxy.py), with faults.py's fault handling.
 
-Light to import, so that the command line can parse `--storage` before it loads a database library: SQLAlchemy's
-URL parser loads at the first database URL parsed, Optuna when a store is opened.
+At the bottom of the store's modules (they all use it; it imports none of them), and light to import, so that the
+command line can parse `--storage` before it loads a database library: SQLAlchemy's URL parser loads at the first
+database URL parsed, Optuna when a store is opened.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from search import env
@@ -139,32 +139,18 @@ class Store:
         """The line of a store that would not open (a server that refused, a driver's error)."""
         return SearchError(f"cannot open storage {self.masked}: {self.mask_text(reason)}")
 
-    # -- opening
+    def engine_url(self) -> str:
+        """The URL SQLAlchemy opens. A plain postgresql:// means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to
+        SQLAlchemy 2.1; the `postgres` extra installs psycopg2, so it is named where psycopg is missing (an explicit
+        +driver is kept)."""
+        import importlib.util
 
-    def open(self, *, must_exist: bool = False, heartbeat: bool = True) -> Any:
-        """The Optuna storage (tables created if needed), every call waited out through locks and outages.
-        ``heartbeat``: record the running trials' heartbeats (a worker's store; read-only commands take none)."""
-        from search.hpo import faults, storage
-
-        self.check()
-        faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
-        if self.kind == GRPC_KIND:
-            from search.hpo import proxy
-
-            return proxy.client(self, storage.retrying(_optuna_storages().GrpcStorageProxy))
-        self.check_file(must_exist=must_exist)
-        if self.kind == JOURNAL_KIND:
-            from search.hpo import journal
-
-            hb = storage.heartbeat_kwargs(heartbeat)
-            return journal.open_journal(self, storage.retrying(journal.JournalStore), **hb)
-        return storage.open_rdb(self, heartbeat=heartbeat)
-
-
-def _optuna_storages():  # type: ignore[no-untyped-def]
-    import optuna
-
-    return optuna.storages
+        u = _sqlalchemy_url(self.url)
+        if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+            if importlib.util.find_spec("psycopg2") is None:
+                raise SearchError(f"storage {self.masked} needs a PostgreSQL driver: pip install 'search[postgres]'")
+            return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        return self.url
 
 
 def locate(given: str | Store | None) -> Store:

@@ -25,7 +25,7 @@ from search.devices import Placement, placements
 from search.devices import choose as choose_devices
 from search.errors import Interrupted, ProcessFailed, SearchError, StoreFault
 from search.hpo import faults, folds, goals, progress, queue, trial_log, worker
-from search.hpo.storage import FINISHED, fail_running, retry_once
+from search.hpo.storage import FINISHED, fail_running, open_storage, retry_once
 from search.hpo.store import Store, locate
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
@@ -73,7 +73,7 @@ class Supervisor:
         self.spec, self.store = spec, locate(store)
         self.board = progress.Board(echo)  # the workers' lines, redrawn in place on a terminal
         self.echo = self.board.say  # permanent lines go above them
-        self.storage = self.store.open()
+        self.storage = open_storage(self.store)
         self.study = optuna.load_study(study_name=spec.name, storage=self.storage)
         self.already = len(self.study.get_trials(deepcopy=False, states=FINISHED))
         self.budget = trials - self.already
@@ -369,7 +369,7 @@ def ensure_study(spec: StudySpec, store: Store | str, *, allow_changes: bool = F
     new = spec.definition()
     if spec.cv_folds is not None:  # made (or refused in one line) before anything is written
         new["cv_folds"] = folds.make(spec)
-    storage = locate(store).open()
+    storage = open_storage(store)
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions,
                                 load_if_exists=True)
     stored = [d.name.lower() for d in study.directions]

@@ -122,7 +122,9 @@ def drain(conn: Connection) -> list[Message]:
 
 
 def open_study(spec: StudySpec, store: Store, seed_offset: int) -> optuna.Study:
-    return optuna.load_study(study_name=spec.name, storage=store.open(),
+    from search.hpo.storage import open_storage
+
+    return optuna.load_study(study_name=spec.name, storage=open_storage(store),
                              sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from search.errors import SearchError
+from search.hpo.storage import open_storage
 from search.hpo.store import locate
 from search.results import artifacts
 from search.results.trials import numbered, params_text, pick, value_text
@@ -29,8 +30,8 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
                      f"(pack {pack['id']}, {pack['size']} trials)")
     store = locate(storage_url)
     name = f"trial-{number}-log.txt"
-    text = artifacts.read_text(t, store.open(must_exist=True, heartbeat=False), artifacts.artifact_dir(store.url),
-                               name)
+    text = artifacts.read_text(t, open_storage(store, must_exist=True, heartbeat=False),
+                               artifacts.artifact_dir(store.url), name)
     if text is None:
         lines.append(f"log: none ({name} is not in the artifact folder; set ${artifacts.ENV} where workers wrote it)")
     else:
@@ -45,7 +46,7 @@ def kept_weights(study: optuna.Study, storage_url: str | None, rank: int = 1, tr
     line if there are none."""
     trial = pick(study, rank, trial_number)
     store = locate(storage_url)
-    data = artifacts.read_bytes(trial, store.open(must_exist=True, heartbeat=False),
+    data = artifacts.read_bytes(trial, open_storage(store, must_exist=True, heartbeat=False),
                                 artifacts.artifact_dir(store.url), f"trial-{trial.number}-model.pt")
     if data is None:
         raise SearchError(f"trial {trial.number}'s weights were not kept: the study file keeps the best trials' "

@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
 from search.hpo import goals
+from search.hpo.storage import open_storage
 from search.hpo.store import Store, locate
 from search.train import config
 from search.train.config import TrainConfig
@@ -22,7 +23,7 @@ STATES = ("complete", "pruned", "fail", "running", "waiting")
 def load(study_name: str, storage_url: Store | str | None) -> optuna.Study:
     """An existing study, read-only: a missing store or study is one line, and nothing is created."""
     store = locate(storage_url)
-    storage = store.open(must_exist=True, heartbeat=False)
+    storage = open_storage(store, must_exist=True, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
         raise SearchError(f"no study '{study_name}' in {store.masked}; studies there: {', '.join(names) or 'none'}")
