@@ -195,7 +195,7 @@ class Trainer:
         return self._train_graph is not None
 
     def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.float().div_(255.0)
+        x = scaled(images)
         if train and self.augment is not None:
             x = self.augment(x, self.generator)
         return normalise(x, self.data.mean, self.data.std)
@@ -327,6 +327,12 @@ def build_net(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         raise SearchError(str(err)) from None
 
 
+def scaled(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> [0, 1] in torch's default dtype: float32 for every run; tests/test_pack.py sets float64 to
+    compare fused and lone arithmetic where reassociation noise cannot grow into a visible difference."""
+    return images.to(torch.get_default_dtype()).div_(255.0)
+
+
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Images scaled to [0, 1] -> the network's input: standardised with the training split's per-channel mean and
     std, in channels_last (the memory format every model here runs in)."""
@@ -364,7 +370,7 @@ def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: Datase
         if static is not None:
             logits.append(static(chunk)[:n])
             continue
-        x = normalise(chunk.float().div_(255.0), mean, std)
+        x = normalise(scaled(chunk), mean, std)
         if len(views) == 1:
             with autocast if autocast is not None else contextlib.nullcontext():
                 logits.append(model(x).float())

@@ -51,6 +51,7 @@ from search.train.engine import (
     resolve_device,
     resume_run,
     save_or_warn,
+    scaled,
 )
 from search.train.fuse import Sliced, fuse, global_rng, members_of, unfusable, unfuse
 
@@ -317,7 +318,7 @@ class Pack:
         (from its own generator, as alone) and normalised as its lone run normalises it: one gather, one scaling and
         one normalisation for the whole pack, whatever K."""
         k = len(self.live)
-        x = self.data.train.images[torch.cat(batches)].float().div_(255.0)
+        x = scaled(self.data.train.images[torch.cat(batches)])
         parts = x.view(k, -1, *x.shape[1:])
         for i, m in enumerate(self.live):
             if m.trainer.augment is not None:
