@@ -32,7 +32,7 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import physical_name, visible
 from search.errors import SearchError
-from search.train import config, graphs, predictions
+from search.train import config, graphs, prediction_files
 from search.train.augment import make_augment, tta_views
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
@@ -668,9 +668,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
                                                     "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
                                                     "std": data.std.view(-1).tolist()}, p))
     config.dump(cfg, out / "config.yaml")
-    # Each test image's class, prediction and class probabilities (search/train/predictions.py): `search report`'s
+    # Each test image's class, prediction and class probabilities (search/train/prediction_files.py): `search report`'s
     # paired test and the ensembles read them.
-    text = predictions.test_text(cfg.dataset, data.info.task,
+    text = prediction_files.test_text(cfg.dataset, data.info.task,
                                   data.test.labels.cpu().numpy(), scores.cpu().numpy(),
                                   predict(scores, data.info.task).cpu().numpy())
     atomic_write(out / "test_predictions.csv", lambda p: p.write_text(text))

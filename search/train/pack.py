@@ -53,7 +53,7 @@ from search.train.engine import (
     save_or_warn,
     scaled,
 )
-from search.train.fuse import Sliced, fuse, global_rng, members_of, unfusable, unfuse
+from search.train.fuse import Sliced, fuse, fused_size, global_rng, unfusable, unfuse
 
 #: The TrainConfig fields that must agree for runs to share a pack. Everything else may differ per member.
 PACK_KEYS = ("dataset", "data_dir", "size", "architecture", "pretrained", "batch_size", "epochs", "optimizer",
@@ -213,7 +213,7 @@ class Pack:
     @property
     def size(self) -> int:
         """How many members the fused model runs now (0 once all have left)."""
-        return 0 if self.fused is None else members_of(self.fused)
+        return 0 if self.fused is None else fused_size(self.fused)
 
     def _refuse(self) -> None:
         if self.fused is not None:
