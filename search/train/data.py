@@ -22,15 +22,25 @@ import numpy as np
 
 from search import env
 from search.errors import SearchError
+from search.train import readers
+from search.train.readers import (  # noqa: F401  (re-exported: data.SPLITS, data.read_idx, ...)
+    DIGITS_SPLIT_SEED,
+    MNIST_FILES,
+    MNIST_SPLIT_SEED,
+    MNIST_VAL_FRACTION,
+    SPLITS,
+    Arrays,
+    digits_arrays,
+    medmnist_file,
+    read_idx,
+)
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `search start` itself never needs it (3 s here)
     import torch
 
 log = logging.getLogger("search")
 
-SPLITS = ("train", "val", "test")
 MULTI_LABEL = "multi-label, binary-class"  # medmnist's name of the one task with a 0/1 target per label
-Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 images N,H,W[,C], labels N,K)
 # Test-time augmentation: the label-preserving views a prediction averages (search/train/augment.py makes them).
 # Each is a subset of the next, so a dataset allows a prefix of this tuple (DatasetInfo.tta).
 TTA = ("none", "flip", "dihedral")
@@ -117,7 +127,7 @@ def _with_medmnist() -> None:
     global _medmnist_registered
     if not _medmnist_registered:
         _medmnist_registered = True
-        readers.register_medmnist()
+        _register_medmnist()
 
 
 def list_datasets() -> list[str]:
@@ -261,15 +271,18 @@ def _checked(info: DatasetInfo, arrays: Arrays, size: int = 28) -> Arrays:
     return arrays
 
 
-# The readers register the shipped datasets; they use the registry above, so they come in last.
-from search.train import readers  # noqa: E402
-from search.train.readers import (  # noqa: E402, F401  (re-exported: data.read_idx and friends)
-    DIGITS_SPLIT_SEED,
-    MEDMNIST_TTA,
-    MNIST_FILES,
-    MNIST_SPLIT_SEED,
-    MNIST_VAL_FRACTION,
-    digits_arrays,
-    medmnist_file,
-    read_idx,
-)
+def _register_medmnist() -> None:
+    medmnist = readers.medmnist_module()
+    for flag, info in medmnist.INFO.items():
+        cls = getattr(medmnist, info["python_class"], None)
+        if cls is None or not issubclass(cls, medmnist.dataset.MedMNIST2D):
+            continue  # the 3D volumes are not 28x28 images
+        names = [info["label"].get(str(i)) for i in range(len(info["label"]))]
+        register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
+                                     readers.medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,))),
+                                     tuple(map(str, names)) if all(names) else None,
+                                     tta=readers.MEDMNIST_TTA.get(flag, "none")))
+
+
+register_dataset(DatasetInfo("mnist", 1, 10, "multi-class", readers.read_mnist))
+register_dataset(DatasetInfo("digits", 1, 10, "multi-class", readers.read_digits, bundled=True))

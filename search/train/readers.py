@@ -1,7 +1,5 @@
 """The shipped datasets' file readers: MedMNIST 2D (through medmnist's own classes), MNIST's IDX files and
-scikit-learn's bundled digits; each registers its datasets with search/train/data.py, which loads and checks them.
-
-Imported by data.py only (at its end), after the registry it fills is defined.
+scikit-learn's bundled digits. search/train/data.py registers them, loads their arrays and checks them.
 """
 from __future__ import annotations
 
@@ -20,9 +18,11 @@ from typing import Callable
 import numpy as np
 
 from search.errors import SearchError
-from search.train.data import SPLITS, Arrays, DatasetInfo, register_dataset
 
 log = logging.getLogger("search")
+
+SPLITS = ("train", "val", "test")  # what every reader returns (data.py's registry re-exports it)
+Arrays = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 images N,H,W[,C], labels N,K)
 
 
 # --- MedMNIST 2D ------------------------------------------------------------------------------------------
@@ -33,9 +33,9 @@ def medmnist_file(flag: str, size: int = 28) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def _medmnist_reader(flag: str) -> Callable[..., Arrays]:
+def medmnist_reader(flag: str) -> Callable[..., Arrays]:
     def read(root: Path, download: bool, size: int = 28) -> Arrays:
-        medmnist = _medmnist()
+        medmnist = medmnist_module()
         info = medmnist.INFO[flag]
         path = root / medmnist_file(flag, size)
         if not path.is_file():
@@ -61,7 +61,7 @@ def _medmnist_reader(flag: str) -> Callable[..., Arrays]:
     return read
 
 
-def _medmnist():  # type: ignore[no-untyped-def]
+def medmnist_module():  # type: ignore[no-untyped-def]
     """medmnist, imported without creating ~/.medmnist: its module medmnist.info makes that folder (its default
     root) as it is imported, and this project passes the data folder every time (data_root), so HOME points to a
     scratch folder, removed at once, while it loads."""
@@ -102,7 +102,7 @@ def _removed_if_failed(root: Path):  # type: ignore[no-untyped-def]
 
 
 def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> None:
-    medmnist = _medmnist()
+    medmnist = medmnist_module()
     info = medmnist.INFO[flag]
     suffix = "" if size == 28 else f"_{size}"  # medmnist's keys: url, MD5, url_64, MD5_64, ...
     try:
@@ -122,19 +122,6 @@ def _medmnist_download(flag: str, root: Path, path: Path, size: int = 28) -> Non
 MEDMNIST_TTA = {"pathmnist": "dihedral", "bloodmnist": "dihedral", "dermamnist": "dihedral",
                 "tissuemnist": "dihedral", "retinamnist": "dihedral", "chestmnist": "flip",
                 "pneumoniamnist": "flip", "octmnist": "flip", "breastmnist": "flip"}
-
-
-def register_medmnist() -> None:
-    medmnist = _medmnist()
-    for flag, info in medmnist.INFO.items():
-        cls = getattr(medmnist, info["python_class"], None)
-        if cls is None or not issubclass(cls, medmnist.dataset.MedMNIST2D):
-            continue  # the 3D volumes are not 28x28 images
-        names = [info["label"].get(str(i)) for i in range(len(info["label"]))]
-        register_dataset(DatasetInfo(flag, info["n_channels"], len(info["label"]), info["task"],
-                                     _medmnist_reader(flag), tuple(getattr(cls, "available_sizes", (28,))),
-                                     tuple(map(str, names)) if all(names) else None,
-                                     tta=MEDMNIST_TTA.get(flag, "none")))
 
 
 # --- MNIST -----------------------------------------------------------------------------------------------
@@ -184,7 +171,7 @@ def _find_mnist(root: Path) -> dict[str, Path] | None:
     return None
 
 
-def _read_mnist(root: Path, download: bool, size: int = 28) -> Arrays:
+def read_mnist(root: Path, download: bool, size: int = 28) -> Arrays:
     files = _find_mnist(root)
     if files is None:
         if not download:
@@ -242,7 +229,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
-def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
+def read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
     import torch
 
     images, target = digits_arrays()
@@ -254,7 +241,3 @@ def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
     n_val = n_test = len(images) * 15 // 100
     parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
     return {s: (images[idx], labels[idx]) for s, idx in parts.items()}
-
-
-register_dataset(DatasetInfo("mnist", 1, 10, "multi-class", _read_mnist))
-register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits, bundled=True))
