@@ -19,26 +19,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
-
-if TYPE_CHECKING:
-    from search.train.config import TrainConfig
-    from search.train.engine import Trainer
+from search.train.config import TrainConfig
 
 log = logging.getLogger("search")
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
+# An engine.Trainer: its callers build it and hand it in, so the loop imports nothing that imports it.
+Trainer = Any
 VAL_KEYS = ("val_acc", "val_auc", "val_loss")
 
 
 @dataclass
 class FitResult:
-    trainer: "Trainer"  # its model holds the weights of the best validation epoch
+    trainer: Trainer  # its model holds the weights of the best validation epoch
     outcome: str  # "completed", "stopped" (on_epoch asked), "diverged" (non-finite loss)
     best_epoch: int | None  # 1-based; None when no epoch finished with a finite loss
     best: dict[str, float]  # the validation metrics of the best epoch
@@ -82,11 +81,11 @@ class Member:
     keep: bool = True  # whether it keeps its best epoch's weights (a cv fold keeps none: the group judges)
 
     @property
-    def trainer(self) -> "Trainer":
+    def trainer(self) -> Trainer:
         return self.result.trainer
 
 
-def member(trainer: "Trainer", *, on_epoch: OnEpoch | None = None, checkpoint: Path | None = None,
+def member(trainer: Trainer, *, on_epoch: OnEpoch | None = None, checkpoint: Path | None = None,
            resume: dict[str, Any] | None = None, keep: bool = True) -> Member:
     """A member training ``trainer``, put where the checkpoint state ``resume`` left it (fresh when None): its
     history restored and handed to `on_epoch` in order (it is "stopped" when `on_epoch` asks)."""
@@ -265,7 +264,7 @@ def epoch_line(metrics: dict[str, float]) -> str:
             f"({metrics['images_per_second']:,.0f} images/s)")
 
 
-def save_or_warn(checkpoint: Path, trainer: "Trainer", result: FitResult,
+def save_or_warn(checkpoint: Path, trainer: Trainer, result: FitResult,
                  best_state: dict[str, torch.Tensor] | None, epoch: int, **kw: Any) -> Path | None:
     """Save the run's checkpoint; a full disk or a bad folder is a warning and the run goes on without a safety net
     (returns None, the checkpoint path from then on)."""
@@ -278,7 +277,7 @@ def save_or_warn(checkpoint: Path, trainer: "Trainer", result: FitResult,
         return None
 
 
-def epoch_metrics(trainer: "Trainer", epoch: int, train_loss: float, val: dict[str, float], *, started: float,
+def epoch_metrics(trainer: Trainer, epoch: int, train_loss: float, val: dict[str, float], *, started: float,
                   train_seconds: float, ended: float | None = None) -> dict[str, float]:
     """An epoch's history entry: what `on_epoch` hears."""
     return {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
@@ -287,7 +286,7 @@ def epoch_metrics(trainer: "Trainer", epoch: int, train_loss: float, val: dict[s
             "images_per_second": trainer.steps_per_epoch * trainer.cfg.batch_size / train_seconds}
 
 
-def keeps(cfg: "TrainConfig", metrics: dict[str, float], result: FitResult) -> bool:
+def keeps(cfg: TrainConfig, metrics: dict[str, float], result: FitResult) -> bool:
     """Whether this epoch becomes the kept one: the first, or one better by ``keep_epoch_by`` (default ``metric``;
     val_loss: lower). A NaN value (an AUC a split cannot define) never beats a number."""
     if result.best_epoch is None:
@@ -302,7 +301,7 @@ class FoldMean:
     """The verdict of cross-validation's K folds, judged as one: each epoch `on_epoch` hears the mean over the folds
     of each metric, and the kept epoch is the one with the best mean (every fold at the same epoch)."""
 
-    def __init__(self, cfg: "TrainConfig", trainer: "Trainer", on_epoch: OnEpoch | None) -> None:
+    def __init__(self, cfg: TrainConfig, trainer: Trainer, on_epoch: OnEpoch | None) -> None:
         self.cfg, self.on_epoch = cfg, on_epoch
         self.result = FitResult(trainer, "completed", None, {})
 

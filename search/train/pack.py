@@ -16,11 +16,14 @@ of its lone run. After every epoch each member hears of its own metrics (the key
 `on_epoch` returns True, or whose loss is not finite, leaves, and the pack is fused anew without it: the compute is
 saved, not masked.
 
+The epochs themselves (records, divergence, keep-best, checkpoints, verdicts) are the one loop's
+(search/train/loop.py): Pack is one of its groups.
+
 Exactness: on the CPU a member's shuffles, augmentations and dropout masks are those of its lone run draw for draw,
-and so are its numbers (bit for bit side by side; fused, bit for bit for simple_cnn_v2 and alexnet, and within
-1e-4 for ResNet-18, whose strided grouped convolutions oneDNN sums in another order: tests/test_pack.py). On CUDA
-runs agree within a tolerance anyway (cuDNN's algorithm choice); a pack's dropout masks and batched losses there are
-the same distributions and formulas, not the same numbers.
+and so is its arithmetic, but for the order in which a fused kernel sums (oneDNN's choice, by CPU): in float64 a
+pack and its lone runs agree within 1e-9 on any CPU (tests/test_pack.py). On CUDA runs agree within a tolerance
+anyway (cuDNN's algorithm choice); a pack's dropout masks and batched losses there are the same distributions and
+formulas, not the same numbers.
 """
 from __future__ import annotations
 
