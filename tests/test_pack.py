@@ -8,7 +8,8 @@ Even Adam, which turns noise in a near-zero gradient into a whole step when that
 float32's ~1e-7 does, cannot amplify noise 1e-8 times smaller than its eps; a few steps on 32 images leave the
 runs within 1e-12, and TOL = 1e-9 holds on any CPU. Any real difference moves the numbers by ~1e-3 at once: a
 member trained on another member's batch, augmentation or dropout mask, a gradient summed into the wrong member,
-or a wrong label (checked once by breaking Pack.inputs, Pack.step and the dropout generators on purpose).
+or a wrong label (checked once: with Pack.inputs augmenting every member from the first member's generator, the
+float64 simple_cnn_v2 case fails).
 
 One float32 check stays, for the path runs take (test_fused_float32_is_close): SGD, whose update is linear in the
 gradient, so float32's reassociation noise (~1e-7 relative an operation) stays of that order over a few steps;
