@@ -271,9 +271,9 @@ def predict(model_dir: Path, source: Path, out: Path, split: str, device: str, o
     INPUT: a MedMNIST-layout .npz (its --split), a folder of PNG/JPEG images or one image, each already of the run's
     size and channels. Writes a row per image: the class probabilities and the predicted label."""
     if onnx_file is not None:
-        from search.train import onnx
+        from search.train import onnx_export
 
-        click.echo(onnx.export(model_dir, onnx_file))
+        click.echo(onnx_export.export(model_dir, onnx_file))
         return
     from search.train import predict as predicting
 

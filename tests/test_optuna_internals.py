@@ -84,7 +84,8 @@ def test_the_private_names_used_elsewhere(tmp_path):
 
 
 def test_the_heartbeat_thread_a_packs_members_beat_with():
-    # search/hpo/packs.py: the members of a pack other than the first beat as Optuna's optimize makes its trial beat.
+    # search/hpo/pack_trials.py: the members of a pack other than the first beat as Optuna's optimize makes its
+    # trial beat.
     from optuna.storages import _heartbeat
 
     fn = getattr(_heartbeat, "get_heartbeat_thread", None)

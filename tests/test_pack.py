@@ -1,11 +1,20 @@
 """Trial packs (search/train/pack.py): K runs trained as one fused model equal the same runs trained alone.
 
-Tolerance: 1e-6, relative, on every metric of every epoch. On the CPU each member's arithmetic is its lone run's:
-its batches, augmentations and dropout masks are drawn from its own generators as alone; the grouped convolution
-computes each member's group as its own convolution; linear layers are one matmul per member; batch norm's
-statistics are per channel. The runs agree bit for bit here; the margin only absorbs the printing-level noise a
-different BLAS build could add to a reduction, far below the ~1e-3 that any real difference reaches after a few
-Adam steps (a wrong mask, batch or gradient shows up at once).
+Where the arithmetic allows equality, the tests prove it: in float64 (the `float64` fixture makes torch's default
+dtype float64, so models, inputs, losses and optimizer states are float64 on both paths). A fused layer sums each
+member's products in another order than the member's own layer (oneDNN picks its kernels by the CPU: AVX2 and
+AVX-512 machines differ), so the two paths may differ by reassociation noise: ~1e-16 relative a step in float64.
+Even Adam, which turns noise in a near-zero gradient into a whole step when that noise exceeds its eps (1e-8), as
+float32's ~1e-7 does, cannot amplify noise 1e-8 times smaller than its eps; a few steps on 32 images leave the
+runs within 1e-12, and TOL = 1e-9 holds on any CPU. Any real difference moves the numbers by ~1e-3 at once: a
+member trained on another member's batch, augmentation or dropout mask, a gradient summed into the wrong member,
+or a wrong label (checked once: with Pack.inputs augmenting every member from the first member's generator, the
+float64 simple_cnn_v2 case fails).
+
+One float32 check stays, for the path runs take (test_fused_float32_is_close): SGD, whose update is linear in the
+gradient, so float32's reassociation noise (~1e-7 relative an operation) stays of that order over a few steps;
+F32_TOL = 1e-4 leaves a factor of ~100 on either side (noise below, a real difference above). It compares losses
+and weights, not accuracies: a discrete metric on 16 images flips on noise.
 """
 from __future__ import annotations
 
@@ -21,8 +30,17 @@ from search.train.fuse import _Dropout, _Linear
 from search.train.pack import Pack, batched_loss, fit_pack, pack_key, unsupported
 from tests.support.data import write_medmnist_npz
 
-TOL = 1e-6
+TOL = 1e-9
+F32_TOL = 1e-4
 KEYS = ("epoch", "train_loss", "val_acc", "val_auc", "val_loss", "lr")
+
+
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for one test: models are built, and images scaled (engine.scaled), in it."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 @pytest.fixture
@@ -54,17 +72,18 @@ def assert_same_history(packed: engine.FitResult, alone: engine.FitResult, tol: 
             assert p[key] == pytest.approx(a[key], rel=tol, abs=tol, nan_ok=True), (key, p, a)
 
 
-def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+def assert_same_weights(a: nn.Module, b: nn.Module, tol: float = TOL) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:
-        assert torch.allclose(sa[key].float(), sb[key].float(), rtol=TOL, atol=TOL), key
+        assert sa[key].dtype == sb[key].dtype, key
+        assert torch.allclose(sa[key].double(), sb[key].double(), rtol=tol, atol=tol), key
 
 
 # fused=True: the fused layers a GPU pack runs; False: the CPU's default, the members' own models side by side.
 @pytest.mark.parametrize("architecture, epochs, fused", [("simple_cnn_v2", 2, True), ("simple_cnn_v2", 1, False),
                                                          ("alexnet", 1, True)])  # AlexNet: one epoch, for CPU time
-def test_fused_equals_separate(organ, architecture, epochs, fused):
+def test_fused_equals_separate(organ, float64, architecture, epochs, fused):
     cfgs = four(organ, architecture=architecture, epochs=epochs)
     heard: list[list[int]] = [[] for _ in cfgs]
     packed = fit_pack(cfgs, on_epoch=[lambda e, m, h=h: h.append(e) for h in heard], fused=fused)
@@ -75,33 +94,47 @@ def test_fused_equals_separate(organ, architecture, epochs, fused):
         assert result.best_epoch == alone.best_epoch and result.best == pytest.approx(alone.best, rel=TOL)
         # the returned model holds the best epoch's weights, as engine.fit's does, and is a plain unfused model
         assert_same_weights(result.model, alone.model)
+        assert next(result.model.parameters()).dtype == torch.float64
         assert result.params == alone.params
         assert result.trainer.evaluate(result.trainer.data.val) == pytest.approx(
             alone.trainer.evaluate(alone.trainer.data.val), rel=TOL)
 
 
-def test_resnet18_fuses_its_residual_blocks(tmp_path):
-    """Residual adds and strided 1x1 shortcuts; two members, one epoch (ResNet-18 is slow on a CPU).
-
-    Tolerance 1e-4 here: oneDNN sums some of ResNet-18's grouped convolutions (the strided ones) in another order
-    than the lone convolution, which moves a loss by about 1e-7; SGD keeps that from growing (Adam would turn such
-    noise in near-zero gradients into whole steps), and the evaluation's running statistics after two steps make
-    the validation loss large (its relative error is what counts).
-    """
+def test_resnet18_fuses_its_residual_blocks(tmp_path, float64):
+    """Residual adds and strided 1x1 shortcuts; two members, one epoch (ResNet-18 is slow on a CPU, more so in
+    float64). The strided grouped convolutions are summed in another order than the lone ones: float64 keeps that
+    noise far below TOL."""
     write_medmnist_npz(tmp_path / "octmnist.npz", channels=1, classes=4, counts=(16, 8, 8))  # two batches of 8
     cfgs = [config(str(tmp_path), architecture="resnet18", optimizer="sgd", epochs=1, batch_size=8, seed=s, lr=lr,
                    momentum=mom, dropout=d)
             for s, lr, mom, d in ((0, 0.01, 0.9, 0.5), (1, 0.03, 0.0, 0.0))]
     for result, cfg in zip(fit_pack(cfgs, on_epoch=[None, None], fused=True), cfgs):
-        assert_same_history(result, engine.fit(cfg), tol=1e-4)
+        alone = engine.fit(cfg)
+        assert_same_history(result, alone)
+        assert_same_weights(result.model, alone.model)
 
 
-def test_members_leave_and_the_pack_really_shrinks(organ):
+def test_fused_float32_is_close(organ):
+    """The float32 path every run takes: fused and alone within F32_TOL (the module docstring says why SGD, and why
+    losses and weights rather than accuracies)."""
+    cfgs = [config(organ, optimizer="sgd", momentum=0.9, lr=0.05, seed=0),
+            config(organ, optimizer="sgd", lr=0.02, dropout=0.2, augmentation="flip", label_smoothing=0.1, seed=1)]
+    for result, cfg in zip(fit_pack(cfgs, on_epoch=[None, None], fused=True), cfgs):
+        alone = engine.fit(cfg)
+        assert len(result.history) == len(alone.history) == 2
+        for p, a in zip(result.history, alone.history):
+            for key in ("epoch", "train_loss", "val_loss", "lr"):
+                assert p[key] == pytest.approx(a[key], rel=F32_TOL, abs=F32_TOL), (key, p, a)
+        assert_same_weights(result.model, alone.model, tol=F32_TOL)
+        assert next(result.model.parameters()).dtype == torch.float32
+
+
+def test_members_leave_and_the_pack_really_shrinks(organ, float64):
     """A member stopped by its on_epoch and one whose loss blew up leave after epoch 1; the fused model then runs the
     one left, which goes on exactly as alone."""
     cfgs = [config(organ, optimizer="sgd", lr=0.05, seed=0),
             config(organ, optimizer="sgd", lr=0.01, seed=1),
-            config(organ, optimizer="sgd", lr=1e20, momentum=0.0, seed=2)]
+            config(organ, optimizer="sgd", lr=1e300, momentum=0.0, seed=2)]  # float64's overflow
     hooks = [None, lambda epoch, metrics: epoch == 1, None]
     pack = Pack(cfgs, on_epoch=hooks, fused=True)
     assert pack.size == 3
@@ -124,7 +157,7 @@ def test_members_leave_and_the_pack_really_shrinks(organ):
     assert diverged.history == [] and diverged.best_epoch is None
 
 
-def test_a_member_checkpoint_resumes_alone_exactly(organ, tmp_path):
+def test_a_member_checkpoint_resumes_alone_exactly(organ, tmp_path, float64):
     cfgs = four(organ, epochs=3)[:2]
     path = tmp_path / "member.pt"
     fit_pack(cfgs, on_epoch=[lambda e, m: e == 2, None], checkpoints=[path, None], fused=True)

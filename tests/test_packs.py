@@ -1,4 +1,4 @@
-"""Trial packs, the search's side (search/hpo/packs.py, docs/packs.md): every member a real trial with its own
+"""Trial packs, the search's side (search/hpo/pack_trials.py, docs/packs.md): every member a real trial with its own
 reports, pruning, files and checkpoint; queued trials join a pack they fit; a packed worker killed by SIGKILL has
 each member retried from its own checkpoint; a whole packed search through the real CLI meets its budget exactly.
 Real SQLite stores, digits data, real processes and signals for the end-to-end tests."""

@@ -21,7 +21,7 @@ from search.hpo.objective import Objective
 from search.hpo.studies import load_study
 from search.train import engine
 from search.train.config import TrainConfig
-from search.train.data import get_info, load
+from search.train.data import fold_data, get_info, load
 from search.train.metrics import evaluate_scores
 from tests.support.cli import run
 from tests.support.data import write_medmnist_npz
@@ -161,6 +161,76 @@ def test_folds_are_stratified_fixed_by_the_seed_and_refused_in_one_line():
     with pytest.raises(SearchError, match=r"^cv_folds: big has 10,001 train\+val images; cross-validated selection is "
                                           r"for small datasets \(at most 10,000\)"):
         folds.stratified(np.arange(10_001) % 2, 5, 0, dataset="big")
+
+
+class _Spy(nn.Module):
+    """Remembers which images it saw, in training and in evaluation: image k of train+val shows one bright pixel at
+    position k (write_ids), which its fold's normalisation (per channel, a positive scale) leaves the brightest."""
+
+    built: list["_Spy"] = []
+
+    def __init__(self, *, in_channels: int, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))
+        self.seen: dict[bool, set[int]] = {True: set(), False: set()}
+        _Spy.built.append(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen[self.training].update(x.flatten(1).argmax(dim=1).tolist())
+        return self.head(x)
+
+
+@pytest.fixture
+def spy_registered():
+    from models import register_model, registry
+
+    register_model("fold_spy", reference="tests/test_tta_cv.py")(lambda **kw: _Spy(**kw))
+    _Spy.built.clear()
+    yield
+    registry._REGISTRY.pop("fold_spy")  # our own registry has no public removal; tests alone need one
+    registry.MODEL_REFERENCES.pop("fold_spy")
+
+
+def write_ids(path: Path, counts: tuple[int, int, int]) -> list[int]:
+    """A MedMNIST file whose train+val image k (train first) is dark but for pixel k; returns the labels."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    start = 0
+    for split, n in zip(("train", "val", "test"), counts):
+        images = np.full((n, 28 * 28), 10, dtype=np.uint8)
+        images[np.arange(n), (start + np.arange(n)) % (28 * 28)] = 250
+        arrays[f"{split}_images"] = images.reshape(n, 28, 28)
+        arrays[f"{split}_labels"] = np.repeat(np.arange(4), -(-n // 4))[:n].reshape(n, 1).astype(np.uint8)
+        start += n
+    rng.shuffle(arrays["train_labels"])
+    np.savez_compressed(path, **arrays)
+    return np.concatenate([arrays["train_labels"], arrays["val_labels"]]).reshape(-1).tolist()
+
+
+def test_a_fold_never_trains_on_its_own_validation_images(tmp_path, spy_registered):
+    """A leak would raise every cv trial's value and pass every other test: fold_data splits train+val into two
+    disjoint parts that make the whole, and a real fit_folds trains each fold's model only on the other folds."""
+    labels = write_ids(tmp_path / "octmnist.npz", (48, 24, 8))
+    assignment = folds.stratified(np.array(labels), 3, 0, dataset="octmnist")
+    data = load("octmnist", str(tmp_path), CPU, 28)
+    ids = lambda split: split.images.flatten(1).argmax(dim=1).tolist()  # noqa: E731
+    assert sorted(ids(data.train) + ids(data.val)) == list(range(72))
+    for f in range(3):
+        part = fold_data(data, assignment, f)
+        own = {k for k, a in enumerate(assignment) if a == f}
+        assert set(ids(part.val)) == own and len(part.val) == len(own)
+        assert set(ids(part.train)).isdisjoint(own) and len(part.train) + len(part.val) == 72
+        assert sorted(ids(part.train) + ids(part.val)) == list(range(72))
+    cfg = TrainConfig(dataset="octmnist", data_dir=str(tmp_path), device="cpu", architecture="fold_spy", epochs=3,
+                      batch_size=8, augmentation="none")
+    result = engine.fit_folds(cfg, assignment)
+    assert result.outcome == "completed" and result.folds["k"] == 3
+    assert len(_Spy.built) == 3  # one model per fold, built in fold order
+    for f, model in enumerate(_Spy.built):
+        own = {k for k, a in enumerate(assignment) if a == f}
+        assert model.seen[False] == own  # it validates on its fold, all of it
+        assert model.seen[True] and model.seen[True].isdisjoint(own)  # and trains on the others only
+        assert model.seen[True] <= set(range(72)) - own
 
 
 @pytest.mark.parametrize("extra, words", [("cv_folds: 1\n", "cv_folds must be an integer of at least 2, got 1"),

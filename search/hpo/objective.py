@@ -22,7 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.errors import StoreFault
-from search.hpo import artifacts, folds, goals, packs, trial_log
+from search.hpo import artifacts, folds, goals, pack_trials, trial_log
 from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
 from search.train import checkpoint, engine, metrics
@@ -36,7 +36,7 @@ OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cu
 
 @dataclass
 class Member:
-    """One trial of what a worker trains at once: a lone trial, or a member of a pack (search/hpo/packs.py)."""
+    """One trial of what a worker trains at once: a lone trial, or a member of a pack (search/hpo/pack_trials.py)."""
 
     trial: optuna.Trial
     cfg: TrainConfig | None = None
@@ -51,7 +51,7 @@ class Member:
 class Objective:
     """Callable for Optuna: trains one trial on ``device`` and returns its best validation metric (several
     objectives: the list of their values). With ``size`` above 1, the trial Optuna hands it is the first of a pack:
-    it asks the others itself (search/hpo/packs.py), trains them all as one fused model, and tells the others'
+    it asks the others itself (search/hpo/pack_trials.py), trains them all as one fused model, and tells the others'
     outcomes to the study (``on_done`` hears each), the first's as for a lone trial. Lone and packed trials take the
     same steps below (prepare, train, finish, settle); only the training call differs."""
 
@@ -82,13 +82,13 @@ class Objective:
         self.trial_numbers = [trial.number]
         first = Member(trial)
         members = [first]
-        with trial_log.capture() as captured, packs.heartbeats(trial.study, []) as beating:
+        with trial_log.capture() as captured, pack_trials.heartbeats(trial.study, []) as beating:
             self._attempt([first], lambda: self._prepare(first))
             size = self.size(trial.study) if callable(self.size) else self.size
             if size > 1 and first.error is None:
                 self._attempt([first], lambda: members.extend(self._others(first, size)))
                 for m in members[1:]:
-                    beating.enter_context(packs.beat(trial.study, m.trial))
+                    beating.enter_context(pack_trials.beat(trial.study, m.trial))
                     self._attempt([m], lambda m=m: self._prepare(m))
             live = [m for m in members if m.error is None]
             if live and not _stopped(members):
@@ -119,11 +119,11 @@ class Objective:
 
     def _others(self, first: Member, size: int) -> list[Member]:
         """The pack's other members, asked of the study; none when the first must run alone (said once)."""
-        why = packs.alone(self.spec, first.trial, first.cfg)  # type: ignore[arg-type]
+        why = pack_trials.alone(self.spec, first.trial, first.cfg)  # type: ignore[arg-type]
         if why is not None and why not in self._said and self.on_note is not None:
             self._said.add(why)
             self.on_note(f"worker {worker_id()}: {why}")
-        others = [] if why else packs.ask_members(first.trial.study, self.spec, first.trial, size)
+        others = [] if why else pack_trials.ask_members(first.trial.study, self.spec, first.trial, size)
         self.trial_numbers += [t.number for t in others]
         if self.on_pack is not None:
             self.on_pack(list(self.trial_numbers))  # the whole pack: the tickets beyond it go back
@@ -167,11 +167,11 @@ class Objective:
                 return [engine.fit_folds(cfgs[0], self._folds(m.trial), on_epoch=self._reporter(m))]
             return [engine.fit(cfgs[0], on_epoch=self._reporter(m), checkpoint=m.checkpoint, resume=m.resume)]
         for m in members:
-            m.trial.set_user_attr("pack", packs.attr([x.trial.number for x in members]))
-        from search.train import pack as fusion
+            m.trial.set_user_attr("pack", pack_trials.attr([x.trial.number for x in members]))
+        from search.train import pack
 
-        return fusion.fit_pack(cfgs, on_epoch=[self._reporter(m) for m in members],
-                               checkpoints=[m.checkpoint for m in members], resumes=[m.resume for m in members])
+        return pack.fit_pack(cfgs, on_epoch=[self._reporter(m) for m in members],
+                             checkpoints=[m.checkpoint for m in members], resumes=[m.resume for m in members])
 
     def _finish(self, m: Member, result: engine.FitResult) -> None:
         trial = m.trial

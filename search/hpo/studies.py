@@ -91,7 +91,7 @@ class StudySpec:
     # made from cv_seed (the file's sampler seed, never a worker's own) and stored with the definition.
     cv_folds: int | None = None
     cv_seed: int = 0
-    # Trials a worker trains at once as one fused model (search/hpo/packs.py); 1 = one trial at a time. How the
+    # Trials a worker trains at once as one fused model (search/hpo/pack_trials.py); 1 = one trial at a time. How the
     # study runs, not what it searches: not part of its definition, and `--pack` overrides it.
     pack: int = 1
 

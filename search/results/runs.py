@@ -37,7 +37,7 @@ from search.results.run_figures import (
 from search.results.sections import FigureItem, Note, Section
 from search.results.tables import Table
 from search.results.tables import pm as _pm
-from search.train import predictions
+from search.train import prediction_files
 from search.train.data import class_names, is_multi_label
 
 
@@ -132,7 +132,7 @@ def _load_runs(d: Path, label: str) -> list[Run]:
         # `search train` writes it beside metrics.json for single-label tasks: each test image's class and prediction
         path = folder / "test_predictions.csv"  # with or without the class probabilities (older runs)
         if path.is_file() and "test_predictions" not in metrics:
-            read = predictions.read_test(path)
+            read = prediction_files.read_test(path)
             if read.predictions is not None:  # a multi-label run's file has none: no single class per image
                 metrics["test_labels"] = read.labels.tolist()
                 metrics["test_predictions"] = read.predictions.tolist()

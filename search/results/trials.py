@@ -167,7 +167,7 @@ def summary(study: optuna.Study, top: int = 5) -> str:
 
 
 def pack_lines(trials: list[FrozenTrial]) -> list[str]:
-    """The trials trained as packs (search/hpo/packs.py), and what runs now: each running trial with its epoch, a
+    """The trials trained as packs (search/hpo/pack_trials.py), and what runs now: each running trial with its epoch, a
     pack's members together (one that lags behind the others was pruned and left the pack)."""
     packs = {t.user_attrs["pack"]["id"]: t.user_attrs["pack"] for t in trials if "pack" in t.user_attrs}
     lines = []
@@ -201,7 +201,7 @@ def _epoch(t: FrozenTrial) -> str:
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[list[Any]]]:
     """Every trial as one row: number, state, value, one column per parameter (empty where a trial has none,
-    e.g. a conditional one), its pack's id (search/hpo/packs.py; a column only in a study with packs, empty for a
+    e.g. a conditional one), its pack's id (search/hpo/pack_trials.py; a column only in a study with packs, empty for a
     trial trained alone), epochs run, seconds (start to finish), and the reason of a failed trial."""
     trials = study.get_trials(deepcopy=False)
     params: list[str] = []

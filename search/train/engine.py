@@ -1,8 +1,8 @@
-"""The one training loop: fit a TrainConfig, keep the best validation epoch, evaluate, save.
+"""A run's trainer, and the entries to the one epoch loop (search/train/loop.py): fit, fit_folds, train.
 
-Read top to bottom: resolve the device, load the data once per process onto it, build the model and optimizer,
-then for each epoch shuffle indices on the device, slice uint8 batches, augment and normalise them batched on
-the device, step, and evaluate on val. `on_epoch(epoch, metrics)` may stop the run (the search prunes with it).
+Read top to bottom: resolve the device, load the data once per process onto it, build the model and optimizer
+(Trainer); each epoch shuffles indices on the device, slices uint8 batches, augments and normalises them batched
+on the device, steps, and evaluates on val. `on_epoch(epoch, metrics)` may stop the run (the search prunes with it).
 
 Speed notes (figures from bench/epoch_speed.py):
 - The whole split lives on the device as uint8; a batch is one index_select, no DataLoader, no PIL, no host copy.
@@ -14,14 +14,11 @@ Speed notes (figures from bench/epoch_speed.py):
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import statistics
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,19 +27,21 @@ from torch import nn
 
 from models import ModelError, build_model
 from search import interrupt
-from search.devices import device_label, resolve_device  # noqa: F401 (device_label: objective's engine.device_label)
+from search.devices import device_label, resolve_device
 from search.errors import SearchError
-from search.train import config, graphs, predictions
+from search.train import config, graphs, loop, prediction_files
 from search.train.augment import make_augment, tta_views
-from search.train.checkpoint import restore as restore_checkpoint
-from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
 from search.train.data import Data, DatasetInfo, Split, fold_data, load
+from search.train.loop import FitResult, OnEpoch
 from search.train.metrics import class_results, evaluate_scores, predict
+from search.train.scoring import EVAL_BATCH, eval_batch, normalise, probabilities, scaled, score
 
-EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
 log = logging.getLogger("search")
-OnEpoch = Callable[[int, dict[str, float]], bool | None]
+# Re-exported: callers above the train floor name them through engine.
+__all__ = ["EVAL_BATCH", "FitResult", "OnEpoch", "Trainer", "build_net", "device_label", "eval_batch", "fit",
+           "fit_folds", "normalise", "probabilities", "resolve_device", "resolve_precision", "scaled", "score",
+           "train"]
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -72,40 +71,6 @@ def _grad_scaler(enabled: bool) -> Any:
     if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
-
-
-@dataclass
-class FitResult:
-    trainer: "Trainer"  # its model holds the weights of the best validation epoch
-    outcome: str  # "completed", "stopped" (on_epoch asked), "diverged" (non-finite loss)
-    best_epoch: int | None  # 1-based; None when no epoch finished with a finite loss
-    best: dict[str, float]  # the validation metrics of the best epoch
-    history: list[dict[str, float]] = field(default_factory=list)  # every epoch, those before a resume too
-    seconds: float = 0.0
-    reason: str | None = None
-    resumed_at: int = 1  # the first epoch this run trained itself (> 1 when it resumed from a checkpoint)
-    # fit_folds: each fold's validation metrics at the kept epoch and its study metric at every epoch; the trainer
-    # is then the first fold's (its model: that fold's last epoch, for the size and latency of the architecture)
-    folds: dict[str, Any] | None = None
-
-    @property
-    def trained(self) -> list[dict[str, float]]:
-        """The history of the epochs this run trained itself (a resumed run's excludes those it continues)."""
-        return self.history[self.resumed_at - 1:]
-
-    @property
-    def model(self) -> nn.Module:
-        return self.trainer.model
-
-    @property
-    def params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
-    @property
-    def images_per_second(self) -> float:
-        if not self.trained:
-            return 0.0
-        return sum(h["images_per_second"] for h in self.trained) / len(self.trained)
 
 
 class Trainer:
@@ -166,7 +131,7 @@ class Trainer:
         return self._train_graph is not None
 
     def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.float().div_(255.0)
+        x = scaled(images)
         if train and self.augment is not None:
             x = self.augment(x, self.generator)
         return normalise(x, self.data.mean, self.data.std)
@@ -298,65 +263,6 @@ def build_net(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         raise SearchError(str(err)) from None
 
 
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Images scaled to [0, 1] -> the network's input: standardised with the training split's per-channel mean and
-    std, in channels_last (the memory format every model here runs in)."""
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def eval_batch(cfg: TrainConfig) -> int:
-    """The evaluation batch: EVAL_BATCH images at 28 px, fewer for larger images (never below the training batch)."""
-    return max(cfg.batch_size, EVAL_BATCH * 28 * 28 // (cfg.size * cfg.size))
-
-
-@torch.inference_mode()
-def score(model: nn.Module, images: torch.Tensor, cfg: TrainConfig, info: DatasetInfo, mean: torch.Tensor,
-          std: torch.Tensor, autocast: Any = None, *, static: Callable[[torch.Tensor], torch.Tensor] | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, class probabilities), both (N, K) float32, of uint8 (N, C, S, S) ``images`` on the model's device.
-
-    The one prediction path: validation and test evaluation, and `search predict` (search/train/predict.py) on a
-    user's images. Probabilities are the softmax (sigmoid for multi-label tasks). Batched by image area.
-    ``static``: the same forward at a fixed batch shape (the captured evaluation graph, search/train/graphs.py);
-    the last batch is padded to it and the padding's rows are cut here, before anything sees them.
-
-    With test-time augmentation (``cfg.tta``, augment.tta_views) the probabilities are the mean over the views of
-    each view's probabilities: each view votes with its confidence, and the mean is itself a distribution (rows
-    sum to 1). The logits are then those of that mean (log p; log-odds for multi-label), so that the softmax
-    (sigmoid) of the logits is the mean and the cross-entropy of the logits is the mean's. Without TTA: one pass,
-    the model's own logits, as always.
-    """
-    model.eval()
-    views = tta_views(cfg.tta)
-    static = static if len(views) == 1 else None  # the captured graph is the plain forward
-    logits, means = [], []
-    for chunk, n in graphs.padded_batches(images, eval_batch(cfg), pad=static is not None):
-        interrupt.check()
-        if static is not None:
-            logits.append(static(chunk)[:n])
-            continue
-        x = normalise(chunk.float().div_(255.0), mean, std)
-        if len(views) == 1:
-            with autocast if autocast is not None else contextlib.nullcontext():
-                logits.append(model(x).float())
-            continue
-        total = torch.zeros((), device=x.device)
-        for view in views:  # flips and quarter turns commute with the per-channel normalisation
-            with autocast if autocast is not None else contextlib.nullcontext():
-                out = model(view(x).contiguous(memory_format=torch.channels_last)).float()
-            total = total + probabilities(out, info)
-        means.append(total / len(views))
-        p = means[-1].clamp(1e-7, 1 - 1e-7)  # a finite loss where every view was certain
-        logits.append(p.log() - (1 - p).log() if info.multi_label else p.log())
-    out = torch.cat(logits)
-    return out, torch.cat(means) if means else probabilities(out, info)
-
-
-def probabilities(logits: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """Class probabilities of (N, K) logits: the softmax (the sigmoid for multi-label tasks)."""
-    return logits.sigmoid() if info.multi_label else logits.softmax(dim=1)
-
-
 def _optimizer(cfg: TrainConfig, model: nn.Module, *, fused: bool) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
@@ -393,149 +299,12 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     ``checkpoint``: after every epoch, the run's state is saved there (search/train/checkpoint.py), before
     `on_epoch` hears of the epoch. ``resume``: a state loaded from such a file; the run goes on at the epoch after
     it, exactly as if never stopped, and first hands `on_epoch` the epochs it resumes from, in order (a search
-    reports them to its pruner, which may stop the run there).
+    reports them to its pruner, which may stop the run there). A group of one member (search/train/loop.py).
     """
-    start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
-    trainer = Trainer(cfg, data, device)
-    result = FitResult(trainer, "completed", None, {})
-    best_state = resume_run(trainer, result, resume, on_epoch)
-    bar = None
-    if progress and sys.stderr.isatty():  # elsewhere (a pipe, a log file) one plain line per epoch, no redraws
-        from tqdm import tqdm
-
-        bar = tqdm(total=trainer.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
-    try:
-        for epoch in range(result.resumed_at, cfg.epochs + 1):
-            if result.outcome == "stopped":
-                break
-            if bar is not None:
-                bar.reset()
-                bar.set_description(f"epoch {epoch}/{cfg.epochs}")
-            t0 = time.perf_counter()
-            train_loss = trainer.epoch(bar)
-            train_seconds = time.perf_counter() - t0
-            result.reason = divergence(epoch, train_loss)
-            if result.reason is not None:
-                result.outcome = "diverged"
-                break
-            val = trainer.evaluate(data.val)
-            metrics, best_state = record_epoch(result, epoch, train_loss, val, best_state, started=t0,
-                                               train_seconds=train_seconds)
-            if bar is not None:
-                bar.set_postfix_str(f"loss {train_loss:.4f} val_acc {metrics['val_acc']:.4f} "
-                                    f"val_auc {metrics['val_auc']:.4f}")
-                bar.refresh()
-            elif progress:
-                print(f"epoch {epoch}/{cfg.epochs}: {epoch_line(metrics)}", file=sys.stderr, flush=True)
-            if checkpoint is not None:
-                checkpoint = save_or_warn(checkpoint, trainer, result, best_state, epoch)
-            if on_epoch is not None and on_epoch(epoch, metrics):
-                result.outcome = "stopped"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    if best_state is not None:
-        trainer.model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-# The steps of one epoch's bookkeeping, shared with trial packs (search/train/pack.py): a pack member's result, its
-# metrics and its checkpoint are those of a lone run by construction.
-
-def resume_run(trainer: Trainer, result: FitResult, resume: dict[str, Any] | None,
-               on_epoch: OnEpoch | None) -> dict[str, torch.Tensor] | None:
-    """Put ``trainer`` and ``result`` where the checkpoint state ``resume`` left them (nothing when None) and hand
-    `on_epoch` the epochs it resumes from, in order (the run is "stopped" when it asks); returns the best epoch's
-    weights so far."""
-    if resume is None:
-        return None
-    restore_checkpoint(trainer, resume)
-    result.history, result.best_epoch, result.best = resume["history"], resume["best_epoch"], resume["best"]
-    result.resumed_at = resume["epoch"] + 1
-    for metrics in result.history:
-        if on_epoch is not None and on_epoch(int(metrics["epoch"]), metrics):
-            result.outcome = "stopped"
-            break
-    return resume["best_state"]
-
-
-def divergence(epoch: int, train_loss: float) -> str | None:
-    """Why the run ends at ``epoch`` when its mean training loss is not finite; None when it is."""
-    if math.isfinite(train_loss):
-        return None
-    return f"training diverged at epoch {epoch}: the loss became {train_loss}"
-
-
-def record_epoch(result: FitResult, epoch: int, train_loss: float, val: dict[str, float],
-                 best_state: dict[str, torch.Tensor] | None, *, started: float,
-                 train_seconds: float) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
-    """Append the epoch's metrics (what `on_epoch` hears) to the history and keep the model's weights if the epoch is
-    the best so far; returns the metrics and the best epoch's weights."""
-    trainer = result.trainer
-    metrics = epoch_metrics(trainer, epoch, train_loss, val, started=started, train_seconds=train_seconds)
-    result.history.append(metrics)
-    if _keeps(trainer.cfg, metrics, result):
-        result.best_epoch = epoch
-        result.best = {k: metrics[k] for k in VAL_KEYS}
-        best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return metrics, best_state
-
-
-def epoch_line(metrics: dict[str, float]) -> str:
-    return (f"loss {metrics['train_loss']:.4f} val_acc {metrics['val_acc']:.4f} val_auc {metrics['val_auc']:.4f} "
-            f"({metrics['images_per_second']:,.0f} images/s)")
-
-
-def save_or_warn(checkpoint: Path, trainer: Trainer, result: FitResult, best_state: dict[str, torch.Tensor] | None,
-                 epoch: int, **kw: Any) -> Path | None:
-    """Save the run's checkpoint; a full disk or a bad folder is a warning and the run goes on without a safety net
-    (returns None, the checkpoint path from then on)."""
-    try:
-        save_checkpoint(checkpoint, trainer, result, best_state, epoch, **kw)
-        return checkpoint
-    except OSError as err:
-        logging.getLogger("search").warning("the checkpoint could not be written to %s (%s); this run goes on "
-                                            "without checkpoints", checkpoint, err)
-        return None
-
-
-VAL_KEYS = ("val_acc", "val_auc", "val_loss")
-
-
-def epoch_metrics(trainer: Trainer, epoch: int, train_loss: float, val: dict[str, float], *, started: float,
-                  train_seconds: float) -> dict[str, float]:
-    """An epoch's history entry: what `on_epoch` hears."""
-    return {"epoch": epoch, "train_loss": train_loss, "val_acc": val["acc"], "val_auc": val["auc"],
-            "val_loss": val["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-            "images_per_second": trainer.steps_per_epoch * trainer.cfg.batch_size / train_seconds}
-
-
-def _train_epoch(trainer: Trainer, epoch: int) -> dict[str, float]:
-    """Train one epoch and validate (a fold of fit_folds): its history entry (only its train_loss when that is not
-    finite)."""
-    t0 = time.perf_counter()
-    train_loss = trainer.epoch()
-    train_seconds = time.perf_counter() - t0
-    if not math.isfinite(train_loss):
-        return {"epoch": epoch, "train_loss": train_loss}
-    val = trainer.evaluate(trainer.data.val)
-    return epoch_metrics(trainer, epoch, train_loss, val, started=t0, train_seconds=train_seconds)
-
-
-def _keeps(cfg: TrainConfig, metrics: dict[str, float], result: FitResult) -> bool:
-    """Whether this epoch becomes the kept one: the first, or one better by ``keep_epoch_by`` (default ``metric``;
-    val_loss: lower). A NaN value (an AUC a split cannot define) never beats a number."""
-    if result.best_epoch is None:
-        return True
-    by = cfg.keep_epoch_by or cfg.metric
-    if by == "val_loss":
-        return metrics[by] < result.best[by]
-    return metrics[by] > result.best[by]
+    one = loop.member(Trainer(cfg, data, device), on_epoch=on_epoch, checkpoint=checkpoint, resume=resume)
+    return loop.run(loop.Alone([one], progress=progress))[0]
 
 
 def fit_folds(cfg: TrainConfig, assignment: Sequence[int], *, on_epoch: OnEpoch | None = None) -> FitResult:
@@ -549,48 +318,12 @@ def fit_folds(cfg: TrainConfig, assignment: Sequence[int], *, on_epoch: OnEpoch 
     would train. ``result.best`` holds the means at that epoch, ``result.folds`` each fold's values. No weights are
     kept (K models, none of them the final one) and no checkpoint is written: a retried trial starts again.
     """
-    start = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
-    k = max(assignment) + 1
-    trainers = [Trainer(cfg, fold_data(data, assignment, f), device) for f in range(k)]
-    result = FitResult(trainers[0], "completed", None, {})
-    metric = cfg.keep_epoch_by or cfg.metric
-    per_epoch: list[list[dict[str, float]]] = []  # per epoch, each fold's history entry
-    for epoch in range(1, cfg.epochs + 1):
-        folds = []
-        for f, trainer in enumerate(trainers):
-            entry = _train_epoch(trainer, epoch)
-            if not math.isfinite(entry["train_loss"]):
-                result.outcome = "diverged"
-                result.reason = f"training diverged at epoch {epoch} on fold {f + 1}: the loss became " \
-                                f"{entry['train_loss']}"
-                break
-            folds.append(entry)
-        if result.outcome == "diverged":
-            break
-        per_epoch.append(folds)
-        seconds = sum(e["seconds"] for e in folds)
-        trained = sum(t.steps_per_epoch * cfg.batch_size for t in trainers)
-        metrics = {"epoch": epoch, **{key: statistics.fmean(e[key] for e in folds) for key in
-                                      ("train_loss", *VAL_KEYS)},
-                   "lr": folds[0]["lr"], "seconds": seconds,
-                   "images_per_second": trained / sum(t.steps_per_epoch * cfg.batch_size / e["images_per_second"]
-                                                      for t, e in zip(trainers, folds))}
-        result.history.append(metrics)
-        if _keeps(cfg, metrics, result):
-            result.best_epoch = epoch
-            result.best = {key: metrics[key] for key in VAL_KEYS}
-        if on_epoch is not None and on_epoch(epoch, metrics):
-            result.outcome = "stopped"
-            break
-    if result.best_epoch is not None:
-        kept = per_epoch[result.best_epoch - 1]
-        result.folds = {"k": k, "kept_by": metric,
-                        **{key: [e[key] for e in kept] for key in VAL_KEYS},
-                        "history": {cfg.metric: [[e[cfg.metric] for e in folds] for folds in per_epoch]}}
-    result.seconds = time.perf_counter() - start
-    return result
+    trainers = [Trainer(cfg, fold_data(data, assignment, f), device) for f in range(max(assignment) + 1)]
+    joint = loop.FoldMean(cfg, trainers[0], on_epoch)
+    loop.run(loop.Alone([loop.member(t, keep=False) for t in trainers], joint=joint))
+    return joint.result
 
 
 def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -633,9 +366,9 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
                                                     "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
                                                     "std": data.std.view(-1).tolist()}, p))
     config.dump(cfg, out / "config.yaml")
-    # Each test image's class, prediction and class probabilities (search/train/predictions.py): `search report`'s
+    # Each test image's class, prediction and class probabilities (search/train/prediction_files.py): `search report`'s
     # paired test and the ensembles read them.
-    text = predictions.test_text(cfg.dataset, data.info.task,
+    text = prediction_files.test_text(cfg.dataset, data.info.task,
                                   data.test.labels.cpu().numpy(), scores.cpu().numpy(),
                                   predict(scores, data.info.task).cpu().numpy())
     atomic_write(out / "test_predictions.csv", lambda p: p.write_text(text))

@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from search.errors import SearchError
-from search.train import config, engine, predictions
+from search.train import config, engine, prediction_files
 from search.train.config import TrainConfig, atomic_write
 from search.train.data import get_info, load
 from search.train.metrics import class_results, evaluate_scores, predict
@@ -112,7 +112,7 @@ def is_ensemble(path: Path) -> bool:
     return (path.is_dir() and (path / FILE).is_file()) or (path.is_file() and path.name == FILE)
 
 
-def members_of(path: Path) -> tuple[list[Member], Path | None]:
+def read_members(path: Path) -> tuple[list[Member], Path | None]:
     """The members that predict for ``path``, and the ensemble folder (None for a run or a --seeds folder):
     a run folder (its model.pt: an ensemble of one), a `--seeds` folder (every seed-S/model.pt: the seed
     ensemble) or an ensemble folder (ensemble.yaml). Anything else is one line."""
@@ -185,7 +185,7 @@ def evaluate(path: Path, out: Path, device_name: str | None = None) -> dict[str,
     """`search train ENSEMBLE`: the ensemble's validation and test metrics, written to ``out`` as a run's
     (metrics.json, test_predictions.csv) so that `search report --run` reads it as one. Nothing is trained."""
     start = time.perf_counter()
-    members, folder = members_of(path)
+    members, folder = read_members(path)
     check_alike(members)
     device = engine.resolve_device(device_name or members[0].cfg.device)
     info = get_info(members[0].cfg.dataset)
@@ -224,7 +224,7 @@ def evaluate(path: Path, out: Path, device_name: str | None = None) -> dict[str,
 
 def write_run_files(out: Path, metrics: dict[str, Any], labels: torch.Tensor, scores: torch.Tensor) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    text = predictions.test_text(metrics["dataset"], metrics["task"], labels.cpu().numpy(), scores.cpu().numpy(),
+    text = prediction_files.test_text(metrics["dataset"], metrics["task"], labels.cpu().numpy(), scores.cpu().numpy(),
                                  predict(scores, metrics["task"]).cpu().numpy())
     atomic_write(out / "test_predictions.csv", lambda p: p.write_text(text))
     atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2) + "\n"))
@@ -244,7 +244,8 @@ def _loss(labels: torch.Tensor, scores: torch.Tensor, multi_label: bool) -> floa
 def from_runs(runs: list[Path], task: str) -> dict[str, Any] | None:
     """The test ACC and AUC of the mean of the runs' test probabilities (their test_predictions.csv); None when a
     run's file has no probabilities (an older run) or the runs were tested on different images."""
-    read = [predictions.read_test(r / "test_predictions.csv") for r in runs if (r / "test_predictions.csv").is_file()]
+    files = [r / "test_predictions.csv" for r in runs]
+    read = [prediction_files.read_test(f) for f in files if f.is_file()]
     if len(read) != len(runs) or any(t.probabilities is None for t in read):
         return None
     if any(t.labels.shape != read[0].labels.shape or not np.array_equal(t.labels, read[0].labels) for t in read):

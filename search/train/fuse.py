@@ -292,7 +292,7 @@ def set_global_rng(device: torch.device, state: torch.Tensor) -> None:
         torch.set_rng_state(state)
 
 
-def members_of(fused: nn.Module) -> int:
+def fused_size(fused: nn.Module) -> int:
     """How many members ``fused`` (a :func:`fuse` module or a :class:`Sliced` one) runs."""
     for layer in fused.modules():
         if isinstance(layer, (Sliced, _Conv, _Linear, _BatchNorm)):
@@ -300,4 +300,4 @@ def members_of(fused: nn.Module) -> int:
     raise ValueError("not a fused module")
 
 
-__all__: list[Any] = ["fuse", "unfuse", "unfusable", "members_of", "Sliced", "global_rng", "set_global_rng"]
+__all__: list[Any] = ["fuse", "unfuse", "unfusable", "fused_size", "Sliced", "global_rng", "set_global_rng"]

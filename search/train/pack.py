@@ -16,18 +16,20 @@ of its lone run. After every epoch each member hears of its own metrics (the key
 `on_epoch` returns True, or whose loss is not finite, leaves, and the pack is fused anew without it: the compute is
 saved, not masked.
 
+The epochs themselves (records, divergence, keep-best, checkpoints, verdicts) are the one loop's
+(search/train/loop.py): Pack is one of its groups.
+
 Exactness: on the CPU a member's shuffles, augmentations and dropout masks are those of its lone run draw for draw,
-and so are its numbers (bit for bit side by side; fused, bit for bit for simple_cnn_v2 and alexnet, and within
-1e-4 for ResNet-18, whose strided grouped convolutions oneDNN sums in another order: tests/test_pack.py). On CUDA
-runs agree within a tolerance anyway (cuDNN's algorithm choice); a pack's dropout masks and batched losses there are
-the same distributions and formulas, not the same numbers.
+and so is its arithmetic, but for the order in which a fused kernel sums (oneDNN's choice, by CPU): in float64 a
+pack and its lone runs agree within 1e-9 on any CPU (tests/test_pack.py). On CUDA runs agree within a tolerance
+anyway (cuDNN's algorithm choice); a pack's dropout masks and batched losses there are the same distributions and
+formulas, not the same numbers.
 """
 from __future__ import annotations
 
 import functools
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +39,13 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import on_cuda
 from search.errors import SearchError
+from search.train import loop
 from search.train.config import TrainConfig
 from search.train.data import Data, Split, get_info, load
-from search.train.engine import (
-    EVAL_BATCH,
-    FitResult,
-    OnEpoch,
-    Trainer,
-    divergence,
-    epoch_line,
-    normalise,
-    probabilities,
-    record_epoch,
-    resolve_device,
-    resume_run,
-    save_or_warn,
-)
-from search.train.fuse import Sliced, fuse, global_rng, members_of, unfusable, unfuse
+from search.train.engine import FitResult, OnEpoch, Trainer, resolve_device
+from search.train.fuse import Sliced, fuse, fused_size, global_rng, unfusable, unfuse
+from search.train.loop import Member, Trained, epoch_line
+from search.train.scoring import EVAL_BATCH, normalise, probabilities, scaled
 
 #: The TrainConfig fields that must agree for runs to share a pack. Everything else may differ per member.
 PACK_KEYS = ("dataset", "data_dir", "size", "architecture", "pretrained", "batch_size", "epochs", "optimizer",
@@ -89,19 +81,6 @@ def _unfusable(architecture: str, channels: int, classes: int, size: int) -> str
     return unfusable(model)
 
 
-@dataclass
-class _Member:
-    result: FitResult
-    on_epoch: OnEpoch | None
-    checkpoint: Path | None
-    dropout: torch.Generator  # what torch's global generator is to the member's lone run: its dropout masks
-    best_state: dict[str, torch.Tensor] | None = None
-
-    @property
-    def trainer(self) -> Trainer:
-        return self.result.trainer
-
-
 def fit_pack(cfgs: list[TrainConfig], *, on_epoch: list[OnEpoch | None], checkpoints: list[Path | None] | None = None,
              resumes: list[dict[str, Any] | None] | None = None, progress: bool = False,
              fused: bool | None = None) -> list[FitResult]:
@@ -112,20 +91,8 @@ def fit_pack(cfgs: list[TrainConfig], *, on_epoch: list[OnEpoch | None], checkpo
     (search/train/fuse.py) or the members' own models side by side (fuse.Sliced); None: fused on CUDA, side by side
     on the CPU, where fusing only slows a pack down.
     """
-    start = time.perf_counter()
-    pack = Pack(cfgs, on_epoch=on_epoch, checkpoints=checkpoints, resumes=resumes, progress=progress, fused=fused)
-    try:
-        for epoch in range(pack.first_epoch, cfgs[0].epochs + 1):
-            if not pack.live:
-                break
-            pack.epoch(epoch)
-    finally:
-        pack.close()
-    for m in pack.members:
-        if m.best_state is not None:
-            m.trainer.model.load_state_dict(m.best_state)
-        m.result.seconds = time.perf_counter() - start
-    return [m.result for m in pack.members]
+    return loop.run(Pack(cfgs, on_epoch=on_epoch, checkpoints=checkpoints, resumes=resumes, progress=progress,
+                         fused=fused))
 
 
 def _check(cfgs: list[TrainConfig], on_epoch: list[Any], checkpoints: list[Any], resumes: list[Any]) -> None:
@@ -151,13 +118,13 @@ def _check(cfgs: list[TrainConfig], on_epoch: list[Any], checkpoints: list[Any],
 
 
 def _member(cfg: TrainConfig, data: Data, device: torch.device, on_epoch: OnEpoch | None, checkpoint: Path | None,
-            resume: dict[str, Any] | None) -> _Member:
+            resume: dict[str, Any] | None) -> Member:
     trainer = Trainer(cfg, data, device)  # seeds torch's global generator and builds the model: its lone init
     dropout = torch.Generator(device=device)
     # The global generator right after the model's initialisation: where its lone run draws its first mask.
     dropout.set_state(global_rng(device))
-    member = _Member(FitResult(trainer, "completed", None, {}), on_epoch, checkpoint, dropout)
-    member.best_state = resume_run(trainer, member.result, resume, on_epoch)
+    member = loop.member(trainer, on_epoch=on_epoch, checkpoint=checkpoint, resume=resume)
+    member.dropout = dropout
     saved = None if resume is None else resume["cuda_rng"] if device.type == "cuda" else resume["cpu_rng"]
     if saved is not None:  # (a CPU run's checkpoint has no CUDA state: resumed on a GPU, it goes on from the seed's)
         dropout.set_state(saved)
@@ -182,8 +149,9 @@ def batched_loss(out: torch.Tensor, labels: torch.Tensor, smoothing: torch.Tenso
     return ((1 - smooth) * nll + smooth * uniform).mean(dim=1)
 
 
-class Pack:
-    """The members, the live ones and their fused model (fused anew whenever one leaves); `epoch` trains one."""
+class Pack(loop.Group):
+    """The members, the live ones and their fused model (fused anew whenever one leaves); the loop (search/train/
+    loop.py) trains it epoch by epoch."""
 
     def __init__(self, cfgs: list[TrainConfig], *, on_epoch: list[OnEpoch | None],
                  checkpoints: list[Path | None] | None = None, resumes: list[dict[str, Any] | None] | None = None,
@@ -193,27 +161,20 @@ class Pack:
         _check(cfgs, on_epoch, checkpoints, resumes)
         device = resolve_device(cfgs[0].device)
         self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size)
-        self.members = members = [_member(cfg, data, device, hook, path, state)
-                                  for cfg, hook, path, state in zip(cfgs, on_epoch, checkpoints, resumes)]
-        self.first_epoch = members[0].result.resumed_at
-        self.live = [m for m in members if m.result.outcome != "stopped"]  # a resume's replay may have stopped some
+        members = [_member(cfg, data, device, hook, path, state)
+                   for cfg, hook, path, state in zip(cfgs, on_epoch, checkpoints, resumes)]
         self.lead = members[0].trainer  # what all members share: batch size, autocast, steps, memory format
         self.sliced = not (device.type == "cuda" if fused is None else fused)
         self.fused: torch.nn.Module | None = None
         self._fused_models: list[torch.nn.Module] = []
-        self.trained: list[_Member] = []  # the members of the epoch being trained (some may leave at its end)
+        self.trained: list[Member] = []  # the members of the epoch being trained (some may leave at its end)
+        super().__init__(members, progress=progress)
         self._refuse()
-        self.bar = None
-        self.progress = progress
-        if progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.lead.steps_per_epoch, unit="batch", leave=True, dynamic_ncols=True)
 
     @property
     def size(self) -> int:
         """How many members the fused model runs now (0 once all have left)."""
-        return 0 if self.fused is None else members_of(self.fused)
+        return 0 if self.fused is None else fused_size(self.fused)
 
     def _refuse(self) -> None:
         if self.fused is not None:
@@ -227,46 +188,31 @@ class Pack:
         else:
             self.fused = fuse(self._fused_models, generators)
 
-    def leave(self, gone: list[_Member]) -> None:
+    def leave(self, gone: list[Member]) -> None:
         if gone:
-            self.live = [m for m in self.live if m not in gone]
+            super().leave(gone)
             self._refuse()
 
     def close(self) -> None:
         unfuse(self._fused_models)
-        if self.bar is not None:
-            self.bar.close()
+        super().close()
 
-    def epoch(self, epoch: int) -> None:
-        cfg = self.lead.cfg
-        if self.bar is not None:
-            self.bar.reset()
-            self.bar.set_description(f"epoch {epoch}/{cfg.epochs} (pack of {len(self.live)})")
+    def describe(self, epoch: int) -> str:
+        return f"epoch {epoch}/{self.epochs} (pack of {len(self.live)})"
+
+    def tell(self, m: Member, epoch: int, metrics: dict[str, float], training: int) -> None:
+        if self.progress and self.bar is None:
+            print(f"epoch {epoch}/{self.epochs} (pack member {self.members.index(m) + 1} of {len(self.members)}, "
+                  f"{training} training): {epoch_line(metrics)}", file=sys.stderr, flush=True)
+
+    def train(self) -> list[Trained]:
         t0 = time.perf_counter()
         losses = self.train_epoch()
         train_seconds = time.perf_counter() - t0
-        gone = []
-        for m, loss in zip(self.live, losses):
-            m.result.reason = divergence(epoch, loss)
-            if m.result.reason is not None:
-                m.result.outcome = "diverged"
-                gone.append(m)
-        self.leave(gone)
-        gone = []
-        for m, val in zip(self.live, self.evaluate(self.data.val)):
-            loss = losses[self.trained.index(m)]
-            metrics, m.best_state = record_epoch(m.result, epoch, loss, val, m.best_state, started=t0,
-                                                 train_seconds=train_seconds)
-            if self.progress and self.bar is None:
-                print(f"epoch {epoch}/{cfg.epochs} (pack member {self.members.index(m) + 1} of {len(self.members)}, "
-                      f"{len(self.trained)} training): {epoch_line(metrics)}", file=sys.stderr, flush=True)
-            if m.checkpoint is not None:
-                m.checkpoint = save_or_warn(m.checkpoint, m.trainer, m.result, m.best_state, epoch,
-                                            dropout_rng=m.dropout.get_state())
-            if m.on_epoch is not None and m.on_epoch(epoch, metrics):
-                m.result.outcome = "stopped"
-                gone.append(m)
-        self.leave(gone)
+        return [Trained(loss, t0, train_seconds) for loss in losses]
+
+    def evaluate(self, trained: dict[int, Trained]) -> list[dict[str, float]]:
+        return self.evaluate_split(self.data.val)
 
     def train_epoch(self) -> list[float]:
         """One epoch of every live member; their mean training losses (read from the device once)."""
@@ -318,7 +264,7 @@ class Pack:
         (from its own generator, as alone) and normalised as its lone run normalises it: one gather, one scaling and
         one normalisation for the whole pack, whatever K."""
         k = len(self.live)
-        x = self.data.train.images[torch.cat(batches)].float().div_(255.0)
+        x = scaled(self.data.train.images[torch.cat(batches)])
         parts = x.view(k, -1, *x.shape[1:])
         for i, m in enumerate(self.live):
             if m.trainer.augment is not None:
@@ -346,7 +292,7 @@ class Pack:
         return self._smoothing_k
 
     @torch.inference_mode()
-    def evaluate(self, split: Split) -> list[dict[str, float]]:
+    def evaluate_split(self, split: Split) -> list[dict[str, float]]:
         """Each live member's metrics on ``split``: the same images through the fused model once, no augmentation."""
         if not self.live:
             return []

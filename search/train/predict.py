@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from search.errors import SearchError
-from search.train import engine, ensemble, predictions
+from search.train import engine, ensemble, prediction_files
 from search.train.config import atomic_write
 from search.train.data import SPLITS, DatasetInfo, class_names, get_info, images_tensor
 from search.train.metrics import evaluate_scores, predict
@@ -50,7 +50,7 @@ class Predicted:
 
 
 def run(model_dir: Path, source: Path, out: Path, *, split: str = "test", device: str = "auto") -> Predicted:
-    members, _ = ensemble.members_of(model_dir)
+    members, _ = ensemble.read_members(model_dir)
     ensemble.check_alike(members)
     info = get_info(members[0].cfg.dataset)
     sizes = sorted({m.cfg.size for m in members})
@@ -64,7 +64,7 @@ def run(model_dir: Path, source: Path, out: Path, *, split: str = "test", device
     scores = torch.stack([m.probabilities(inputs.images, where) for m in members]).mean(dim=0).cpu()
     pred = predict(scores, info.task)
     names = class_names(info.name, scores.shape[1])
-    text = predictions.table(names, scores.numpy(), task=info.task, labels=inputs.labels, predictions=pred.numpy(),
+    text = prediction_files.table(names, scores.numpy(), task=info.task, labels=inputs.labels, predictions=pred.numpy(),
                              first={"image": inputs.names}, predicted_names=True)
     atomic_write(out, lambda p: p.write_text(text))
     acc = None

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from search.hpo.space import same
 from search.hpo.studies import StudySpec, suggest_config
-from search.train import pack as fusion
+from search.train import pack
 from search.train.config import TrainConfig
 
 RETRY = "retry_of"  # user attribute of a retried trial (search/hpo/storage.py: retry_once)
@@ -43,14 +43,14 @@ def alone(spec: StudySpec, trial: optuna.Trial, cfg: TrainConfig) -> str | None:
     if RETRY in trial.user_attrs:
         return ("retried trials run alone, each resuming from its own checkpoint (the members of a pack train the "
                 "same epochs together)")
-    why = fusion.unsupported(cfg)
+    why = pack.unsupported(cfg)
     return f"{why}; its trials run one at a time" if why else None
 
 
 def fixed_names(spec: StudySpec) -> list[str]:
     """The searched parameters a pack's members share: those of the training side's pack key, and the parameters
     their conditions name, so that every member asks for the same ones."""
-    names = {name for name in spec.space if name in fusion.PACK_KEYS}
+    names = {name for name in spec.space if name in pack.PACK_KEYS}
     grown = True
     while grown:  # a condition's parameters decide whether a shared one is asked for at all: shared too
         extra = {other for name in names for other in (spec.space[name].when or {}) if other not in names}

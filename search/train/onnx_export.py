@@ -24,7 +24,7 @@ OPSET = 18
 
 
 def export(run: Path, out: Path) -> str:
-    members, folder = ensemble.members_of(run)
+    members, folder = ensemble.read_members(run)
     if len(members) != 1 or folder is not None:
         raise SearchError(f"{run} holds {len(members)} models (an ensemble or a --seeds folder); --onnx exports a "
                           f"single run: pass one run folder (e.g. {run}/seed-N or a member's folder)")
