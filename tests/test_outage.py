@@ -2,7 +2,8 @@
 dropped (pg_terminate_backend), the database closed to connections for a while (ALLOW_CONNECTIONS false: an outage
 of this test's database alone), and, where the test may control the server, a real stop of it.
 
-Skips (with the reason, naming host:port) where no server answers; see tests/pg.py for $SEARCH_TEST_PG.
+Skips (with the reason, naming host:port) where no server answers, fails instead under $SEARCH_REQUIRE_PG=1; see
+tests/support/pg.py for $SEARCH_TEST_PG.
 """
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from tests import pg
+from tests.support import pg
 from tests.support.cli import cli_env, search_cmd
 from tests.support.data import write_medmnist_npz
 from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.wait import wait_for
 
-_why = pg.unreachable()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+pytestmark = pytest.mark.e2e  # every test here starts real processes
+
+pg.skip_unless_reachable(module=True)  # fails instead under $SEARCH_REQUIRE_PG=1
 
 # Trials of about a second (a small MedMNIST-format file), so that the search is still running while the store goes
 # away and comes back, and short enough that the whole test stays well under a minute of training.

@@ -1,7 +1,7 @@
 """The search service on a real PostgreSQL: real `search` processes, one fresh database per test.
 
 Skips (with the reason, naming host:port) where no server answers, fails there under $SEARCH_REQUIRE_PG=1; see
-tests/pg.py.
+tests/support/pg.py.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.train import config
-from tests import pg
+from tests.support import pg
 from tests.support.cli import cli_env, run, search_cmd
 from tests.support.data import write_medmnist_npz
 from tests.support.store import FINISHED, by_state, trials_of

@@ -2,7 +2,8 @@
 and starts). Job arrays meet their budget on the journal store and on PostgreSQL; a task cancelled mid-trial and
 one stopped at its time limit leave their trials to be resumed from their checkpoints by other tasks.
 
-Skipped, with the reason, where SLURM is not installed or does not start."""
+Skipped, with the reason, where SLURM is not installed or does not start; failed instead under
+$SEARCH_REQUIRE_SLURM=1 (.ci/run sets it in CI)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests import pg
+from tests.support import pg
 from tests.support.cli import cli_env, search_cmd
 from tests.support.data import write_medmnist_npz
+from tests.support.required import skip_or_fail
 from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.wait import wait_for
 
@@ -38,9 +40,12 @@ def _slurm_up() -> str | None:
     return None
 
 
-_why = _slurm_up()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+@pytest.fixture(scope="module", autouse=True)
+def _slurm() -> None:
+    """Started when the first test here runs, not at collection (which every xdist worker does)."""
+    why = _slurm_up()
+    if why:
+        skip_or_fail(why, "SEARCH_REQUIRE_SLURM", "the SLURM tests")
 
 # Trials of many short epochs (one batch of a small MedMNIST-format file): a stop always falls inside a trial, and
 # the whole file costs little CPU on a small machine. No pruner: every trial runs all its epochs.

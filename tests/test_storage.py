@@ -12,7 +12,7 @@ from sqlalchemy import event
 
 from search.hpo.storage import open_storage
 from search.hpo.urls import mask, mask_text
-from tests import pg
+from tests.support import pg
 
 QUEUED, TAKERS = 40, 8
 
