@@ -262,9 +262,11 @@ def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False,
-                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
+def open_storage(url: str | None = None, *, must_exist: bool = False, heartbeat: bool = True,
+                 reached: bool = False) -> optuna.storages.BaseStorage:
+    """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file.
+    ``reached``: the store has answered this search before (a supervised worker's: the supervisor opened it), so
+    an outage while opening is waited out like one in any other call."""
     url = resolve_url(url)
     faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
     if url.startswith("grpc://"):  # a `search proxy` in front of the store
@@ -298,9 +300,10 @@ def open_storage(url: str | None = None, *, must_exist: bool = False,
     hb = _heartbeat(heartbeat)
     cls = retrying(SQLiteStorage if backend == "sqlite" else Store)
     # Creating the tables races with other workers starting at the same moment: retried. A store that is
-    # unreachable now is not waited for: the URL may be wrong; the wait is for one that answered and went away.
+    # unreachable now is not waited for, unless it was `reached` before: the URL may be wrong; the wait is for one
+    # that answered and went away (a connection dropped while a worker opens it, tests/test_outage.py).
     create = faults.patient(lambda _url: cls(url_for_engine, engine_kwargs=kwargs, **hb), lambda u: (u, path),
-                            outages=False)
+                            outages=reached)
     try:
         return _retry_create_race(create)(url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
