@@ -19,38 +19,18 @@ from optuna.trial import TrialState
 
 from tests.support import pg
 from tests.support.cli import cli_env, search_cmd
-from tests.support.data import write_medmnist_npz
 from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import write_medmnist_study
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 pg.skip_unless_reachable(module=True)  # fails instead under $SEARCH_REQUIRE_PG=1
 
-# Trials of about a second (a small MedMNIST-format file), so that the search is still running while the store goes
-# away and comes back, and short enough that the whole test stays well under a minute of training.
-STUDY = """\
-name: outage
-dataset: organamnist
-data_dir: {data_dir}
-metric: val_acc
-epochs: 3
-trials: {trials}
-sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
-space:
-  lr: {{type: float, low: 0.001, high: 0.01, log: true}}
-fixed:
-  architecture: simple_cnn_v1
-  batch_size: 64
-"""
-
-
 def _study(tmp_path, trials: int):
-    write_medmnist_npz(tmp_path / "organamnist.npz", channels=1, classes=11, counts=(256, 64, 64))
-    spec = tmp_path / "outage.yaml"
-    spec.write_text(STUDY.format(data_dir=tmp_path, trials=trials))
-    return spec
+    """Trials of about a second (a small MedMNIST-format file), so that the search is still running while the store
+    goes away and comes back, and short enough that the whole test stays well under a minute of training."""
+    return write_medmnist_study(tmp_path, "outage", epochs=3, trials=trials)
 
 
 def _start(tmp_path, spec, url, trials=None, **env):

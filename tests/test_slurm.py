@@ -17,9 +17,9 @@ from optuna.trial import TrialState
 
 from tests.support import pg
 from tests.support.cli import cli_env, search_cmd
-from tests.support.data import write_medmnist_npz
 from tests.support.required import skip_or_fail
 from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import ONE_LR, write_medmnist_study
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts real processes
@@ -48,32 +48,12 @@ def _slurm() -> None:
     if why:
         skip_or_fail(why, "SEARCH_REQUIRE_SLURM", "the SLURM tests")
 
-# Trials of many short epochs (one batch of a small MedMNIST-format file): a stop always falls inside a trial, and
-# the whole file costs little CPU on a small machine. No pruner: every trial runs all its epochs.
-STUDY = """\
-name: {name}
-dataset: organamnist
-data_dir: {data_dir}
-metric: val_acc
-epochs: {epochs}
-trials: {trials}
-sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
-space:
-  lr: {{type: float, low: 0.001, high: 0.01, log: true}}
-  dropout: {{type: float, low: 0.0, high: 0.5}}
-fixed:
-  architecture: simple_cnn_v1
-  batch_size: 256
-  optimizer: adam
-"""
-
-
 def _study(tmp_path: Path, name: str, *, epochs: int, trials: int) -> Path:
-    write_medmnist_npz(tmp_path / "organamnist.npz", channels=1, classes=11, counts=(256, 64, 64))
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, data_dir=tmp_path, epochs=epochs, trials=trials))
-    return path
+    """Trials of many short epochs (one batch of a small MedMNIST-format file): a stop always falls inside a trial,
+    and the whole file costs little CPU on a small machine. No pruner: every trial runs all its epochs."""
+    return write_medmnist_study(tmp_path, name, epochs=epochs, trials=trials,
+                                space={**ONE_LR, "dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+                                fixed={"architecture": "simple_cnn_v1", "batch_size": 256, "optimizer": "adam"})
 
 
 def _env(**extra: str) -> dict[str, str]:
