@@ -52,6 +52,7 @@ def _shared_fixture(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups in the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The xdist groups: the server users together; the users of one shared fixture together (built once)."""
     for item in items:
