@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # the test's own harness and checks
 from tests.support.signals import Interruptible, assert_clean_stop  # noqa: E402
-from tests.support.studies import CTRL_C_STUDY  # noqa: E402
+from tests.support.studies import ctrl_c_study  # noqa: E402
 
 
 def main() -> int:
@@ -35,8 +35,7 @@ def main() -> int:
     clean, early, slowest = 0, 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        study = folder / "ctrlc.yaml"
-        study.write_text(CTRL_C_STUDY.format(name="ctrlc", trials=100_000))
+        study = ctrl_c_study(folder, "ctrlc", trials=100_000)
         for i in range(1, args.runs + 1):
             delay = rng.uniform(0, args.max_delay)
             run = Interruptible.start(["start", "--study", str(study), "--workers", "2"], folder)

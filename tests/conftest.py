@@ -1,6 +1,10 @@
 """Shared fixtures; the helpers they use (and tests import) are in tests/support/, by concern."""
 from __future__ import annotations
 
+import multiprocessing.process
+import subprocess
+import sys
+import sysconfig
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -8,22 +12,106 @@ from typing import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests import pg
+from tests.support import pg
 from tests.support.data import write_medmnist_npz
 from tests.support.signals import sigint_as_in_a_terminal
 from tests.support.studies import Searched, search_tiny
 
-# Property-based tests (tests/test_fuzz.py): a capped number of examples, and no example database written into the
-# repository. `pytest --hypothesis-profile=thorough tests/test_fuzz.py` runs many more.
+TESTS = Path(__file__).resolve().parent
+
+# Property-based tests (tests/test_fuzz.py): a capped number of examples, drawn the same on every run and machine
+# (derandomize: the examples follow from each test alone, so a CI failure is one a rerun shows again), and no example
+# database written into the repository. `pytest --hypothesis-profile=thorough tests/test_fuzz.py` draws many more,
+# at random.
 _FUZZ = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                                                    HealthCheck.function_scoped_fixture])
-settings.register_profile("search", max_examples=60, **_FUZZ)
-settings.register_profile("thorough", max_examples=2000, **_FUZZ)
+settings.register_profile("search", max_examples=60, derandomize=True, **_FUZZ)
+settings.register_profile("thorough", max_examples=2000, derandomize=False, **_FUZZ)
 settings.load_profile("search")
+
+# Under pytest-xdist's --dist loadgroup (.ci/run), the tests of one group run in one process, one after another.
+# SERVERS: every test that uses the PostgreSQL server or the local SLURM, because tests/test_outage.py stops the
+# server and tests/test_slurm.py's jobs fill the SLURM node: no other process may use them meanwhile.
+SERVERS = "servers"
+_SERVER_MODULES = {"test_outage.py", "test_postgres.py", "test_slurm.py"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     sigint_as_in_a_terminal()  # the signal tests send Ctrl-C to the commands they start, as a terminal would
+    _watch_process_starts()
+
+
+def _shared_fixture(item: pytest.Item) -> str | None:
+    """The first module- or session-scoped fixture of the tests' own that the item uses (built once per process)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(item, "fixturenames", ()):
+        defs = info.name2fixturedefs.get(name) if info else None
+        if defs and defs[-1].scope in ("module", "session") and TESTS in Path(defs[-1].func.__code__.co_filename
+                                                                             ).resolve().parents:
+            return name if defs[-1].scope == "session" else f"{item.path.name}::{name}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups in the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The xdist groups: the server users together; the users of one shared fixture together (built once)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.path.name in _SERVER_MODULES or "pg_db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SERVERS))
+        elif shared := _shared_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+
+# A test that starts a process must carry the `e2e` mark (-m 'not e2e' is the fast loop, promised to start none):
+# while a test without it runs, every process start (subprocess, multiprocessing) is noted, and the test fails.
+_watching: list[str] | None = None
+
+
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def _probe(frame) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the standard library itself asked (ctypes.util runs ldconfig to find a library, platform runs uname):
+    a look at the machine, not a process the test starts."""
+    while frame is not None and frame.f_code.co_filename == subprocess.__file__:
+        frame = frame.f_back
+    return frame is not None and _STDLIB in Path(frame.f_code.co_filename).resolve().parents
+
+
+def _noting(start, what: str):  # type: ignore[no-untyped-def]
+    def noted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if _watching is not None and not (what == "subprocess" and _probe(sys._getframe(1))):
+            _watching.append(what if what != "subprocess" else f"{what} {args[1] if len(args) > 1 else kwargs}")
+        return start(*args, **kwargs)
+
+    return noted
+
+
+def _watch_process_starts() -> None:
+    if getattr(subprocess.Popen.__init__, "_e2e_watch", False):
+        return
+    for owner, name, what in ((subprocess.Popen, "__init__", "subprocess"),
+                              (multiprocessing.process.BaseProcess, "start", "a multiprocessing process")):
+        noted = _noting(getattr(owner, name), what)
+        noted._e2e_watch = True  # type: ignore[attr-defined]
+        setattr(owner, name, noted)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    global _watching
+    started: list[str] = []
+    _watching = None if item.get_closest_marker("e2e") else started
+    try:
+        result = yield
+    finally:
+        _watching = None
+    if started:
+        pytest.fail(f"this test started a process ({started[0]}) but has no `e2e` mark (pytest.mark.e2e)",
+                    pytrace=False)
+    return result
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from tests.support.cli import cli_env, search_cmd
 from tests.support.signals import STOP_LIMIT_S, Interruptible, assert_clean_stop
 from tests.support.store import FINISHED, running, trials_of
-from tests.support.studies import CTRL_C_STUDY
+from tests.support.studies import ctrl_c_study
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts real processes
@@ -42,8 +42,7 @@ def test_ctrl_c_at_ten_moments_of_a_two_worker_search_then_the_same_command_resu
     """Ten runs of the same command, each stopped by Ctrl-C at another moment; each run resumes the one before
     (its first line counts the trials finished before); the eleventh, uninterrupted, completes the budget."""
     name, db = "ctrlc", tmp_path / "search.db"
-    study = tmp_path / f"{name}.yaml"
-    study.write_text(CTRL_C_STUDY.format(name=name, trials=100))
+    study = ctrl_c_study(tmp_path, name, trials=100)
     command = ["start", "--study", str(study), "--workers", "2"]
     for moment, (until, delay) in MOMENTS.items():
         before = sum(t.state in FINISHED for t in trials_of(db, name))
@@ -81,8 +80,7 @@ def test_ctrl_c_while_the_interpreter_itself_starts_is_one_line_too(tmp_path):
         "    pathlib.Path(os.environ['MARK']).touch()\n"
         "    time.sleep(1.0)\n")
     mark = tmp_path / "in-start-up"
-    study = tmp_path / "early.yaml"
-    study.write_text(CTRL_C_STUDY.format(name="early", trials=10))
+    study = ctrl_c_study(tmp_path, "early", trials=10)
     run = Interruptible.start(["start", "--study", str(study), "--workers", "2"], tmp_path,
                               PYTHONPATH=str(hold), MARK=str(mark))
     wait_for(lambda: mark.exists() or run.proc.poll() is not None, 30, "the start-up held", every=0.05)
@@ -106,8 +104,7 @@ def test_a_folder_named_like_the_package_does_not_shadow_it(tmp_path):
 
 def test_ctrl_c_stops_a_standalone_worker_mid_trial(tmp_path):
     name, db = "solo", tmp_path / "search.db"
-    study = tmp_path / f"{name}.yaml"
-    study.write_text(CTRL_C_STUDY.format(name=name, trials=50).replace("epochs: 2", "epochs: 20"))
+    study = ctrl_c_study(tmp_path, name, trials=50, epochs=20)
     run = Interruptible.start(["worker", "--study", str(study), "--device", "cpu"], tmp_path)
     wait_for(lambda: running(db, name), 300, "a running trial", every=0.05)
     assert_clean_stop(run, run.ctrl_c(), db, name)
@@ -158,3 +155,37 @@ def test_every_command_says_how_it_stops():
     kinds = {name: getattr(cmd.callback, "stops", None) for name, cmd in main.commands.items()}
     assert all(kind in ("at once", "at safe points") for kind in kinds.values()), kinds
     assert {name for name, kind in kinds.items() if kind == "at safe points"} == {"start", "worker", "train", "export"}
+
+
+def _pack_past_epoch_1(db, name: str, members: int):  # type: ignore[no-untyped-def]
+    packed = [t for t in trials_of(db, name) if t.state == TrialState.RUNNING and "pack" in t.user_attrs]
+    return packed if len(packed) == members and all(t.intermediate_values for t in packed) else None
+
+
+def test_ctrl_c_stops_a_packed_worker_and_every_member_resumes_from_its_own_checkpoint(tmp_path):
+    """A worker training a pack of two trials in lockstep: one line, no traceback, both members left to resume;
+    the same command then resumes each from its own last finished epoch, its curve continued."""
+    name, db = "packed", tmp_path / "search.db"
+    study = ctrl_c_study(tmp_path, name, trials=2, epochs=4)
+    command = ["start", "--study", str(study), "--workers", "1", "--pack", "2"]
+    run = Interruptible.start(command, tmp_path)
+    members = wait_for(lambda: _pack_past_epoch_1(db, name, 2), 300, "a pack of 2 past its first epoch",
+                       every=0.05)
+    assert_clean_stop(run, run.ctrl_c(), db, name)
+    stopped = {t.number: t for t in trials_of(db, name) if t.state == TrialState.FAIL}
+    assert sorted(stopped) == sorted(t.number for t in members), run.text()  # every member, none finished
+    assert all(t.user_attrs["reason"] == "interrupted" for t in stopped.values())
+
+    again = subprocess.run(search_cmd() + command, cwd=tmp_path, capture_output=True, text=True, env=cli_env(),
+                           timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = trials_of(db, name)
+    assert sum(t.state in FINISHED for t in trials) == 2
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number, victim in stopped.items():
+        retry = next(t for t in trials if t.user_attrs.get("resumed_from_trial") == number)
+        assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+        assert retry.user_attrs["resumed_at_epoch"] >= len(victim.intermediate_values) + 1  # no epoch trained twice
+        assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+        for step, value in victim.intermediate_values.items():
+            assert retry.intermediate_values[step] == value  # the member's own curve, continued

@@ -180,6 +180,7 @@ def test_unknown_dataset_lists_valid_ones():
         data.get_info("cifar10")
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_digits_are_scikit_learns_and_a_digits_run_loads_neither_scikit_learn_nor_medmnist():
     from sklearn.datasets import load_digits
 

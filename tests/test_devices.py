@@ -112,6 +112,7 @@ def test_bad_devices_are_one_line_naming_the_grammar(text, count, words):
     assert words in message and devices.GRAMMAR in message and "\n" not in message
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_a_cpu_list_counts_no_gpu_and_loads_no_torch():
     code = ("import sys; from search.devices import placements; "
             "print(len(placements('cpu,cpu', 4, per_entry=True)), 'torch' in sys.modules)")

@@ -16,7 +16,7 @@ from search.hpo.storage import claim_study_attr, open_storage
 from search.hpo.studies import load_study, make_sampler, suggest_config
 from search.hpo.supervisor import ensure_study
 from search.train import config
-from tests import pg
+from tests.support import pg
 from tests.support.cli import run
 from tests.support.store import trials_of
 from tests.test_search_errors import invoke, one_line_exit_2
@@ -99,7 +99,7 @@ def test_workers_meeting_a_new_study_together_queue_the_entries_once(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in trials] == ENTRIES
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.xdist_group("servers"))])
 def test_the_claim_is_won_once(tmp_path, backend, request):
     if backend == "postgresql":
         url = pg.url_of(request.getfixturevalue("pg_db"))  # skips (or fails) as the fixture says

@@ -26,6 +26,7 @@ TRAIN_FLOOR = ("search.train.config", "search.train.data", "search.train.augment
                "search.train.metrics", "search.train.parallel", "search.train.replicates")
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 @pytest.mark.parametrize("imports", [TRAIN_FLOOR, ("models",)], ids=["search.train", "models"])
 def test_train_floor_and_models_load_no_optuna_click_or_matplotlib(imports):
     loaded = loaded_after(*imports)
@@ -33,10 +34,12 @@ def test_train_floor_and_models_load_no_optuna_click_or_matplotlib(imports):
         assert forbidden not in loaded, f"{' '.join(imports)} loads {forbidden}"
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_models_know_nothing_of_search():
     assert not any(name == "search" or name.startswith("search.") for name in loaded_after("models"))
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_hpo_floor_never_loads_the_results_floor_or_the_door():
     hpo = [f"search.hpo.{p.stem}" for p in sorted((ROOT / "search" / "hpo").glob("*.py")) if p.stem != "__init__"]
     loaded = loaded_after(*hpo)
@@ -75,6 +78,7 @@ def import_graph() -> dict[str, set[str]]:
 GROUND = ("search.devices", "search.env", "search.errors", "search.interrupt", "search.quiet")
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_the_ground_floor_imports_no_floor_and_no_library_at_import():
     graph = import_graph()
     for module in GROUND:

@@ -58,6 +58,7 @@ def test_the_table_of_shipped_names_is_what_the_modules_register() -> None:
     assert shipped == {name: f"models.{module}" for name, module in registry.SHIPPED.items()}
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_checking_a_config_or_a_study_loads_no_torch() -> None:
     """What `search start` does before its workers start (check the study file's every value, plan the devices
     on a machine without a GPU, check the data) and what `search export` does: no torch (3 s on two cores)."""

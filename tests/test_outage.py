@@ -2,7 +2,8 @@
 dropped (pg_terminate_backend), the database closed to connections for a while (ALLOW_CONNECTIONS false: an outage
 of this test's database alone), and, where the test may control the server, a real stop of it.
 
-Skips (with the reason, naming host:port) where no server answers; see tests/pg.py for $SEARCH_TEST_PG.
+Skips (with the reason, naming host:port) where no server answers, fails instead under $SEARCH_REQUIRE_PG=1; see
+tests/support/pg.py for $SEARCH_TEST_PG.
 """
 from __future__ import annotations
 
@@ -16,40 +17,20 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from tests import pg
+from tests.support import pg
 from tests.support.cli import cli_env, search_cmd
-from tests.support.data import write_medmnist_npz
 from tests.support.store import FINISHED, by_state, trials_of
+from tests.support.studies import write_medmnist_study
 from tests.support.wait import wait_for
 
-_why = pg.unreachable()
-if _why:
-    pytest.skip(_why, allow_module_level=True)
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
-# Trials of about a second (a small MedMNIST-format file), so that the search is still running while the store goes
-# away and comes back, and short enough that the whole test stays well under a minute of training.
-STUDY = """\
-name: outage
-dataset: organamnist
-data_dir: {data_dir}
-metric: val_acc
-epochs: 3
-trials: {trials}
-sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
-space:
-  lr: {{type: float, low: 0.001, high: 0.01, log: true}}
-fixed:
-  architecture: simple_cnn_v1
-  batch_size: 64
-"""
-
+pg.skip_unless_reachable(module=True)  # fails instead under $SEARCH_REQUIRE_PG=1
 
 def _study(tmp_path, trials: int):
-    write_medmnist_npz(tmp_path / "organamnist.npz", channels=1, classes=11, counts=(256, 64, 64))
-    spec = tmp_path / "outage.yaml"
-    spec.write_text(STUDY.format(data_dir=tmp_path, trials=trials))
-    return spec
+    """Trials of about a second (a small MedMNIST-format file), so that the search is still running while the store
+    goes away and comes back, and short enough that the whole test stays well under a minute of training."""
+    return write_medmnist_study(tmp_path, "outage", epochs=3, trials=trials)
 
 
 def _start(tmp_path, spec, url, trials=None, **env):
@@ -110,10 +91,11 @@ def test_dropped_connections_are_waited_out_with_no_failed_trial(tmp_path, pg_db
     try:
         wait_for(lambda: by_state(_trials(url), TrialState.RUNNING), 300, "a running trial")
         # Every connection, again and again while the search runs: some die idle in a pool, some in the middle of
-        # a statement or a commit, some while they are being opened.
+        # a statement or a commit, some while they are being opened (a worker opening the store). Looked for
+        # often, so that the count of drops follows the search's own connections, not the machine's speed.
         while proc.poll() is None:
             dropped.append(_terminate(pg_db))
-            time.sleep(0.3)
+            time.sleep(0.3 if dropped[-1] else 0.05)
         proc.wait(timeout=600)
     finally:
         if proc.poll() is None:

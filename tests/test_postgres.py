@@ -1,7 +1,7 @@
 """The search service on a real PostgreSQL: real `search` processes, one fresh database per test.
 
 Skips (with the reason, naming host:port) where no server answers, fails there under $SEARCH_REQUIRE_PG=1; see
-tests/pg.py.
+tests/support/pg.py.
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ import yaml
 from optuna.trial import TrialState
 
 from search.train import config
-from tests import pg
+from tests.support import pg
 from tests.support.cli import cli_env, run, search_cmd
-from tests.support.data import write_medmnist_npz
 from tests.support.store import FINISHED, by_state, trials_of
-from tests.support.studies import study_file
+from tests.support.studies import study_file, write_medmnist_study
 from tests.support.wait import free_port, wait_for
 from tests.support.wait import http_get as _get
 
@@ -73,23 +72,9 @@ def test_start_status_export_dashboard_then_train_on_postgresql(tmp_path, pg_db)
 # training images) rather than digits (1,257): a digits trial costs about 2.5 CPU-seconds, which made 160 trials
 # take over 4 minutes on 2 cores; this one about 0.5 s, so the test is about the store, not about training.
 # A conditional parameter checks that every worker's suggestions follow the space.
-RACE_STUDY = """\
-name: race
-dataset: organamnist
-data_dir: {data_dir}
-metric: val_acc
-epochs: 1
-trials: 160
-sampler: {{name: tpe, seed: 0, n_startup_trials: 10}}
-pruner: {{name: median, n_startup_trials: 5, n_warmup_steps: 0}}
-space:
-  lr: {{type: float, low: 0.001, high: 0.01, log: true}}
-  optimizer: {{type: categorical, choices: [adam, sgd]}}
-  momentum: {{type: float, low: 0.8, high: 0.95, when: {{optimizer: sgd}}}}
-fixed:
-  architecture: simple_cnn_v1
-  batch_size: 256
-"""
+RACE_SPACE = {"lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+              "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+              "momentum": {"type": "float", "low": 0.8, "high": 0.95, "when": {"optimizer": "sgd"}}}
 WORKERS, TRIALS = 8, 64  # enough trials for every worker to race on each kind of write many times
 
 
@@ -97,9 +82,10 @@ def test_eight_racing_workers_share_one_study_on_postgresql(tmp_path, pg_db):
     """As Optuna's own storage tests do: many processes on one study, from an empty database (so the eight
     also race to create the tables and the study), and every record must come out whole."""
     url = pg.url_of(pg_db)
-    spec = tmp_path / "race.yaml"
-    write_medmnist_npz(tmp_path / "organamnist.npz", channels=1, classes=11, counts=(256, 64, 64))
-    spec.write_text(RACE_STUDY.format(data_dir=tmp_path))
+    spec = write_medmnist_study(tmp_path, "race", epochs=1, trials=160,
+                                sampler={"name": "tpe", "seed": 0, "n_startup_trials": 10},
+                                pruner={"name": "median", "n_startup_trials": 5, "n_warmup_steps": 0},
+                                space=RACE_SPACE, fixed={"architecture": "simple_cnn_v1", "batch_size": 256})
     # One torch thread per worker: eight workers on a few cores must not each start a thread per core.
     env = cli_env(OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(search_cmd() + ["worker", "--study", str(spec), "--storage", url, "--trials",

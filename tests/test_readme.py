@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -49,13 +50,36 @@ def check_start(cwd: Path, out: str) -> None:
     assert by_state(trials, TrialState.COMPLETE)
 
 
+def _study(cwd: Path) -> optuna.Study:
+    """The quickstart's study, read from its store by Optuna itself (not through the code under test)."""
+    return optuna.load_study(study_name="digits", storage=f"sqlite:///{cwd / 'search.db'}")
+
+
 def check_status(cwd: Path, out: str) -> None:
-    assert "digits" in out and "best" in out.lower(), out
+    study = _study(cwd)
+    trials = study.get_trials()
+    states = {s: sum(t.state.name.lower() == s for t in trials) for s in ("complete", "pruned")}
+    first = out.splitlines()[0]
+    assert first.startswith(f"study 'digits' (digits, val_acc, maximize): {len(trials)} trials: "), out
+    assert f"{states['complete']} complete" in first and f"{states['pruned']} pruned" in first, out
+    best = [line for line in out.splitlines() if line.startswith("best val_acc ")]
+    assert best and best[0].startswith(f"best val_acc {study.best_value:.4f} (trial "), out
+    shown = int(best[0].split("(trial ")[1].split(")")[0])
+    assert study.trials[shown].value == study.best_value, out  # a best trial (ties may pick another number)
 
 
 def check_export(cwd: Path, out: str) -> None:
+    study = _study(cwd)
     cfg = config.load(cwd / "best.yaml")
+    notes = yaml.safe_load((cwd / "best.yaml").read_text())["search"]
+    assert notes["study"] == "digits" and notes["metric"] == "val_acc" and notes["rank"] == 1, notes
+    assert notes["value"] == study.best_value, notes
+    best = study.trials[notes["trial"]]
+    assert best.state == TrialState.COMPLETE and best.value == study.best_value
     assert cfg.dataset == "digits"
+    trained = config.from_dict(best.user_attrs["config"])  # what the worker trained, as the store recorded it
+    for name in (*best.params, "architecture", "epochs", "batch_size", "lr"):  # the file is that trial's config
+        assert getattr(cfg, name) == getattr(trained, name), (name, getattr(cfg, name), getattr(trained, name))
 
 
 def check_train(cwd: Path, out: str) -> None:

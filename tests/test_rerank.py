@@ -21,32 +21,18 @@ from search.results import report
 from tests.support.cli import run
 from tests.support.signals import Interruptible
 from tests.support.store import trials_of
+from tests.support.studies import ONE_LR, write_study
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e  # every test here starts real processes
 
-# Four trials of one epoch on the bundled digits, all complete (no pruner), so that K can be up to 4.
-STUDY = """\
-name: rr
-dataset: digits
-metric: val_acc
-epochs: 1
-trials: 4
-sampler: {name: random, seed: 0}
-pruner: {name: none}
-space:
-  lr: {type: float, low: 0.001, high: 0.01, log: true}
-  dropout: {type: float, low: 0.0, high: 0.5}
-fixed:
-  architecture: simple_cnn_v1
-  batch_size: 64
-"""
-
 
 @pytest.fixture(scope="module")
 def study_root(tmp_path_factory) -> Path:
+    """Four trials of one epoch on the bundled digits, all complete (no pruner), so that K can be up to 4."""
     root = tmp_path_factory.mktemp("rerank")
-    (root / "rr.yaml").write_text(STUDY)
+    write_study(root, "rr", epochs=1, trials=4,
+                space={**ONE_LR, "dropout": {"type": "float", "low": 0.0, "high": 0.5}})
     start = run(["start", "--study", "rr.yaml", "--workers", "1"], root)
     assert start.returncode == 0, start.stdout + start.stderr
     assert [t.state for t in trials_of(root / "search.db", "rr")] == [TrialState.COMPLETE] * 4

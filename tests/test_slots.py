@@ -120,6 +120,7 @@ def test_take_sets_the_slots_gpu_before_cuda_starts_and_keeps_an_explicit_choice
         release(held)
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU is visible (torch.cuda.is_available() is False)")
 def test_after_gpu_count_cuda_visible_devices_still_decides():

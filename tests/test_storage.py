@@ -17,7 +17,7 @@ from sqlalchemy import event
 from search.errors import SearchError
 from search.hpo.storage import open_storage
 from search.hpo.store import Store, locate, mask, mask_text
-from tests import pg
+from tests.support import pg
 
 QUEUED, TAKERS = 40, 8
 

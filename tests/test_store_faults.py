@@ -18,8 +18,11 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from tests.support.cli import cli_env, search_cmd
+from tests.support.required import skip_or_fail
 from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.studies import study_file
+
+pytestmark = pytest.mark.e2e  # every test here starts real processes
 
 
 def _mount_small(folder: Path, size: str) -> str | None:
@@ -128,7 +131,8 @@ def test_a_store_damaged_inside_is_one_line_with_the_way_to_recover(tmp_path):
     assert not (tmp_path / "best.yaml").exists()
 
     if shutil.which("sqlite3") is None:
-        return
+        skip_or_fail("the sqlite3 command is not installed: the recovery advice is not tried (apt-get install sqlite3)",
+                     "SEARCH_REQUIRE_SQLITE3", "the recovery advice to be tried")
     # The advice works: what the recovery saved opens as a store again.
     subprocess.run("sqlite3 damaged.db .recover | sqlite3 damaged-recovered.db", shell=True, cwd=tmp_path,
                    check=True, capture_output=True, timeout=60)

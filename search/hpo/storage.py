@@ -258,11 +258,13 @@ def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def open_storage(store: Store | str | None = None, *, must_exist: bool = False,
-                 heartbeat: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(store: Store | str | None = None, *, must_exist: bool = False, heartbeat: bool = True,
+                 reached: bool = False) -> optuna.storages.BaseStorage:
     """The study store (``store``: parsed, or a URL as search/hpo/store.py's `locate` takes it) as Optuna's storage,
     tables created if needed, each call waited out through locks and outages. ``must_exist``: read-only commands
-    never create a file; ``heartbeat``: record the running trials' heartbeats (a worker's store)."""
+    never create a file; ``heartbeat``: record the running trials' heartbeats (a worker's store); ``reached``: the
+    store has answered this search before (a supervised worker's: the supervisor opened it), so an outage while
+    opening is waited out like one in any other call."""
     store = locate(store)
     store.check()
     faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
@@ -271,10 +273,10 @@ def open_storage(store: Store | str | None = None, *, must_exist: bool = False,
     store.check_file(must_exist=must_exist)
     if store.kind == JOURNAL_KIND:  # a file on a shared filesystem: see search/hpo/journal.py
         return journal.open_journal(store, retrying(journal.JournalStore), **heartbeat_kwargs(heartbeat))
-    return _open_rdb(store, heartbeat=heartbeat)
+    return _open_rdb(store, heartbeat=heartbeat, reached=reached)
 
 
-def _open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
+def _open_rdb(store: Store, *, heartbeat: bool, reached: bool = False) -> optuna.storages.BaseStorage:
     """A SQLite or database server's store."""
     url = store.url
     kwargs: dict = {}
@@ -291,9 +293,10 @@ def _open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
     hb = heartbeat_kwargs(heartbeat)
     cls = retrying(SQLiteStorage if store.kind == SQLITE else RDBStore)
     # Creating the tables races with other workers starting at the same moment: retried. A store that is
-    # unreachable now is not waited for: the URL may be wrong; the wait is for one that answered and went away.
+    # unreachable now is not waited for, unless it was `reached` before: the URL may be wrong; the wait is for one
+    # that answered and went away (a connection dropped while a worker opens it, tests/test_outage.py).
     create = faults.patient(lambda _url: cls(url_for_engine, engine_kwargs=kwargs, **hb), lambda u: (u, store.file),
-                            outages=False)
+                            outages=reached)
     try:
         return _retry_create_race(create)(url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:

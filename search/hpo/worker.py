@@ -121,10 +121,11 @@ def drain(conn: Connection) -> list[Message]:
 # --- a worker process -----------------------------------------------------------------------------------
 
 
-def open_study(spec: StudySpec, store: Store, seed_offset: int) -> optuna.Study:
+def open_study(spec: StudySpec, store: Store, seed_offset: int, *, reached: bool = False) -> optuna.Study:
+    """The study, through a store of this process's own (``reached``: see storage.open_storage)."""
     from search.hpo.storage import open_storage
 
-    return optuna.load_study(study_name=spec.name, storage=open_storage(store),
+    return optuna.load_study(study_name=spec.name, storage=open_storage(store, reached=reached),
                              sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec))
 
 
@@ -154,7 +155,7 @@ def supervised(conn: Connection, spec: StudySpec, store: Store, seed_offset: int
         from search.hpo.objective import Objective  # torch: a process short of memory may fail right here
 
         set_threads(device, threads)
-        study = open_study(spec, store, seed_offset)
+        study = open_study(spec, store, seed_offset, reached=True)  # the supervisor opened the store
 
         def done(t: optuna.trial.FrozenTrial) -> None:
             send(Done(t.number, t.state.name, t.user_attrs.get("reason")))

@@ -33,7 +33,7 @@ def reader(store: Path | str) -> Iterator[optuna.storages.RDBStorage | None]:
             return
         url, engine = f"sqlite:///{store}", {"connect_args": {"timeout": 60}}  # wait out a writer's lock
     else:
-        # psycopg2 (the tests' PostgreSQL driver, tests/pg.py) whichever driver SQLAlchemy would pick for postgresql://
+        # psycopg2 (the tests' PostgreSQL driver, tests/support/pg.py) whichever driver SQLAlchemy would pick for postgresql://
         parsed = make_url(store)
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg2")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from sqlalchemy.engine import make_url
 
+from tests.support.required import skip_or_fail
 from tests.support.store import reader
 
 SERVER = os.environ.get("SEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -41,19 +41,12 @@ def unreachable() -> str | None:
     return None
 
 
-def required() -> bool:
-    return os.environ.get("SEARCH_REQUIRE_PG", "") == "1"
-
-
 def skip_unless_reachable(*, module: bool = False) -> None:
     """Skip the calling test (or, with `module`, its whole module) where no server answers, saying why; fail
     instead under $SEARCH_REQUIRE_PG=1."""
     reason = unreachable()
-    if reason is None:
-        return
-    if required():
-        pytest.fail(f"{reason}; $SEARCH_REQUIRE_PG=1 requires the PostgreSQL tests to run", pytrace=False)
-    pytest.skip(reason, allow_module_level=module)
+    if reason is not None:
+        skip_or_fail(reason, "SEARCH_REQUIRE_PG", "the PostgreSQL tests", module=module)
 
 
 def url_of(database: str, password: str | None = None) -> str:
