@@ -64,6 +64,12 @@ class TrainConfig:
     # the capture) never; auto captures where bench/gpu_proof.py's figures say it pays: nowhere yet.
     graphs: str = "off"
     size: int = 28  # image side in pixels: those of the dataset (data.DatasetInfo.sizes: 28, and MedMNIST+ 64-224)
+    # Own data (dataset folder:, csv:, npz:; search/train/owndata.py) whose source names no split: the fractions of
+    # each class drawn into val and test, and the seed of that draw. Ignored by the shipped datasets.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    skip_bad_images: bool = False  # own data: leave out (and count) files that are no readable image
 
     def __post_init__(self) -> None:
         validate(self)
@@ -230,6 +236,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
         raise SearchError(f"device '{cfg.device}' is not known; valid: auto, cpu, cuda, cuda:N")
     parse_policy(cfg.augmentation)
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, key) < 0.5:
+            raise SearchError(f"{key} must be in [0, 0.5), got {getattr(cfg, key)}")
 
 
 def from_dict(values: Any, *, source: str = "config") -> TrainConfig:

@@ -29,6 +29,7 @@ import numpy as np
 
 from search import env
 from search.errors import SearchError
+from search.train import owndata
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `search start` itself never needs it (3 s here)
     import torch
@@ -102,7 +103,7 @@ def is_multi_label(task: str) -> bool:
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
-_CACHE: dict[tuple[str, str, str, int], Data] = {}
+_CACHE: dict[tuple, Data] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
@@ -133,12 +134,16 @@ def list_datasets() -> list[str]:
 
 
 def is_dataset(name: str) -> bool:
+    if owndata.is_own(name):
+        return True  # what the source holds is checked where it is read (get_info), with the file at fault named
     if name not in _REGISTRY:
         _with_medmnist()
     return name in _REGISTRY
 
 
 def get_info(name: str) -> DatasetInfo:
+    if owndata.is_own(name):
+        return _own_info(name)
     if not is_dataset(name):
         raise SearchError(f"dataset '{name}' is not known; valid: {', '.join(list_datasets())}")
     return _REGISTRY[name]
@@ -146,7 +151,7 @@ def get_info(name: str) -> DatasetInfo:
 
 def class_names(dataset: str, k: int) -> list[str]:
     """MedMNIST's label names for the dataset's k classes; the class numbers for digits, MNIST or unknown names."""
-    labels = _REGISTRY[dataset].labels if is_dataset(dataset) else None
+    labels = get_info(dataset).labels if is_dataset(dataset) else None
     return list(labels) if labels is not None and len(labels) == k else [str(i) for i in range(k)]
 
 
@@ -161,33 +166,58 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".medmnist"
 
 
-def _read(info: DatasetInfo, root: Path, size: int) -> Arrays:
+@dataclass(frozen=True)
+class OwnOptions:
+    """How own data (owndata.is_own) is split and read: the config's val_fraction, test_fraction, split_seed and
+    skip_bad_images. The shipped datasets ignore it."""
+    split: owndata.SplitRule = owndata.SplitRule()
+    skip_bad: bool = False
+
+    @classmethod
+    def of(cls, values: object) -> "OwnOptions":
+        """From a TrainConfig or a mapping of its keys (a study's base config); defaults where a key is absent."""
+        get = (lambda k, d: values.get(k, d)) if isinstance(values, dict) else (  # noqa: E731
+            lambda k, d: getattr(values, k, d))
+        rule = owndata.SplitRule(get("val_fraction", 0.1), get("test_fraction", 0.1), get("split_seed", 0))
+        return cls(rule, bool(get("skip_bad_images", False)))
+
+
+def _read(info: DatasetInfo, root: Path, size: int, own: OwnOptions | None = None) -> Arrays:
     info.check_size(size)
+    if owndata.is_own(info.name):
+        own = own or OwnOptions()
+        arrays, _ = owndata.read_arrays(info.name, size, own.split, skip_bad=own.skip_bad)
+        return _checked(info, arrays, size)
     return _checked(info, info.read(root, True, size), size)
 
 
-def prepare(name: str, data_dir: str | None = None, size: int = 28) -> Arrays:
+def prepare(name: str, data_dir: str | None = None, size: int = 28, own: OwnOptions | None = None) -> Arrays:
     """Make sure the dataset's files are present (downloading them if missing) and readable."""
-    return _read(get_info(name), data_root(data_dir), size)
+    return _read(get_info(name), data_root(data_dir), size, own)
 
 
-def fetch(name: str, data_dir: str | None = None, size: int = 28) -> None:
-    """`prepare`, before any worker starts (`search start`, compose's init): a bundled dataset has nothing to
-    fetch, and reading it here would only load torch into a process that never trains."""
+def fetch(name: str, data_dir: str | None = None, size: int = 28, own: OwnOptions | None = None) -> None:
+    """`prepare`, before any worker starts (`search start`, `search submit`, compose's init): a bundled dataset
+    has nothing to fetch, and reading it here would only load torch into a process that never trains. Own data is
+    converted here, once, so that the workers (a SLURM array's tasks) find its image cache made."""
     info = get_info(name)
     if not info.bundled:
-        _read(info, data_root(data_dir), size)
+        _read(info, data_root(data_dir), size, own)
 
 
-def load(name: str, data_dir: str | None, device: torch.device, size: int = 28) -> Data:
+def load(name: str, data_dir: str | None, device: torch.device, size: int = 28, own: OwnOptions | None = None
+         ) -> Data:
     """The dataset at ``size`` pixels on ``device``, read once per process and cached."""
     import torch
 
     root = data_root(data_dir)
-    key = (name, str(root.resolve()), str(device), size)
+    own = own if own is not None and owndata.is_own(name) else None
+    key = (name, str(root.resolve()), str(device), size, own)
     if key not in _CACHE:
         info = get_info(name)
-        arrays = _read(info, root, size)
+        arrays = _read(info, root, size, own)
+        if owndata.is_own(name):
+            _check_fits(info, arrays, device)
         splits = {s: _to_split(info, *arrays[s], device) for s in SPLITS}
         # Statistics of the training images, computed once on the host in float64 for accuracy.
         train = arrays["train"][0].reshape(len(arrays["train"][0]), -1, info.channels)
@@ -502,3 +532,37 @@ def _read_digits(root: Path, download: bool, size: int = 28) -> Arrays:
 
 
 register_dataset(DatasetInfo("digits", 1, 10, "multi-class", _read_digits, bundled=True))
+
+
+# --- own data: folder:, csv:, npz: (search/train/owndata.py) -----------------------------------------------
+
+_OWN: dict[str, DatasetInfo] = {}
+
+
+def _own_info(name: str) -> DatasetInfo:
+    """The DatasetInfo of an own-data source (scanned once per process): its classes and their names, its channels
+    (the majority's mode), its task. Every size an architecture takes is offered: images are resized to it."""
+    if name not in _OWN:
+        from models import SIZES
+
+        listing = owndata.scan(name)
+        _OWN[name] = DatasetInfo(name, owndata.channels_of(listing), len(listing.classes), owndata.task_of(listing),
+                                 lambda root, download, size: {}, tuple(SIZES), listing.classes)
+    return _OWN[name]
+
+
+def _check_fits(info: DatasetInfo, arrays: Arrays, device: torch.device) -> None:
+    """Own data of any size meets a device of fixed memory: one line saying how much it needs, before it is copied."""
+    import torch
+
+    need = sum(images.nbytes for images, _ in arrays.values())
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.8 * free:
+        n = sum(len(images) for images, _ in arrays.values())
+        side = next(iter(arrays.values()))[0].shape[1]
+        raise SearchError(f"dataset {info.name!r}: {n:,} images at {side} px need {need / 2**30:.1f} GiB on {device} "
+                          f"as uint8, and it has {free / 2**30:.1f} GiB free; use a smaller size (28 or 64 px) or "
+                          f"a device with more memory")

@@ -37,7 +37,7 @@ from search.train.augment import make_augment, tta_views
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, DatasetInfo, Split, fold_data, load
+from search.train.data import Data, DatasetInfo, OwnOptions, Split, fold_data, load
 from search.train.metrics import class_results, evaluate_scores, predict
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
@@ -426,7 +426,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     """
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size, OwnOptions.of(cfg))
     trainer = Trainer(cfg, data, device)
     result = FitResult(trainer, "completed", None, {})
     best_state = resume_run(trainer, result, resume, on_epoch)
@@ -580,7 +580,7 @@ def fit_folds(cfg: TrainConfig, assignment: Sequence[int], *, on_epoch: OnEpoch 
     """
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size, OwnOptions.of(cfg))
     k = max(assignment) + 1
     trainers = [Trainer(cfg, fold_data(data, assignment, f), device) for f in range(k)]
     result = FitResult(trainers[0], "completed", None, {})

@@ -37,7 +37,7 @@ from models import ModelError, build_model
 from search import interrupt
 from search.errors import SearchError
 from search.train.config import TrainConfig
-from search.train.data import Data, Split, get_info, load
+from search.train.data import Data, OwnOptions, Split, get_info, load
 from search.train.engine import (
     EVAL_BATCH,
     FitResult,
@@ -191,7 +191,7 @@ class Pack:
         resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
         _check(cfgs, on_epoch, checkpoints, resumes)
         device = resolve_device(cfgs[0].device)
-        self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size)
+        self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size, OwnOptions.of(cfgs[0]))
         self.members = members = [_member(cfg, data, device, hook, path, state)
                                   for cfg, hook, path, state in zip(cfgs, on_epoch, checkpoints, resumes)]
         self.first_epoch = members[0].result.resumed_at
