@@ -566,3 +566,24 @@ def _check_fits(info: DatasetInfo, arrays: Arrays, device: torch.device) -> None
         raise SearchError(f"dataset {info.name!r}: {n:,} images at {side} px need {need / 2**30:.1f} GiB on {device} "
                           f"as uint8, and it has {free / 2**30:.1f} GiB free; use a smaller size (28 or 64 px) or "
                           f"a device with more memory")
+
+
+def own_info_record(info: DatasetInfo) -> dict[str, object]:
+    """What model.pt keeps of an own-data source ({} for the shipped datasets): enough to predict without it."""
+    if not owndata.is_own(info.name):
+        return {}
+    return {"dataset_info": {"name": info.name, "channels": info.channels, "classes": list(info.labels or ()),
+                             "task": info.task}}
+
+
+def remember_own(saved: dict) -> None:
+    """The DatasetInfo of a model.pt's own-data source, from what it kept (own_info_record), where the source itself
+    cannot be read here (another machine, a moved folder)."""
+    record = saved.get("dataset_info")
+    if not isinstance(record, dict) or record.get("name") in _OWN:
+        return
+    from models import SIZES
+
+    name = str(record["name"])
+    _OWN[name] = DatasetInfo(name, int(record["channels"]), len(record["classes"]), str(record["task"]),
+                             lambda root, download, size: {}, tuple(SIZES), tuple(map(str, record["classes"])))

@@ -37,7 +37,7 @@ from search.train.augment import make_augment, tta_views
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, DatasetInfo, OwnOptions, Split, fold_data, load
+from search.train.data import Data, DatasetInfo, OwnOptions, Split, fold_data, load, own_info_record
 from search.train.metrics import class_results, evaluate_scores, predict
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
@@ -658,9 +658,11 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     # Each file is written under a temporary name and renamed, so an interrupted save leaves no half file.
     # The training split's mean and std travel with the weights: `search predict` normalises a user's images as
     # the run did, without the training data.
-    atomic_write(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
-                                                    "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
-                                                    "std": data.std.view(-1).tolist()}, p))
+    # Own data's classes travel with the weights too: `search predict` on another machine names them without the
+    # training images.
+    saved = {"state_dict": result.model.state_dict(), "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
+             "std": data.std.view(-1).tolist(), **own_info_record(data.info)}
+    atomic_write(out / "model.pt", lambda p: torch.save(saved, p))
     config.dump(cfg, out / "config.yaml")
     # Each test image's class, prediction and class probabilities (search/train/predictions.py): `search report`'s
     # paired test and the ensembles read them.

@@ -40,7 +40,7 @@ import yaml
 from search.errors import SearchError
 from search.train import config, engine, predictions
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import get_info, load
+from search.train.data import get_info, load, remember_own
 from search.train.metrics import class_results, evaluate_scores, predict
 
 FILE = "ensemble.yaml"
@@ -100,6 +100,7 @@ def load_member(weights: Path) -> Member:
         raise SearchError(f"{weights} cannot be read as `search train` weights ({text})") from None
     if not isinstance(saved, dict) or "state_dict" not in saved or "config" not in saved:
         raise SearchError(f"{weights} is not a `search train` model.pt (it needs 'state_dict' and 'config')")
+    remember_own(saved)  # before the config's check reads the dataset: own data's source may be elsewhere
     cfg = config.from_dict(saved["config"], source=str(weights))
     return Member(cfg, saved["state_dict"], saved.get("mean"), saved.get("std"), weights)
 

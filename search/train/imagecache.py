@@ -3,8 +3,8 @@
 The first reader of a source (`search init`, `search start` before its workers, or the first worker) decodes every
 file with Pillow on all the cores it may use, converts it to the majority's mode (grey or RGB; one line says how
 many were converted), resizes it to the study's side with Lanczos filtering (antialiased when shrinking; the whole
-image, as MedMNIST's own preprocessing resizes whole images) and writes ``.search-cache/<size>px-<key>.npy`` and its
-``.json`` beside the data. The key hashes what the pixels came from: each file's path, size and modification time
+image, as MedMNIST's own preprocessing resizes whole images) and writes ``.search-cache/<source>-<size>px-<key>.npy``
+and its ``.json`` beside the data (a stale one of the same source and size goes). The key hashes what the pixels came from: each file's path, size and modification time
 (an .npz source: the file's), so a changed, added or removed file makes a new cache and a stale one is never read.
 Later readers load the array in a fraction of a second. Two processes that miss the cache at once (a SLURM array's
 tasks, say) take a lock on the key: one converts, the others wait for it and read its result. A folder that cannot
@@ -83,7 +83,8 @@ def cache_folder(listing: Listing) -> Path:
 def load_pixels(listing: Listing, size: int, *, skip_bad: bool = False) -> Pixels:
     """The source's images at ``size`` pixels: from the cache when it holds them, else converted and cached."""
     folder = cache_folder(listing)
-    stem = folder / f"{size}px-{cache_key(listing, size)}"
+    prefix = f"{listing.source.kind}-{listing.source.path.name}-{size}px-"
+    stem = folder / f"{prefix}{cache_key(listing, size)}"
     cached = _read_cache(stem, skip_bad, listing)
     if cached is not None:
         return cached
@@ -92,7 +93,8 @@ def load_pixels(listing: Listing, size: int, *, skip_bad: bool = False) -> Pixel
         if cached is not None:
             return cached
         pixels = _convert(listing, size, skip_bad=skip_bad)
-        _write_cache(stem, pixels)
+        if _write_cache(stem, pixels):
+            _remove_stale(folder, prefix, keep=stem.name)
         return pixels
 
 
@@ -115,7 +117,14 @@ def _read_cache(stem: Path, skip_bad: bool, listing: Listing) -> Pixels | None:
     return Pixels(images, kept, meta["digests"], meta["converted"])
 
 
-def _write_cache(stem: Path, pixels: Pixels) -> None:
+def _remove_stale(folder: Path, prefix: str, *, keep: str) -> None:
+    """The same source's caches at the same size from before a change: never read again (their key is gone)."""
+    for path in folder.glob(f"{prefix}*"):
+        if path.stem != keep and path.suffix in (".npy", ".json", ".lock"):
+            path.unlink(missing_ok=True)
+
+
+def _write_cache(stem: Path, pixels: Pixels) -> bool:
     """The array first, then the .json that says it is whole: a reader never sees half a cache."""
     tmp = stem.with_name(f".{stem.name}.{os.getpid()}.npy")
     try:
@@ -126,9 +135,11 @@ def _write_cache(stem: Path, pixels: Pixels) -> None:
         tmp_meta = stem.with_name(f".{stem.name}.{os.getpid()}.json")
         tmp_meta.write_text(json.dumps(meta))
         tmp_meta.replace(stem.with_suffix(".json"))
+        return True
     except OSError as err:
         tmp.unlink(missing_ok=True)
         log.warning("the image cache could not be written to %s (%s); the next run converts again", stem.parent, err)
+        return False
 
 
 class _locked:
@@ -163,7 +174,7 @@ def _convert(listing: Listing, size: int, *, skip_bad: bool) -> Pixels:
     if converted:
         log.warning("%s: %d of %d images are %s; converted to %s like the rest", listing.source.spec, converted,
                     len(modes), "colour" if grey else "grey", "grey" if grey else "RGB")
-    results = _map(_decode, [(str(p), size, grey) for p in listing.files], f"converting to {size} px", unit="image")
+    results = _map(decode, [(str(p), size, grey) for p in listing.files], f"converting to {size} px", unit="image")
     kept = np.asarray([isinstance(r, tuple) for r in results], dtype=bool)
     bad = [(listing.files[i], results[i]) for i in np.flatnonzero(~kept)]
     if bad and not skip_bad:
@@ -236,7 +247,7 @@ def _mode_of(path: Path) -> str | None:
         return None
 
 
-def _decode(job: tuple[str, int, bool]) -> tuple[np.ndarray, str] | str:
+def decode(job: tuple[str, int, bool]) -> tuple[np.ndarray, str] | str:
     """(pixels, content hash) of one file, or why it cannot be read (a string: the caller names the file)."""
     from PIL import Image, UnidentifiedImageError
 

@@ -315,3 +315,21 @@ def channels_of(listing: Listing) -> int:
     modes = [m for m in _map(_mode_of, listing.files, "reading headers", unit="file") if m is not None]
     grey = sum(1 for m in modes if m in GREY_MODES)
     return 1 if grey >= len(modes) - grey else 3
+
+
+def native_side(listing: Listing, sample: int = 200) -> int:
+    """The images' typical side in pixels (the median shorter side of up to ``sample`` files; an .npz: its arrays')."""
+    if listing.source.kind == "npz":
+        with np.load(listing.source.path) as npz:
+            return int(npz["train_images"].shape[1])
+    from PIL import Image
+
+    step = max(1, len(listing.files) // sample)
+    sides = []
+    for path in listing.files[::step]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except Exception:  # a bad file is named where the pixels are read
+            continue
+    return int(np.median(sides)) if sides else 28
