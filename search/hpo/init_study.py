@@ -121,7 +121,8 @@ def write(data: str, *, name: str | None = None, size: int | None = None, out: P
             "Augmentation: crop only, since nothing here says whether a flip keeps your labels; add flip or dihedral "
             "where it does.",
             f"Run: search start --study {name} --workers 2"]
-    text = "".join(f"# {line}\n" for line in head) + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=120)
+    text = "".join(f"# {line}\n" for line in head) + yaml.safe_dump(body, sort_keys=False, default_flow_style=None,
+                                                                   width=120)
     path.parent.mkdir(parents=True, exist_ok=True)
     from search.train.config import atomic_write
 

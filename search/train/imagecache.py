@@ -3,12 +3,13 @@
 The first reader of a source (`search init`, `search start` before its workers, or the first worker) decodes every
 file with Pillow on all the cores it may use, converts it to the majority's mode (grey or RGB; one line says how
 many were converted), resizes it to the study's side with Lanczos filtering (antialiased when shrinking; the whole
-image, as MedMNIST's own preprocessing resizes whole images) and writes ``.search-cache/<source>-<size>px-<key>.npy``
-and its ``.json`` beside the data (a stale one of the same source and size goes). The key hashes what the pixels came from: each file's path, size and modification time
-(an .npz source: the file's), so a changed, added or removed file makes a new cache and a stale one is never read.
-Later readers load the array in a fraction of a second. Two processes that miss the cache at once (a SLURM array's
-tasks, say) take a lock on the key: one converts, the others wait for it and read its result. A folder that cannot
-be written to keeps its cache under ~/.cache/search instead.
+image, as MedMNIST's own preprocessing resizes whole images) and writes
+``.search-cache/<source>-<size>px-<key>.npy`` and its ``.json`` beside the data (a stale one of the same source and
+size goes). The key hashes what the pixels came from: each file's path, size and modification time (an .npz
+source: the file's), so a changed, added or removed file makes a new cache and a stale one is never read. Later
+readers load the array in a fraction of a second. Two processes that miss the cache at once (a SLURM array's tasks,
+say) take a lock on the key: one converts, the others wait for it and read its result. A folder that cannot be
+written to keeps its cache under ~/.cache/search instead.
 """
 from __future__ import annotations
 
