@@ -196,3 +196,49 @@ def test_a_config_on_own_data_trains_and_its_weights_carry_the_classes(tmp_path)
 def test_split_fractions_are_checked():
     with pytest.raises(SearchError, match=r"val_fraction must be in \[0, 0.5\), got 0.7"):
         TrainConfig(dataset="digits", val_fraction=0.7)
+
+
+@pytest.mark.e2e
+def test_init_search_export_train_predict_through_the_command_line(tmp_path):
+    """The whole path of the README for one's own folder, as a user types it."""
+    import yaml
+
+    from tests.support.cli import run
+
+    root = write_image_folder(tmp_path / "patches", classes=("benign", "malignant"), per_class=16)
+    done = run(["init", str(root), "--val-fraction", "0.25", "--test-fraction", "0.25"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "32 images in 2 classes, RGB, 28 px; train 16 / val 8 / test 8" in done.stdout
+    study = yaml.safe_load((tmp_path / "studies" / "patches.yaml").read_text())
+    assert study["dataset"] == f"folder:{root.resolve()}" and study["fixed"]["val_fraction"] == 0.25
+    study.update(epochs=2, space={k: v for k, v in study["space"].items() if k != "architecture"})
+    (tmp_path / "studies" / "patches.yaml").write_text(yaml.safe_dump(study))  # two short trials for the test
+    done = run(["start", "--study", "patches", "--workers", "2", "--trials", "2"], tmp_path)
+    assert done.returncode == 0 and "2/2 finished" in done.stdout, done.stdout + done.stderr
+    assert "converted" not in done.stderr  # init made the cache: no worker converts again
+    assert run(["export", "--study", "patches", "-o", "best.yaml"], tmp_path).returncode == 0
+    done = run(["train", "best.yaml", "--out", "runs/best"], tmp_path)
+    assert done.returncode == 0 and "test_acc" in done.stdout, done.stderr
+    (tmp_path / "new").mkdir()
+    shutil.copy(root / "malignant" / "3.png", tmp_path / "new" / "a.png")
+    done = run(["predict", "runs/best", "new", "-o", "pred.csv"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    header, row = (tmp_path / "pred.csv").read_text().splitlines()
+    assert header == "image,prediction,predicted_label,p_benign,p_malignant" and row.startswith("a.png,")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.e2e
+def test_two_processes_missing_the_cache_convert_once(tmp_path):
+    """A SLURM array's tasks start together: one converts, the other waits for its cache (imagecache's lock)."""
+    import subprocess
+    import sys
+
+    root = write_image_folder(tmp_path / "many", classes=("a", "b"), per_class=150)
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING, format='%(message)s');"
+            "from search.train import owndata; owndata.read_arrays(sys.argv[1], 28, owndata.SplitRule())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"folder:{root}"], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    assert sum(log.count("images converted") for log in logs) == 1, logs

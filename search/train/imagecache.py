@@ -171,6 +171,7 @@ def _convert(listing: Listing, size: int, *, skip_bad: bool) -> Pixels:
     grey_votes = sum(1 for m in modes if m is not None and m in GREY_MODES)
     colour_votes = sum(1 for m in modes if m is not None and m not in GREY_MODES)
     grey = grey_votes >= colour_votes
+    _check_memory(listing, size, 1 if grey else 3)
     converted = colour_votes if grey else grey_votes
     if converted:
         log.warning("%s: %d of %d images are %s; converted to %s like the rest", listing.source.spec, converted,
@@ -290,5 +291,11 @@ def duplicates_across(digests: list[str], split: np.ndarray) -> int:
     return sum(counts[d] for d, splits in where.items() if len(splits) > 1)
 
 
-def bytes_needed(n: int, size: int, channels: int) -> int:
-    return n * size * size * channels
+def _check_memory(listing: Listing, size: int, channels: int) -> None:
+    """Before hours of conversion: the array must fit this machine's memory (the device is checked at load)."""
+    need = len(listing.files) * size * size * channels
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.8 * free:
+        raise SearchError(f"dataset {listing.source.spec!r}: {len(listing.files):,} images at {size} px need "
+                          f"{need / 2**30:.1f} GiB as uint8, and this machine has {free / 2**30:.1f} GiB free; use a "
+                          f"smaller size (28 or 64 px) or a machine with more memory")
