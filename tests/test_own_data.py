@@ -242,3 +242,23 @@ def test_two_processes_missing_the_cache_convert_once(tmp_path):
     logs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     assert sum(log.count("images converted") for log in logs) == 1, logs
+
+
+def _map_in_a_daemon(queue) -> None:  # a supervised worker is a daemonic process
+    from search.train.imagecache import _map
+
+    try:
+        queue.put(len(_map(abs, list(range(-300, 0)), "test", unit="item")))
+    except Exception as err:  # reported to the test, which names it
+        queue.put(repr(err))
+
+
+def test_a_daemonic_worker_converts_without_a_pool():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_map_in_a_daemon, args=(queue,), daemon=True)
+    process.start()
+    assert queue.get(timeout=120) == 300
+    process.join(timeout=60)

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import current_process, get_context
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,7 @@ def _convert(listing: Listing, size: int, *, skip_bad: bool) -> Pixels:
     if listing.source.kind == "npz":
         return _convert_npz(listing, size)
     started = time.perf_counter()
-    modes = _map(_mode_of, listing.files, "reading headers", unit="file")
+    modes = _map(_mode_of, listing.files, "reading headers", unit="file", pooled=False)  # headers are cheap
     grey_votes = sum(1 for m in modes if m is not None and m in GREY_MODES)
     colour_votes = sum(1 for m in modes if m is not None and m not in GREY_MODES)
     grey = grey_votes >= colour_votes
@@ -216,13 +216,15 @@ def _resize_array(images: np.ndarray, size: int) -> np.ndarray:
                      for im in images])
 
 
-def _map(fn, items: list, what: str, *, unit: str) -> list:  # type: ignore[no-untyped-def]
+def _map(fn, items: list, what: str, *, unit: str, pooled: bool = True) -> list:  # type: ignore[no-untyped-def]
     """``fn`` over ``items`` on the cores this process may use (in order), with a progress bar on a terminal."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), desc=what, unit=unit, disable=not sys.stderr.isatty(), leave=False)
     try:
-        if len(items) < IN_PROCESS or env.cores() == 1:
+        # A supervised worker is a daemonic process, which may start none: it converts alone (the supervisor's
+        # own fetch converts first, on every core, so a worker only reads the cache).
+        if len(items) < IN_PROCESS or env.cores() == 1 or current_process().daemon or not pooled:
             out = []
             for item in items:
                 out.append(fn(item))

@@ -312,7 +312,7 @@ def channels_of(listing: Listing) -> int:
         return 3 if len(shape) == 4 and shape[3] == 3 else 1
     from search.train.imagecache import GREY_MODES, _map, _mode_of
 
-    modes = [m for m in _map(_mode_of, listing.files, "reading headers", unit="file") if m is not None]
+    modes = [m for m in _map(_mode_of, listing.files, "reading headers", unit="file", pooled=False) if m is not None]
     grey = sum(1 for m in modes if m in GREY_MODES)
     return 1 if grey >= len(modes) - grey else 3
 
