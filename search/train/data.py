@@ -64,9 +64,10 @@ class DatasetInfo:
     def multi_label(self) -> bool:
         return is_multi_label(self.task)
 
-    def check_tta(self, tta: str) -> None:
-        """The one check of a test-time augmentation against the views that keep this dataset's labels."""
-        allowed = TTA[:TTA.index(self.tta) + 1]
+    def check_tta(self, tta: str, symmetry: str | None = None) -> None:
+        """The one check of a test-time augmentation against the views that keep this dataset's labels (own data:
+        the config's ``symmetry``)."""
+        allowed = TTA[:TTA.index(augment_limits(self, symmetry).symmetry) + 1]
         if tta in TTA and tta not in allowed:
             raise SearchError(f"tta {tta!r} can change the labels of {self.name} (its images have an orientation); "
                               f"valid for {self.name}: {', '.join(allowed)}")
@@ -76,6 +77,30 @@ class DatasetInfo:
         if isinstance(size, bool) or size not in self.sizes:
             raise SearchError(f"size {size!r} does not exist for {self.name}; valid: "
                               f"{', '.join(map(str, self.sizes))} (pixels)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What keeps a dataset's labels under augmentation: its flips and quarter turns (none, flip or dihedral: those
+    of its test-time views) and the largest rotation in degrees (search/train/augment_ops.py keeps to both)."""
+    symmetry: str = "dihedral"
+    max_rotation: float = 180.0
+
+
+# The rotation a dataset without the dihedral symmetry keeps its labels under: a digit or a chest X-ray turned by
+# 15 degrees is still itself (MNIST's own augmentation studies rotate by up to 15; X-rays are taken within a few).
+SMALL_ROTATION = 15.0
+
+
+def augment_limits(info: DatasetInfo, symmetry: str | None = None) -> Limits:
+    """The dataset's rule: the registry's tta for the shipped datasets; the config's ``symmetry`` for own data
+    (default none: nothing says a flip keeps its labels)."""
+    own = owndata.is_own(info.name)
+    if symmetry is not None and not own:
+        raise SearchError(f"symmetry is set for own data only; {info.name}'s flips and turns are the registry's: "
+                          f"{info.tta}")
+    kept = (symmetry or "none") if own else info.tta
+    return Limits(kept, 180.0 if kept == "dihedral" else SMALL_ROTATION)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,18 @@ from search.train.augment import make_augment, tta_views
 from search.train.checkpoint import restore as restore_checkpoint
 from search.train.checkpoint import save as save_checkpoint
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, DatasetInfo, OwnOptions, Split, fold_data, load, own_info_record
+from search.train.data import (
+    Data,
+    DatasetInfo,
+    OwnOptions,
+    Split,
+    augment_limits,
+    fold_data,
+    load,
+    own_info_record,
+)
 from search.train.metrics import class_results, evaluate_scores, predict
+from search.train.mixing import make_mixer, mixed_loss
 
 EVAL_BATCH = 1024  # at 28 px; scaled down with the image area for larger sizes
 log = logging.getLogger("search")
@@ -170,7 +180,9 @@ class Trainer:
             # In place (nn.Module.compile), so state_dict keys stay those of the plain model. (Inductor's note that
             # TF32 is off is silenced in search/quiet.py.)
             self.model.compile()
-        self.augment = make_augment(cfg.augmentation, channels=info.channels)
+        self.augment = make_augment(cfg.augmentation, channels=info.channels, strength=cfg.aug_strength,
+                                    limits=augment_limits(info, cfg.symmetry))
+        self.mixer = make_mixer(cfg.mix, cfg.mix_alpha, cfg.mix_prob)
         if info.multi_label:
             smooth = cfg.label_smoothing
             bce = nn.BCEWithLogitsLoss()
@@ -204,8 +216,11 @@ class Trainer:
         train = self.data.train
         x = self.inputs(train.images[idx], train=True)
         y = train.labels[idx]
+        if self.mixer is not None:  # after the augmentation, as mixup and cutmix are defined
+            x, perm, lam = self.mixer(x, self.generator)
         with self.autocast:
-            loss = self.loss_fn(self.model(x), y)
+            out = self.model(x)
+            loss = self.loss_fn(out, y) if self.mixer is None else mixed_loss(self.loss_fn, out, y, perm, lam)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             # Fused optimizers take the scale and the inf check inside their kernel: no host sync per step.
