@@ -11,9 +11,9 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
+from search.hpo import artifacts
 from search.hpo.objective import Objective
 from search.hpo.studies import load_study
-from search.results import artifacts
 from tests.support.cli import cli_env, search_cmd
 from tests.support.data import write_medmnist_npz
 from tests.support.wait import free_port, wait_for

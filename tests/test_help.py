@@ -5,7 +5,8 @@ import re
 
 from click.testing import CliRunner
 
-from search.cli import COMMAND_ORDER, main
+from search.cli import main
+from search.door import COMMAND_ORDER
 
 
 def help_commands(columns: int) -> list[str]:

@@ -37,13 +37,12 @@ def test_models_know_nothing_of_search():
     assert not any(name == "search" or name.startswith("search.") for name in loaded_after("models"))
 
 
-def test_hpo_floor_never_loads_the_report():
+def test_hpo_floor_never_loads_the_results_floor_or_the_door():
     hpo = [f"search.hpo.{p.stem}" for p in sorted((ROOT / "search" / "hpo").glob("*.py")) if p.stem != "__init__"]
     loaded = loaded_after(*hpo)
-    assert "search.results.report" not in loaded and "search.cli" not in loaded
-    # What the hpo floor runs itself (a worker saving a trial's curve), imported the way it does it.
-    drawn = loaded_after("search.hpo.objective", "search.results.artifacts", "search.results.figures")
-    assert "search.results.report" not in drawn
+    assert not {name for name in loaded if name.startswith("search.results")} and "search.cli" not in loaded
+    # A worker loads matplotlib only where it draws its trial's figures (search/hpo/artifacts.py, late).
+    assert "matplotlib" not in loaded_after(*(name for name in hpo if name != "search.hpo.trial_figures"))
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -107,3 +106,20 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+# Each floor by rank, the door highest: a module may import its own floor and those below, never one above.
+FLOORS = {"search.cli": 5, "search.door": 5, "search.__main__": 5, "search.results": 4, "search.hpo": 3,
+          "search.train": 2, "models": 1, "search": 0}
+
+
+def floor(module: str) -> int:
+    return max(rank for prefix, rank in FLOORS.items() if module == prefix or module.startswith(prefix + "."))
+
+
+def test_dependencies_point_down_only():
+    """The source, late imports included: e.g. no module of search.hpo imports search.results (a worker writes its
+    trial's files through search/hpo/artifacts.py)."""
+    upward = sorted(f"{name} -> {other}" for name, imported in import_graph().items() for other in imported
+                    if floor(other) > floor(name))
+    assert upward == []

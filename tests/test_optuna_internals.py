@@ -1,5 +1,5 @@
 """Optuna's private parts that the study store relies on (search/hpo/storage.py, search/hpo/proxy.py,
-search/results/artifacts.py) are still there, with the shape we use: a newer Optuna that changes one fails here,
+search/hpo/artifacts.py) are still there, with the shape we use: a newer Optuna that changes one fails here,
 by name, rather than somewhere in a running search. pyproject.toml pins the versions this was checked with."""
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_the_private_names_used_elsewhere(tmp_path):
     store = storage.open_storage(f"sqlite:///{tmp_path}/x.db", heartbeat=False)
     if getattr(optuna.storages.get_storage(store), "_backend", None) is not store:
         _fail("get_storage no longer wraps an RDBStorage in a cache whose _backend is it: "
-              "search/results/artifacts.py reads it")
+              "search/hpo/artifacts.py reads it")
     try:
         from optuna.storages._grpc.auto_generated import api_pb2_grpc  # noqa: F401
     except ImportError as err:

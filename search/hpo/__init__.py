@@ -1,5 +1,5 @@
 """The middle floor: study files, the search space, the objective, worker processes and the study store.
 
-Optuna lives here. It imports the train floor; of the results floor only what a worker writes for a trial
-(search.results.artifacts, which draws with search.results.figures), never the report page.
+Optuna lives here. It imports the train floor and nothing of the results floor: what a worker writes for its
+trial (search.hpo.artifacts, which draws with search.hpo.trial_figures) lives here, and results reads it.
 """

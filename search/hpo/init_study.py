@@ -75,7 +75,7 @@ def _space(n_train: int, size: int) -> tuple[dict, int, int]:
 
 
 def write(data: str, *, name: str | None = None, size: int | None = None, out: Path | None = None,
-          force: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+          force: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
           skip_bad: bool = False) -> Written:
     """Scan DATA, convert its images once, and write its study file; returns where and a one-line summary."""
     from models import SIZES
@@ -96,7 +96,7 @@ def write(data: str, *, name: str | None = None, size: int | None = None, out: P
     native = owndata.native_side(listing)
     fitting = [s for s in SIZES if s <= max(native, 28)]
     size = size or (64 if 64 in fitting and native >= 96 else 28)
-    own = datasets.OwnOptions(owndata.SplitRule(val_fraction, test_fraction, seed), skip_bad)
+    own = datasets.OwnOptions(owndata.SplitRule(val_fraction, test_fraction, split_seed), skip_bad)
     arrays = datasets.prepare(spec, None, size, own)  # converts once: the workers start from the cache
     counts = {s: len(arrays[s][0]) for s in ("train", "val", "test")}
     space, epochs, trials = _space(counts["train"], size)
@@ -108,7 +108,7 @@ def write(data: str, *, name: str | None = None, size: int | None = None, out: P
         "pruner": {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2},
         "space": space,
         "fixed": {"size": size, "optimizer": "adam", "schedule": "cosine", "val_fraction": val_fraction,
-                  "test_fraction": test_fraction, "split_seed": seed,
+                  "test_fraction": test_fraction, "split_seed": split_seed,
                   **({"skip_bad_images": True} if skip_bad else {})},
     }
     head = [f"Written by `search init {data}` on {date.today().isoformat()}.",

@@ -22,10 +22,9 @@ import torch
 from optuna.trial import TrialState
 
 from search.errors import StoreFault
-from search.hpo import folds, goals, packs, trial_log
+from search.hpo import artifacts, folds, goals, packs, trial_log
 from search.hpo.studies import StudySpec, suggest_config
 from search.hpo.urls import worker_id
-from search.results import artifacts
 from search.train import checkpoint, engine, metrics
 from search.train.config import TrainConfig
 

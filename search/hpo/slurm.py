@@ -60,7 +60,7 @@ class Job:
     def artifact_dir(self) -> Path:
         """``artifacts``, else the store's own default (beside a journal file), else artifacts/ in ``folder``:
         without one the tasks keep no checkpoints, and a stopped trial would start again from epoch 1."""
-        from search.results.artifacts import artifact_dir
+        from search.hpo.artifacts import artifact_dir
 
         return (self.artifacts or artifact_dir(self.storage) or self.folder / "artifacts").absolute()
 

@@ -54,7 +54,7 @@ def _failed(err: Exception, url: str, study: optuna.Study | None, numbers: list[
     """The one line of a worker that failed on ``err`` (being handled); its traceback goes to the log of its trial
     (a pack's first) while its trials run (then failed, and queued to run again), else to search-worker-<id>.log.
     After a store fault, the fault's line: nothing more can be written, and the trials stay RUNNING, to resume."""
-    from search.results import artifacts
+    from search.hpo import artifacts
 
     fault = store_fault()
     if fault is not None:

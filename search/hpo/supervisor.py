@@ -235,7 +235,7 @@ class Supervisor:
     def _log_death(self, slot: WorkerProcess, reason: str) -> str:
         """Its traceback in its trial's log, or in search-worker-<id>.log when it ran none; the terminal gets only
         where (a worker killed by a signal, outside a trial, left nothing more to say than the line)."""
-        from search.results import artifacts
+        from search.hpo import artifacts
 
         trial = slot.trials[0] if slot.trials else None
         if slot.crash is None and trial is None:

@@ -70,7 +70,7 @@ def record_crash(text: str, *, study: optuna.Study | None, trial: int | None, fo
     """Put a failed worker's traceback (``text``) where a user looks for it: its trial's log (the artifact
     trial-N-log.txt, which `search status --trial N` shows) while that trial runs, else search-worker-<id>.log in
     the artifact folder (the current folder without one). Returns that file, or None for the trial's log."""
-    from search.results import artifacts
+    from search.hpo import artifacts
 
     header = f"{datetime.now().isoformat(timespec='seconds')} worker {worker} failed\n"
     if study is not None and trial is not None and folder is not None:

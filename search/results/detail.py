@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 
 from search.errors import SearchError
+from search.hpo import artifacts
 from search.hpo.storage import open_storage
 from search.hpo.urls import resolve_url
-from search.results import artifacts
 from search.results.trials import numbered, params_text, pick, value_text
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`

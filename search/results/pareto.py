@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
 from search.hpo import goals
-from search.results.figures import SKY, STYLE, VERMILLION, WIDTH, metric_label
+from search.hpo.trial_figures import SKY, STYLE, VERMILLION, WIDTH, metric_label
 from search.results.sections import FigureItem, Note
 from search.results.tables import Table
 from search.results.tables import fmt as _fmt

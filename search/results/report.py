@@ -27,14 +27,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import SearchError
 from search.hpo import goals
+from search.hpo.trial_figures import STYLE, metric_label
 from search.results import published
 from search.results.figures import (
-    STYLE,
     architecture_figure,
     importance_figure,
     learning_curves_figure,
     marginal_effects_figure,
-    metric_label,
     optimisation_history_figure,
     parallel_figure,
     pruning_figure,

@@ -1,7 +1,7 @@
 """Figures of the final runs, by group: each `--run` of `search report` is a group (one run, or a `--seeds`
 folder of several), drawn side by side and never pooled with another.
 
-The house style, colours and helpers are those of search/results/figures.py; a group keeps one colour
+The house style, colours and helpers are those of search/hpo/trial_figures.py; a group keeps one colour
 (``RUN_COLOURS[i]``) in every figure of the page.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from search.hpo.trial_figures import RUN_COLOURS, STYLE, WIDTH, draw_confusion, new_figure
 from search.results import published
-from search.results.figures import RUN_COLOURS, STYLE, WIDTH, _figure, draw_confusion
 
 Matrix = Sequence[Sequence[int]]
 
@@ -44,7 +44,7 @@ def confusion_groups_figure(panels: Sequence[tuple[str, Sequence[Matrix]]], name
     side = min(max(2.6, 0.32 * k), 4.2)  # smaller than a lone matrix: the panels share a page's width
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
-    fig = _figure(columns * (side + 0.3) + 0.07 * max(map(len, row_labels)) + 1.4, rows * (side + 0.9) + 0.5)
+    fig = new_figure(columns * (side + 0.3) + 0.07 * max(map(len, row_labels)) + 1.4, rows * (side + 0.9) + 0.5)
     axes = fig.subplots(rows, columns, squeeze=False)
     image = None
     for i, (label, matrices) in enumerate(panels):
@@ -71,7 +71,7 @@ def per_class_groups_figure(names: list[str], groups: Sequence[tuple[str, list[l
     k, g = len(names), len(groups)
     colours = list(colours) if colours else [group_colour(i) for i in range(g)]
     height = 0.8 / g
-    fig = _figure(WIDTH, (0.2 + 0.16 * g) * k + 1.8)
+    fig = new_figure(WIDTH, (0.2 + 0.16 * g) * k + 1.8)
     ax = fig.subplots()
     several = False
     for gi, (_, accs, overall) in enumerate(groups):
@@ -117,7 +117,7 @@ def groups_metrics_figure(groups: Sequence[tuple[str, list[float], list[float]]]
     colour), below the published methods when known. groups: (row label, ACC of each run, AUC of each run)."""
     rows = list(reference or {})
     labels = rows + [g[0] for g in groups]
-    fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
+    fig = new_figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
     acc_ax, auc_ax = fig.subplots(1, 2, sharey=True)
     for ax, column, index, name in ((acc_ax, 1, 1, "Test accuracy"), (auc_ax, 2, 0, "Test AUC")):
         values: list[float] = []
@@ -167,7 +167,7 @@ def gap_figure(groups: Sequence[tuple[str, list[float], list[float]]]) -> Figure
     """Validation minus test, of ACC and of AUC: a row per group, each run a dot, the group's mean ± sd a diamond in
     its colour, and a line at 0 (no gap). groups: (row label, ACC gap of each run, AUC gap of each run)."""
     labels = [g[0] for g in groups]
-    fig = _figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
+    fig = new_figure(WIDTH + 1.0, 0.42 * len(labels) + 1.9)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, name in ((axes[0], 1, "ACC"), (axes[1], 2, "AUC")):
         ax.axvline(0, color="0.45", lw=1, linestyle="--")

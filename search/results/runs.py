@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from search.errors import SearchError
+from search.hpo.trial_figures import confusion_figure, history_figure
 from search.results import published
 from search.results.compare import LEVEL, Difference, McNemar, mcnemar, welch
-from search.results.figures import confusion_figure, history_figure
 from search.results.run_figures import (
     confusion_groups_figure,
     gap_figure,

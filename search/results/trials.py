@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -12,7 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import SearchError
 from search.hpo import goals
 from search.hpo.storage import open_storage
-from search.hpo.urls import mask, resolve_url
+from search.hpo.studies import list_study_files
+from search.hpo.urls import mask, resolve_url, store_file
 from search.train import config
 from search.train.config import TrainConfig
 
@@ -59,27 +60,21 @@ def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | No
     return cfg, trial
 
 
-def check_export_options(rank: int | None, trial_number: int | None, pareto: bool, weights: bool, rerank_k: int | None,
-                         rerank_options: dict[str, object]) -> None:
-    """`search export`'s options that exclude each other, or need another: one line each."""
-    if rank is not None and trial_number is not None:
-        raise SearchError(f"--rank {rank} and --trial {trial_number} exclude each other: choose the trial one way")
-    if pareto and (rank is not None or trial_number is not None or weights):
-        raise SearchError("--pareto lists the Pareto front and writes nothing: it takes no --rank, --trial or "
-                          "--weights")
-    if rerank_k is None:
-        used = [name for name, value in rerank_options.items() if value is not None]
-        if used:
-            raise SearchError(f"{used[0]} needs --rerank K: it retrains the K best trials; a plain export trains "
-                              f"nothing")
-    elif trial_number is not None or pareto:
-        raise SearchError(f"{'--trial' if trial_number is not None else '--pareto'} and --rerank exclude each other: "
-                          f"--rerank chooses among the best trials")
-    elif rank is not None:
-        raise SearchError(f"--rank {rank} and --rerank {rerank_k} exclude each other: --rerank chooses the trial")
-    elif weights:
-        raise SearchError("--weights and --rerank exclude each other: the rerank's runs keep their own weights "
-                          "(model.pt in each seed folder)")
+def listing(storage_url: str | None) -> Iterator[str]:
+    """`search studies`: the study files, and the studies in the store with their trial counts (the files come
+    first, whatever the store's state)."""
+    yield "study files:"
+    for name, path in list_study_files().items():
+        yield f"  {name:<16} {path}"
+    url = resolve_url(storage_url)
+    path = store_file(url)
+    if path is not None and not path.exists():
+        yield f"no study store at {path} yet"
+        return
+    summaries = optuna.get_all_study_summaries(open_storage(url, heartbeat=False), include_best_trial=False)
+    yield f"studies in {mask(url)}:" + ("" if summaries else " none")
+    for s in summaries:
+        yield f"  {s.study_name:<16} {s.n_trials} trials"
 
 
 def trial_config(trial: FrozenTrial) -> TrainConfig:

@@ -34,11 +34,17 @@ def seed_runs(cfg: TrainConfig, out: Path, seeds: int, *,
     """(seed, folder) of each run of `--seeds`; refused before anything is trained when ``out`` holds a summary or
     a run already finished (the message ends with ``instead``: what the user can do)."""
     runs = [(cfg.seed + i, out / f"seed-{cfg.seed + i}") for i in range(seeds)]
-    finished = [out / "summary.json", *(d / "metrics.json" for _, d in runs)]
-    taken = next((p for p in finished if p.exists()), None)
+    refuse_finished(out / "summary.json", *(d / "metrics.json" for _, d in runs), instead=instead)
+    return runs
+
+
+def refuse_finished(*files: Path, instead: str = "choose another --out") -> None:
+    """The one rule for every command that writes a run's folder: nothing is trained (or evaluated) into a folder
+    that holds a finished run (one of ``files``, a metrics.json or summary.json, exists); ``instead``: what the
+    user can do."""
+    taken = next((p for p in files if p.exists()), None)
     if taken is not None:
         raise SearchError(f"{taken.parent} already holds a finished run ({taken.name}); {instead}")
-    return runs
 
 
 def write_summary(cfg: TrainConfig, out: Path, runs: list[tuple[int, Path]],

@@ -115,7 +115,7 @@ def upload_trial_files(trial: optuna.Trial, folder: Path, *, history: list[dict[
 
     ``outcome``: complete, pruned or diverged; ``best_epoch``: the kept epoch of a complete trial (1-based).
     """
-    from search.results import figures  # matplotlib is imported only by processes that draw
+    from search.hpo import trial_figures as figures  # matplotlib is imported only by processes that draw
 
     store = open_store(folder)
     n = trial.number
