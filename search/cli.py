@@ -9,7 +9,7 @@ import click
 from search import __version__, interrupt, quiet
 from search.door import OneLineErrors, stops_at_once, stops_at_safe_points
 from search.errors import Interrupted
-from search.hpo.urls import DEFAULT_STORAGE
+from search.hpo.store import DEFAULT_STORAGE, Store, locate
 from search.train.data import SPLITS
 
 PACK = click.option("--pack", type=click.IntRange(min=1), metavar="K",
@@ -28,9 +28,11 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 
 def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
     """The --storage option of every command that opens the study store (only the first words of its help differ),
-    with --allow-network-sqlite beside it."""
-    url = click.option("--storage", help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
-                                         f"filesystem: journal:///abs/path/study.log).")
+    with --allow-network-sqlite beside it. The command gets the store parsed (search/hpo/store.py's Store), resolved
+    here once: --storage, else $SEARCH_STORAGE, else the default."""
+    url = click.option("--storage", callback=lambda _ctx, _param, value: locate(value),
+                       help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
+                            f"filesystem: journal:///abs/path/study.log).")
     allow = click.option("--allow-network-sqlite", is_flag=True, expose_value=False, callback=_allow_network_sqlite,
                          help="Use a SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) although its "
                               "locking is unsafe there.")
@@ -99,11 +101,9 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 @PACK
 @ALLOW_CHANGES
 @stops_at_safe_points
-def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: str | None,
+def start(study: str, workers: int, trials: int | None, timeout: float | None, storage: Store,
           devices: str | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """Run a search: N workers on one study store until the trial budget is done."""
-    from search.hpo.urls import resolve_url
-
     try:
         # Loading torch and Optuna takes seconds and writes nothing: a Ctrl-C meanwhile stops it at once.
         with interrupt.raising():
@@ -112,7 +112,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
             spec = _spec(study, data_dir=data_dir, trials=trials, timeout=timeout, seed=seed, pack=pack)
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None
-    raise SystemExit(supervisor.start(spec, resolve_url(storage), workers=workers, devices=devices, echo=click.echo,
+    raise SystemExit(supervisor.start(spec, storage, workers=workers, devices=devices, echo=click.echo,
                                       allow_changes=allow_changes))
 
 
@@ -133,7 +133,7 @@ def start(study: str, workers: int, trials: int | None, timeout: float | None, s
 @PACK
 @ALLOW_CHANGES
 @stops_at_safe_points
-def worker(study: str, storage: str | None, trials: int | None, timeout: float | None, device: str,
+def worker(study: str, storage: Store, trials: int | None, timeout: float | None, device: str,
            threads: int | None, data_dir: str | None, seed: int | None, pack: int | None, allow_changes: bool) -> None:
     """One worker without a supervisor: joins the study, e.g. from another machine."""
     from search.hpo.standalone import standalone
@@ -161,7 +161,7 @@ def worker(study: str, storage: str | None, trials: int | None, timeout: float |
 @ALLOW_CHANGES
 @stops_at_once
 def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | None, time_limit: str | None,
-           partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: str | None,
+           partition: str | None, account: str | None, sbatch_args: tuple[str, ...], storage: Store,
            dry_run: bool, pack: int | None, allow_changes: bool) -> None:
     """Run a search on SLURM: one job array of N tasks, each a `search worker` on the study."""
     from search.hpo.submit import submit as submitting
@@ -202,7 +202,7 @@ def init_(data: str, **options) -> None:  # type: ignore[no-untyped-def]
 @click.option("--trial", type=click.IntRange(min=0),
               help="One trial: its state, parameters, values per epoch, reason, worker, device and log's end.")
 @stops_at_once
-def status(study: str, storage: str | None, csv_file: Path | None, trial: int | None) -> None:
+def status(study: str, storage: Store, csv_file: Path | None, trial: int | None) -> None:
     """Counts by state, the best trial, the top 5 and the best per architecture; or one trial in detail."""
     from search.results import trials
 
@@ -227,7 +227,7 @@ def status(study: str, storage: str | None, csv_file: Path | None, trial: int | 
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Report folder (default: report-STUDY); files already there are replaced.")
 @stops_at_once
-def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | None) -> None:
+def report(study: str, storage: Store, runs: tuple[str, ...], out: Path | None) -> None:
     """Figures (PNG, PDF) and tables (Markdown, LaTeX) of a study and its final runs, on one HTML page."""
     from search.results import trials
     from search.results.report import write_report
@@ -264,7 +264,7 @@ def report(study: str, storage: str | None, runs: tuple[str, ...], out: Path | N
 @click.option("--ensemble-dir", type=click.Path(file_okay=False, path_type=Path),
               help="With --ensemble: the ensemble's folder (default runs/ensemble-STUDY).")
 @stops_at_safe_points
-def export_cmd(study: str, storage: str | None, out: Path, rank: int, trial_number: int | None, pareto: bool,
+def export_cmd(study: str, storage: Store, out: Path, rank: int, trial_number: int | None, pareto: bool,
                weights: bool, rerank_k: int | None, seeds: int | None, devices: str | None,
                rerank_dir: Path | None, ensemble_m: int | None, ensemble_dir: Path | None) -> None:
     """Write the best (or K-th best) trial as a TrainConfig file for `search train`; with --rerank K, the best of the
@@ -311,7 +311,7 @@ def predict(model_dir: Path, source: Path, out: Path, split: str, device: str, o
 @click.argument("file", metavar="FILE.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option()
 @stops_at_once
-def enqueue(study: str, file: Path, storage: str | None) -> None:
+def enqueue(study: str, file: Path, storage: Store) -> None:
     """Queue one trial in an existing study: FILE.yaml is a TrainConfig file (as `search export` writes) or a
     mapping of some of the study's searched parameters; workers take it before the sampler's own trials."""
     from search.hpo import queue
@@ -331,7 +331,7 @@ def enqueue(study: str, file: Path, storage: str | None) -> None:
               help="Folder of the trials' files (default $SEARCH_ARTIFACTS, else artifacts/ beside a SQLite or journal "
                    "store).")
 @stops_at_once
-def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | None) -> None:
+def dashboard(storage: Store, host: str, port: int, artifacts_dir: Path | None) -> None:
     """optuna-dashboard on the study store, with each trial's learning curve and confusion matrix."""
     from search.results.dashboard import serve
 
@@ -341,7 +341,7 @@ def dashboard(storage: str | None, host: str, port: int, artifacts_dir: Path | N
 @main.command(short_help="The study files, and the studies in the store.")
 @storage_option()
 @stops_at_once
-def studies(storage: str | None) -> None:
+def studies(storage: Store) -> None:
     """The study files, and the studies in the store with their trial counts."""
     from search.results.trials import listing
 
@@ -355,11 +355,10 @@ def studies(storage: str | None) -> None:
               help="Interface to listen on (0.0.0.0: workers on other machines; the proxy has no authentication).")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
 @stops_at_once
-def proxy(storage: str | None, host: str, port: int) -> None:
+def proxy(storage: Store, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the store, for many workers: they use --storage grpc://HOST:PORT."""
-    from search.hpo.proxy import database_url, serve
+    from search.hpo.proxy import database, serve
     from search.hpo.storage import open_storage
-    from search.hpo.urls import resolve_url
 
-    url = database_url(resolve_url(storage), host, port)
-    serve(open_storage(url, heartbeat=False), url, host=host, port=port, echo=click.echo)
+    store = database(storage, host, port)
+    serve(open_storage(store, heartbeat=False), store, host=host, port=port, echo=click.echo)

@@ -8,17 +8,32 @@ from pathlib import Path
 
 from search.errors import SearchError
 
+# The defaults of the variables below: each one's owner, which the code reads and the table's text quotes.
+DEFAULT_STORAGE = "sqlite:///search.db"
+HEARTBEAT_S = 10  # seconds between a running trial's heartbeats
+GRACE_BEATS = 3  # a RUNNING trial silent for this many beats is failed and retried
+STORE_WAIT_S = 120  # seconds an unreachable store is waited for
+PROXY_WAIT_S = 30.0  # seconds a worker started beside its proxy (compose, a job script) waits for it to listen
+
+
+def grace_s(beat: float) -> int:
+    """The default grace period for heartbeats every ``beat`` seconds: GRACE_BEATS of them."""
+    return int(GRACE_BEATS * beat)
+
+
 #: name -> what it sets; README.md's "Environment variables" table says the same.
 VARIABLES: dict[str, str] = {
-    "SEARCH_STORAGE": "the study store URL when --storage is not given (default sqlite:///search.db)",
+    "SEARCH_STORAGE": f"the study store URL when --storage is not given (default {DEFAULT_STORAGE})",
     "SEARCH_DATA_DIR": "the folder of the dataset files when a config has no data_dir (default ~/.medmnist)",
     "SEARCH_ARTIFACTS": "the folder of the trials' files (default: artifacts/ beside a SQLite store)",
-    "SEARCH_HEARTBEAT_S": "seconds between a running trial's heartbeats (default 10)",
-    "SEARCH_GRACE_S": "seconds without a heartbeat before a running trial is failed and retried (default 3 beats)",
+    "SEARCH_HEARTBEAT_S": f"seconds between a running trial's heartbeats (default {HEARTBEAT_S})",
+    "SEARCH_GRACE_S": f"seconds without a heartbeat before a running trial is failed and retried (default "
+                      f"{GRACE_BEATS} beats)",
     "SEARCH_ALLOW_NETWORK_SQLITE": "any value: use a SQLite store on a network filesystem anyway "
                                    "(--allow-network-sqlite sets it)",
-    "SEARCH_STORE_WAIT_S": "seconds an unreachable study store is waited for before the command gives up (default 120)",
-    "SEARCH_PROXY_WAIT_S": "seconds a worker waits for a grpc:// storage proxy to answer (default 30)",
+    "SEARCH_STORE_WAIT_S": f"seconds an unreachable study store is waited for before the command gives up (default "
+                           f"{STORE_WAIT_S})",
+    "SEARCH_PROXY_WAIT_S": f"seconds a worker waits for a grpc:// storage proxy to answer (default {PROXY_WAIT_S:g})",
     "SEARCH_SLOTS": "the folder of the per-host worker slots (default search-slots-UID in the temporary folder)",
     "SEARCH_WORKERS_PER_HOST": "how many `search worker` processes share this host (default: the slots held)",
 }

@@ -145,3 +145,45 @@ def test_gpu_count_asks_nvml_else_a_child_process_never_cuda_here(monkeypatch, t
     monkeypatch.setattr(devices, "GPU_DRIVER_FILES", (str(tmp_path / "none"),))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert devices.gpu_count() == 0 and len(children) == 1  # no driver: torch is not asked
+
+
+def test_devices_parsed_once_are_placed_without_parsing_again(two_of_four, monkeypatch):
+    """`start` and `export --rerank` parse `--devices` once and hand the entries on (search/devices.py: choose)."""
+    chosen = devices.choose("1,0")
+
+    def parse_again(*_args):  # type: ignore[no-untyped-def]
+        raise AssertionError("--devices parsed a second time")
+
+    monkeypatch.setattr(devices, "parse", parse_again)
+    assert gpus(devices.placements(chosen, 3)) == ["3", "2", "3"]
+    assert gpus(parallel.plan(chosen, 4)) == ["3", "2"]
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_one_device_grammar_takes_the_names_it_always_took(name):
+    from search.train import config
+
+    assert devices.check_device(name) == name
+    assert config.from_dict({"dataset": "digits", "device": name}).device == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cudax", "cuda:", "CPU", "mps"])
+def test_a_bad_device_is_one_line_wherever_it_is_given(name):
+    from search.train import config
+
+    for check in (devices.check_device, devices.resolve_device,
+                  lambda n: config.from_dict({"dataset": "digits", "device": n})):
+        with pytest.raises(SearchError) as err:
+            check(name)
+        assert err.value.message == f"device '{name}' is not known; valid: auto, cpu, cuda, cuda:N"
+
+
+def test_a_device_resolves_and_is_named():
+    assert devices.resolve_device("cpu") == torch.device("cpu")
+    assert devices.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.device_label(torch.device("cpu")) == "cpu"
+    assert devices.on_cuda("cuda:1") and not devices.on_cuda("cpu")
+    assert devices.on_cuda("auto") == torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        with pytest.raises(SearchError, match="no CUDA GPU is visible; valid here: auto, cpu"):
+            devices.resolve_device("cuda:0")

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.errors import SearchError
-from search.hpo.proxy import parse_grpc_url
+from search.hpo.store import grpc_address
 from tests.support.cli import cli_env, run, search_cmd
 from tests.support.store import FINISHED, by_state, trials_of
 from tests.support.studies import study_file
@@ -119,12 +119,12 @@ def test_without_grpcio_the_error_names_the_extra(tmp_path):
     ("grpc://[::1]:9000/", ("::1", 9000)),
 ])
 def test_grpc_urls(url, expected):
-    assert parse_grpc_url(url) == expected
+    assert grpc_address(url) == expected
 
 
 @pytest.mark.parametrize("url", ["grpc://", "grpc://127.0.0.1:0", "grpc://host:notaport", "grpc://host:99999", "grpc://host:1/db",
                                  "grpc://user:secret@host:1", "http://host:1"])
 def test_bad_grpc_urls_are_refused(url):
     with pytest.raises(SearchError, match="expected grpc://HOST:PORT") as err:
-        parse_grpc_url(url)
+        grpc_address(url)
     assert "secret" not in str(err.value)

@@ -2,16 +2,21 @@
 processes (SQLite and PostgreSQL), "database is locked" retried under every storage call a study makes, and
 password masking."""
 import multiprocessing as mp
+import re
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 from sqlalchemy import event
 
+from search.errors import SearchError
 from search.hpo.storage import open_storage
-from search.hpo.urls import mask, mask_text
+from search.hpo.store import Store, locate, mask, mask_text
 from tests import pg
 
 QUEUED, TAKERS = 40, 8
@@ -41,6 +46,72 @@ def test_passwords_are_masked():
     url = "postgresql://alice:s3cret@db.example:5432/search"
     assert mask(url) == "postgresql://alice:***@db.example:5432/search"
     assert "s3cret" not in mask_text("connection to alice:s3cret failed", url)
+
+
+@pytest.mark.parametrize(("url", "kind", "file"), [
+    ("sqlite:///search.db", "sqlite", "search.db"),
+    ("sqlite:////abs/x.db", "sqlite", "/abs/x.db"),
+    ("sqlite://", "sqlite", None),  # in memory: no file
+    ("postgresql://alice:s3cret@db:5432/search", "postgresql", None),
+    ("postgresql+psycopg2://db/search", "postgresql", None),
+    ("mysql://db/search", "mysql", None),
+    ("journal:///abs/study.log", "journal", "/abs/study.log"),
+    ("grpc://127.0.0.1:13001", "grpc", None),
+])
+def test_a_store_url_is_parsed_once_into_its_kind_and_file(url, kind, file):
+    store = Store.parse(url)
+    assert (store.kind, store.file) == (kind, Path(file) if file else None)
+    assert store.problem is None and "s3cret" not in store.masked
+    assert locate(store) is store  # a parsed store is passed down as it is, never parsed again
+
+
+def test_a_relative_journal_is_absolute_from_the_start(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Store.parse("journal:runs/x.log").file == tmp_path / "runs" / "x.log"
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("not a url", "storage URL '***' is not valid; examples: sqlite:///search.db, journal:///shared/path/study.log"),
+    ("journal://host/x.log", "names a host"),
+    ("journal:", "names no file"),
+    ("grpc://user:secret@host:1", "is not a valid gRPC proxy URL"),
+])
+def test_a_url_that_names_no_store_parses_and_says_so_where_it_is_used(tmp_path, url, says):
+    store = Store.parse(url)  # the command's other options are checked first, as before
+    assert store.kind == "invalid" and says in store.problem and "secret" not in store.problem
+    for use in (store.check, lambda: open_storage(store, heartbeat=False), store.for_cluster):
+        with pytest.raises(SearchError, match="^" + re.escape(store.problem) + "$"):
+            use()
+
+
+def test_the_store_checks_are_one_line_each(tmp_path):
+    missing = Store.parse(f"sqlite:///{tmp_path}/none.db")
+    assert missing.absent() == f"no study store at {tmp_path}/none.db"
+    with pytest.raises(SearchError, match=f"^no study store at {tmp_path}/none.db; run `search start` first"):
+        open_storage(missing, must_exist=True, heartbeat=False)
+    for url in (f"sqlite:///{tmp_path}/no/x.db", f"journal://{tmp_path}/no/x.log"):
+        with pytest.raises(SearchError, match=f"^storage folder {tmp_path}/no does not exist$"):
+            open_storage(Store.parse(url), heartbeat=False)
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "no").exists()
+    with pytest.raises(SearchError, match="not SQLite"):
+        missing.for_cluster()
+    with pytest.raises(SearchError, match="must be the database URL"):
+        Store.parse("grpc://127.0.0.1:1").database("the proxy")
+
+
+def test_the_default_store_needs_no_option_and_another_is_named_masked(monkeypatch):
+    monkeypatch.delenv("SEARCH_STORAGE", raising=False)
+    assert locate(None).url == "sqlite:///search.db" and locate(None).option() == ""
+    assert Store.parse("postgresql://a:pw@h/db").option() == " --storage postgresql://a:***@h/db"
+    monkeypatch.setenv("SEARCH_STORAGE", "journal:///x/s.log")
+    assert locate(None).kind == "journal" and locate("sqlite:///y.db").kind == "sqlite"
+
+
+def test_parsing_a_store_loads_no_database_library():
+    code = ("import sys; from search.hpo.store import Store; Store.parse('journal:///x.log'); "
+            "Store.parse('grpc://h:1'); print(sorted({'optuna', 'sqlalchemy', 'torch'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def _take_queued(url: str, barrier, results) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 traceback, nothing lost."""
 from __future__ import annotations
 
+import errno
+import os
 import random
 import shutil
 import sqlite3
@@ -10,7 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from tests.support.cli import cli_env, search_cmd
@@ -164,3 +168,105 @@ def test_a_bad_store_wait_is_one_line_before_anything_is_written(tmp_path):
     assert (proc.stdout + proc.stderr).strip() == \
         "Error: $SEARCH_STORE_WAIT_S must be a number of seconds, at least 0; got 'soon'"
     assert not (tmp_path / "search.db").exists()
+
+
+# --- the journal's file on a network filesystem that hiccups ---------------------------------------------------
+# In process, on a real journal file: the store's own backend (Optuna's JournalFileBackend, as JournalStore builds
+# it) made to fail as an NFS server's restart or timeout does, under the store's retries.
+
+
+class _Hiccups(JournalFileBackend):
+    """The journal file's backend, whose reads and appends raise OSError(``code``) as a network filesystem does:
+    every call until ``broken_until`` (time.monotonic), the ``reads_after_append`` reads after each append that
+    succeeded, and ``fsyncs`` appends that fail after their line is written."""
+
+    def __init__(self, path: Path, code: int) -> None:
+        super().__init__(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        self.path = path
+        self.code, self.broken_until, self.reads_after_append, self.fsyncs = code, 0.0, 0, 0
+        self.failed, self._owed_reads = 0, 0
+
+    def _fail(self) -> None:
+        self.failed += 1
+        raise OSError(self.code, os.strerror(self.code), str(self.path))
+
+    def read_logs(self, log_number_from: int):  # type: ignore[no-untyped-def]
+        if time.monotonic() < self.broken_until or self._owed_reads:
+            self._owed_reads = max(0, self._owed_reads - 1)
+            self._fail()
+        yield from super().read_logs(log_number_from)
+
+    def append_logs(self, logs: list) -> None:
+        if time.monotonic() < self.broken_until:
+            self._fail()
+        super().append_logs(logs)
+        self._owed_reads = self.reads_after_append
+        if self.fsyncs:
+            self.fsyncs -= 1
+            self._fail()
+
+
+@pytest.fixture
+def said(monkeypatch):  # type: ignore[no-untyped-def]
+    """This process's store state fresh (no fault recorded, no outage), and the lines its waits report."""
+    from search import errors
+    from search.hpo import faults
+
+    monkeypatch.setattr(errors, "_fault", None)
+    monkeypatch.setattr(faults, "outage", faults._Outage())
+    lines: list[str] = []
+    faults.outage.say = lines.append
+    return lines
+
+
+def _journal(tmp_path: Path, code: int):  # type: ignore[no-untyped-def]
+    from search.hpo import journal, storage
+
+    backend = _Hiccups(tmp_path / "study.log", code)
+    store = storage.retrying(journal.JournalStore)(backend.path, backend=backend)
+    return optuna.create_study(study_name="j", storage=store), backend
+
+
+def _x(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", 0, 1)
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE, errno.ETIMEDOUT], ids=["EIO", "ESTALE", "ETIMEDOUT"])
+def test_a_journal_read_or_append_failing_for_a_while_is_waited_out(tmp_path, said, code):
+    study, backend = _journal(tmp_path, code)
+    # Past the second after which an outage is reported, with room for the retries' backoff (at most 1.92 s then).
+    backend.broken_until = time.monotonic() + 3
+    study.optimize(_x, n_trials=2)
+    assert backend.failed > 0
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert len(said) == 1 and "unreachable" in said[0] and os.strerror(code) in said[0], said
+
+
+def test_a_journal_that_never_answers_is_one_line_after_the_wait(tmp_path, said, monkeypatch):
+    from search.errors import StoreFault
+
+    monkeypatch.setenv("SEARCH_STORE_WAIT_S", "1")
+    study, backend = _journal(tmp_path, errno.ESTALE)
+    backend.broken_until = float("inf")
+    started = time.monotonic()
+    with pytest.raises(StoreFault) as fault:
+        study.optimize(_x, n_trials=1)
+    assert time.monotonic() - started < 10
+    line = str(fault.value)
+    assert "\n" not in line and line.startswith(f"store journal://{backend.path} unreachable for 1 s"), line
+    assert os.strerror(errno.ESTALE) in line and "run the same command again" in line
+
+
+@pytest.mark.parametrize("what", ["the read after it", "its fsync"])
+def test_a_journal_append_that_landed_leaves_no_trial_twice_nor_one_running(tmp_path, said, what):
+    study, backend = _journal(tmp_path, errno.EIO)
+    study.enqueue_trial({"x": 0.25})  # a queued trial's claim is an append followed by a read too
+    if what == "the read after it":
+        backend.reads_after_append = 2
+    else:
+        backend.fsyncs = 6
+    study.optimize(_x, n_trials=3)
+    assert backend.failed > 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, trials
+    assert trials[0].params == {"x": 0.25}

@@ -25,7 +25,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FrozenTrial
 
 from search import env
-from search.hpo.urls import store_file
+from search.hpo.store import store_file
 
 log = logging.getLogger("search")
 ENV = "SEARCH_ARTIFACTS"
@@ -41,10 +41,7 @@ def artifact_dir(storage_url: str | None, explicit: str | os.PathLike | None = N
     from_env = env.path(ENV)
     if from_env is not None:
         return from_env
-    try:
-        db = store_file(storage_url) if storage_url else None
-    except Exception:  # not a SQLAlchemy URL (grpc://...): no default
-        db = None
+    db = store_file(storage_url) if storage_url else None
     return db.parent / "artifacts" if db is not None else None
 
 

@@ -6,6 +6,7 @@ which, and why). The wait is per process: every thread's calls share one outage 
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import random
@@ -16,11 +17,12 @@ from typing import Any, Callable
 
 from search import env
 from search.errors import StoreFault, record_fault, store_fault
-from search.hpo.urls import mask, mask_text
+from search.hpo.store import mask, mask_text
 
-STORE_WAIT_S = 120  # default seconds an unreachable store is waited for ($SEARCH_STORE_WAIT_S)
 REPORT_AFTER_S = 1.0  # an outage is reported once it lasted this long
-LOCKED_WAIT_S = 60  # SQLite's "database is locked": as long as its busy timeout
+# SQLite's busy timeout (search/hpo/storage.py sets it on every connection), and how long "database is locked" is
+# waited out here when a call fails at once (SQLITE_BUSY_SNAPSHOT) rather than waiting in SQLite.
+SQLITE_BUSY_TIMEOUT_S = 60
 
 # What the drivers say, anywhere in an error's chain. An outage: the server restarted, shut down or dropped the
 # connection (PostgreSQL: pg_terminate_backend, a failover), or a network filesystem's blip under SQLite.
@@ -32,6 +34,10 @@ _OUTAGE = ("server closed the connection", "terminating connection", "connection
            "disk i/o error", "unable to open database file", "statuscode.unavailable")
 _FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
 _DAMAGED = ("database disk image is malformed", "file is not a database", "file is encrypted or is not a database")
+# What a file store's system calls say (the journal's, search/hpo/journal.py): a network filesystem's server that
+# restarted or did not answer in time (EIO, ESTALE: the file handle went stale with it, ETIMEDOUT), or a full disk.
+_ERRNO = {errno.EIO: "outage", errno.ESTALE: "outage", errno.ETIMEDOUT: "outage", errno.ENOSPC: "full",
+          errno.EDQUOT: "full"}
 
 
 def kind(err: BaseException | None) -> str | None:
@@ -40,6 +46,8 @@ def kind(err: BaseException | None) -> str | None:
     while err is not None and seen < 20:
         if getattr(err, "connection_invalidated", False):  # SQLAlchemy's dialect saw the connection die
             return "outage"
+        if isinstance(err, OSError) and err.errno in _ERRNO:
+            return _ERRNO[err.errno]
         text = str(err).lower()
         for name, marks in (("damaged", _DAMAGED), ("full", _FULL), ("locked", _LOCKED), ("outage", _OUTAGE)):
             if any(m in text for m in marks):
@@ -57,7 +65,7 @@ def first_line(err: BaseException) -> str:
 
 
 def store_wait_s() -> float:
-    return env.seconds("SEARCH_STORE_WAIT_S", STORE_WAIT_S)
+    return env.seconds("SEARCH_STORE_WAIT_S", env.STORE_WAIT_S)
 
 
 def _say(text: str) -> None:
@@ -113,7 +121,8 @@ def came_back_within(seconds: float) -> bool:
 
 
 def patient(fn: Callable[..., Any], place: Callable[[Any], tuple[str, Path | None]], *,
-            repeated: Callable[..., Any] | None = None, outages: bool = True) -> Callable[..., Any]:
+            repeated: Callable[..., Any] | None = None, outages: bool = True,
+            inner: bool = False) -> Callable[..., Any]:
     """``fn`` (a storage method), run again while the store is locked or (``outages``) unreachable; a fault that
     does not pass, or an outage longer than the wait, raises the one-line StoreFault (recorded: later calls raise it
     at once). Only the outermost patient call in a thread retries: one inside it shares its transaction.
@@ -121,10 +130,14 @@ def patient(fn: Callable[..., Any], place: Callable[[Any], tuple[str, Path | Non
     ``place(storage)``: the store's URL and its file (None: a server), for the messages (passwords masked here).
     ``repeated(storage, err, *args)``: for a call that is not safe to repeat blindly, what an error means on a try
     after an outage (the try before may have committed as its connection died): the call's result, or it raises.
+    ``inner``: a step inside a storage call that is retried on its own even within a patient call (the journal's
+    file reads and appends: search/hpo/journal.py says why); the outer call then sees only its final fault.
     """
 
     @functools.wraps(fn)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if inner:
+            return _tries(fn, place, repeated, outages, self, args, kwargs)
         if getattr(_depth, "n", 0):
             return fn(self, *args, **kwargs)
         _depth.n = 1
@@ -155,7 +168,7 @@ def _tries(fn: Callable[..., Any], place: Callable[[Any], tuple[str, Path | None
             if what == "outage" and not outages:
                 raise
             if what is None or (what == "locked" and locked_since is not None
-                                and time.monotonic() - locked_since > LOCKED_WAIT_S):
+                                and time.monotonic() - locked_since > SQLITE_BUSY_TIMEOUT_S):
                 if after_outage and repeated is not None:
                     return repeated(self, err, *args, **kwargs)
                 raise

@@ -3,7 +3,7 @@
 SQLite's locking is unsafe on NFS, Lustre, GPFS and the like (Optuna's and SQLite's own docs say so): a study kept
 there can be corrupted silently. Optuna's JournalFileBackend appends each operation as one JSON line under a lock
 made for those filesystems (`JournalFileOpenLock`: an O_EXCL create, atomic on NFSv3 and later), and every
-process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:study.log`` (search/hpo/urls.py).
+process replays the log. URL: ``journal:///abs/path/study.log`` or ``journal:study.log`` (search/hpo/store.py).
 
 What the RDB stores do in SQL is done here through the log:
 - Taking a queued trial (WAITING -> RUNNING) is Optuna's own: the log's order decides, and only the process whose
@@ -13,11 +13,14 @@ What the RDB stores do in SQL is done here through the log:
   holding it.
 - Heartbeats, which JournalStorage lacks: each beat of a running trial is a trial system attribute holding the
   wall-clock time; a RUNNING trial whose last beat (or start) is older than the grace period is stale. The clocks
-  of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (30 s by
-  default) is far above their usual skew.
+  of the hosts that share the file are compared, as NTP keeps them on a cluster; the grace period (search/env.py:
+  GRACE_BEATS heartbeats by default) is far above their usual skew.
+- A network filesystem's hiccup (EIO, ESTALE, ETIMEDOUT from a read or an append) is waited out as a database
+  outage is (search/hpo/faults.py), each read and each append on its own: `PatientFile` says why.
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,11 +30,11 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import SearchError
-from search.hpo.urls import journal_path
+from search.hpo import faults
+from search.hpo.store import Store
 
 BEAT = "search:heartbeat"  # trial system attribute: the wall-clock time (s) of the last heartbeat
 CLAIM_SUFFIX = ".claim"  # the lock file of claim_study_attr: <file>.claim.lock
@@ -42,10 +45,14 @@ class JournalStore(JournalStorage, BaseHeartbeat):
     (`heartbeat_interval` None: no heartbeat, as RDBStorage without one)."""
 
     def __init__(self, path: Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
-        super().__init__(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+                 heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+                 backend: BaseJournalBackend | None = None) -> None:
+        """``backend``: the file's own (Optuna's JournalFileBackend under the open lock) unless given (a test's,
+        which fails as a network filesystem does)."""
         self.path = path
         self.url = f"journal://{path}" if path.is_absolute() else f"journal:{path}"  # artifacts.storage_url reads it
+        file = backend or JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        super().__init__(PatientFile(file, self.url, path))
         self._beat = heartbeat_interval
         self._grace = grace_period
         self._on_stale = heartbeat_stale_trial_callback
@@ -83,21 +90,59 @@ class JournalStore(JournalStorage, BaseHeartbeat):
         return self._on_stale
 
 
-def open_journal(url: str, cls: type[JournalStore] = JournalStore, *, must_exist: bool,
-                 **heartbeat: Any) -> JournalStore:
-    """The journal store at ``url``, as ``cls`` (JournalStore or a subclass: the store's calls retried, see
-    storage.retrying); ``must_exist``: a read-only command never creates the file."""
-    path = journal_path(url)
-    assert path is not None, url
-    path = path.absolute()  # the dashboard's server and spawned workers may run in another folder
-    if must_exist and not path.exists():
-        raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
-    if not path.parent.is_dir():
-        raise SearchError(f"storage folder {path.parent} does not exist")
+class PatientFile(BaseJournalBackend):
+    """The journal file's backend with each read and each append waited out on its own through a network
+    filesystem's hiccups, as a database outage is (faults.patient).
+
+    On its own, because each JournalStorage call appends its line and then reads the log: the whole call run again
+    after its read failed would append the line twice (a second trial created and the first left RUNNING with
+    nobody running it, or a queued trial claimed and then seen as taken by another). An append tried again after
+    a failure first looks whether its lines landed (a write that failed on fsync may have), so none is doubled.
+    """
+
+    def __init__(self, file: BaseJournalBackend, url: str, path: Path) -> None:
+        self.file, self.url, self.path = file, url, path
+        self.read_up_to = 0  # the logs read so far: an append of this process lands after them
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        logs = _read(self, log_number_from)
+        self.read_up_to = max(self.read_up_to, log_number_from + len(logs))
+        return iter(logs)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        tried: list[bool] = []
+        mine = json.loads(json.dumps(logs))  # as they read back (tuples as lists, enums as numbers)
+
+        def append(backend: PatientFile) -> None:
+            if tried:
+                landed = list(backend.file.read_logs(backend.read_up_to))
+                if all(log in landed for log in mine):
+                    return  # the failed try wrote them after all
+            tried.append(True)
+            backend.file.append_logs(logs)
+
+        faults.patient(append, _place, inner=True)(self)
+
+
+def _place(backend: PatientFile) -> tuple[str, Path]:
+    return backend.url, backend.path
+
+
+def _read_all(backend: PatientFile, log_number_from: int) -> list[dict[str, Any]]:
+    return list(backend.file.read_logs(log_number_from))  # whole: a read that fails half-way is read again
+
+
+_read = faults.patient(_read_all, _place, inner=True)
+
+
+def open_journal(store: Store, cls: type[JournalStore] = JournalStore, **heartbeat: Any) -> JournalStore:
+    """The journal store of ``store`` (its file checked by Store.open), as ``cls`` (JournalStore or a subclass: the
+    store's calls retried, see storage.retrying)."""
+    assert store.file is not None, store.url
     try:
-        return cls(path, **heartbeat)
+        return cls(store.file, **heartbeat)
     except OSError as err:
-        raise SearchError(f"cannot open storage {url}: {err.strerror or err}") from None
+        raise store.cannot_open(err.strerror or str(err)) from None
 
 
 @contextmanager

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import logging
 from typing import Callable
-from urllib.parse import urlsplit
 
 import optuna
 
 from search import env
 from search.errors import SearchError
-from search.hpo.urls import check_port, mask
+from search.hpo.store import Store
+from search.hpo.urls import check_port
 
-DEFAULT_PORT = 13000
-# A worker started together with the proxy (compose, a job script) waits this long for it to listen
-# ($SEARCH_PROXY_WAIT_S overrides it).
-READY_TIMEOUT_S = 30.0
 INSTALL_HINT = "pip install 'search[proxy]'"
 
 
@@ -42,31 +38,17 @@ def require_grpc() -> None:
                           f"{INSTALL_HINT}") from None
 
 
-def parse_grpc_url(url: str) -> tuple[str, int]:
-    """``grpc://HOST:PORT`` (PORT defaults to 13000) -> (host, port)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if (parts.scheme != "grpc" or not parts.hostname or port in (-1, 0) or parts.path not in ("", "/")
-            or parts.query or parts.username):
-        shown = mask(url) if "@" in url else url  # never echo a password, whatever the scheme
-        raise SearchError(f"storage URL '{shown}' is not a valid gRPC proxy URL; expected grpc://HOST:PORT, "
-                          f"e.g. grpc://127.0.0.1:{DEFAULT_PORT}")
-    return parts.hostname, port or DEFAULT_PORT
-
-
-def client(url: str, cls: type = optuna.storages.GrpcStorageProxy, *,
+def client(store: Store, cls: type = optuna.storages.GrpcStorageProxy, *,
            ready_timeout: float | None = None) -> optuna.storages.BaseStorage:
-    """The storage behind ``grpc://HOST:PORT``: a client (``cls``, a GrpcStorageProxy) of a running `search proxy`,
-    checked to be answering."""
-    host, port = parse_grpc_url(url)
+    """The storage behind ``grpc://HOST:PORT`` (``store``): a client (``cls``, a GrpcStorageProxy) of a running
+    `search proxy`, checked to be answering."""
+    assert store.address is not None, store.url
+    host, port = store.address
     require_grpc()
     if ready_timeout is None:
-        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", READY_TIMEOUT_S)
+        ready_timeout = env.seconds("SEARCH_PROXY_WAIT_S", env.PROXY_WAIT_S)
     storage = cls(host=host, port=port)
-    storage.url = url  # named in messages, as a database store's URL is
+    storage.url = store.url  # named in messages, as a database store's URL is
     try:
         storage.wait_server_ready(timeout=ready_timeout)
     except ConnectionError:
@@ -76,25 +58,24 @@ def client(url: str, cls: type = optuna.storages.GrpcStorageProxy, *,
     return storage
 
 
-def database_url(url: str, host: str, port: int) -> str:
-    """The URL `search proxy` serves: a database's, never another proxy's; checked, with host:port free, before the
-    store is opened."""
-    if url.startswith("grpc://"):
-        raise SearchError(f"--storage for the proxy must be the database URL (sqlite:///..., postgresql://...), "
-                          f"not another proxy ({url})")
+def database(store: Store, host: str, port: int) -> Store:
+    """The store `search proxy` serves: a database's, never another proxy's; checked, with host:port free, before
+    the store is opened."""
+    store = store.database("the proxy")
     require_grpc()
     check_port(host, port)  # before the store is opened (or created) and the banner printed
-    return url
+    return store
 
 
-def serve(rdb: optuna.storages.BaseStorage, url: str, *, host: str, port: int, echo: Callable[[str], None]) -> None:
-    """`search proxy`: serve the RDB store ``rdb`` (opened from ``url``, which `database_url` checked, without
+def serve(rdb: optuna.storages.BaseStorage, store: Store, *, host: str, port: int,
+          echo: Callable[[str], None]) -> None:
+    """`search proxy`: serve the RDB store ``rdb`` (opened from ``store``, which `database` checked, without
     heartbeats: the workers' storage is the gRPC client) over gRPC on host:port until stopped."""
     if host in ("0.0.0.0", "::", ""):
         logging.getLogger("search").warning("the storage proxy is bound to all interfaces (%s) without "
                                             "authentication: anyone who can reach this port can change studies",
                                             host)
-    echo(f"gRPC storage proxy for {mask(url)} on {host}:{port}; workers use --storage grpc://{host}:{port} "
+    echo(f"gRPC storage proxy for {store.masked} on {host}:{port}; workers use --storage grpc://{host}:{port} "
          f"(Ctrl-C to stop)")
     try:
         # get_storage wraps the RDB store in Optuna's trial cache, as run_grpc_proxy_server's docs ask.

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from search.errors import SearchError
 from search.hpo.space import Param, from_definition
 from search.hpo.storage import FINISHED, claim_study_attr, open_storage
+from search.hpo.store import Store, locate
 from search.hpo.studies import check_trial
-from search.hpo.urls import mask, resolve_url
 from search.train import config
 
 ENQUEUED = "enqueued"  # study user attribute: the study file entries queued so far, in order
@@ -92,15 +92,15 @@ class Queued:
     beyond: str | None = None  # `beyond_budget`'s line when the study's last budget does not run it
 
 
-def enqueue_file(study_name: str, storage_url: str | None, path: Path) -> Queued:
+def enqueue_file(study_name: str, storage_url: Store | str | None, path: Path) -> Queued:
     """`search enqueue`: one trial from ``path`` (a TrainConfig file or a mapping of searched parameters) into an
     existing study's queue, checked against the space and fixed values the study was created with (its stored
     definition, so the study file need not be here). Every check comes before the one write."""
-    url = resolve_url(storage_url)
-    storage = open_storage(url, must_exist=True, heartbeat=False)
+    store = locate(storage_url)
+    storage = open_storage(store, must_exist=True, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
-        raise SearchError(f"no study '{study_name}' in {mask(url)} (studies there: {', '.join(names) or 'none'}); "
+        raise SearchError(f"no study '{study_name}' in {store.masked} (studies there: {', '.join(names) or 'none'}); "
                           f"create it first with `search start --study {study_name}`")
     study = optuna.load_study(study_name=study_name, storage=storage)
     definition = study.user_attrs.get("definition")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.errors import SearchError
-from search.hpo.urls import JOURNAL, journal_path, mask, sqlite_path
+from search.hpo.store import Store, mask
 
 # sbatch's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+(:\d{1,2}){0,2})$")
@@ -45,7 +45,7 @@ class Job:
     study: str  # what the tasks pass to `search worker --study`: a shipped study's name or an absolute path
     name: str  # the study's name in the store
     workers: int
-    storage: str  # the store's URL (given to the tasks through the environment, never written in the script)
+    storage: Store  # the study store (its URL given to the tasks through the environment, never in the script)
     gpus: int = 1
     cpus: int | None = None
     mem: str | None = None
@@ -57,12 +57,17 @@ class Job:
     artifacts: Path | None = None  # the trials' files and checkpoints, a folder every node reaches
     pack: int | None = None  # `search submit --pack K`, passed on to each task's worker (None: the study file's)
 
+    @property
+    def url(self) -> str:
+        """The store's URL as the tasks on other nodes reach it (Store.for_cluster)."""
+        return self.storage.for_cluster().url
+
     def artifact_dir(self) -> Path:
         """``artifacts``, else the store's own default (beside a journal file), else artifacts/ in ``folder``:
         without one the tasks keep no checkpoints, and a stopped trial would start again from epoch 1."""
         from search.hpo.artifacts import artifact_dir
 
-        return (self.artifacts or artifact_dir(self.storage) or self.folder / "artifacts").absolute()
+        return (self.artifacts or artifact_dir(self.url) or self.folder / "artifacts").absolute()
 
 
 def check(job: Job) -> None:
@@ -80,35 +85,7 @@ def check(job: Job) -> None:
     for arg in job.sbatch_args:
         if not arg.startswith("-") or "\n" in arg:
             raise SearchError(f"--sbatch-arg {arg!r} is not an sbatch option; e.g. --sbatch-arg=--qos=long")
-    check_store(job.storage)
-
-
-def check_store(url: str) -> None:
-    """The tasks run on other nodes: the store must be one they all reach safely."""
-    if url.startswith(JOURNAL):
-        path = journal_path(url)
-        assert path is not None
-        if not path.parent.is_dir():
-            raise SearchError(f"storage folder {path.parent} does not exist")
-        return
-    if url.startswith("grpc://"):
-        return
-    try:
-        db = sqlite_path(url)
-        sqlite = url.startswith("sqlite")
-    except Exception:
-        raise SearchError(f"storage URL '{mask(url)}' is not valid; examples: journal:///shared/path/study.log, "
-                          f"postgresql://user@host:5432/db") from None
-    if sqlite:
-        where = f"journal://{(db.with_suffix('.log') if db else Path('search.log')).absolute()}"
-        raise SearchError(f"search submit needs a store that tasks on other nodes can share safely, not SQLite "
-                          f"({mask(url)}); use --storage {where} on a shared filesystem, or a PostgreSQL URL")
-
-
-def absolute(url: str) -> str:
-    """A journal URL with its path made absolute (the tasks may start elsewhere); any other URL as it is."""
-    path = journal_path(url)
-    return f"journal://{path.absolute()}" if path is not None else url
+    job.storage.for_cluster()  # the store last: one line for the first option that is wrong, in the usual order
 
 
 def launcher() -> str:
@@ -142,7 +119,7 @@ def script(job: Job) -> str:
     device = "cuda" if job.gpus else "cpu"
     lines += [
         "",
-        f"# The study store, {mask(job.storage)}, comes in $SEARCH_STORAGE from the environment of `search submit`",
+        f"# The study store, {mask(job.url)}, comes in $SEARCH_STORAGE from the environment of `search submit`",
         "# (sbatch exports it), so that no password is written here.",
         'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
         "# The trials' files and the checkpoints a stopped trial resumes from:",
@@ -193,7 +170,7 @@ def submit(job: Job, *, test_only: bool = False) -> str:
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise SearchError("sbatch is not on the PATH: run search submit on a SLURM login node")
-    env = {**os.environ, "SEARCH_STORAGE": job.storage}
+    env = {**os.environ, "SEARCH_STORAGE": job.url}
     try:
         done = subprocess.run([sbatch, "--test-only" if test_only else "--parsable", "--export=ALL"],
                               input=script(job), text=True, capture_output=True, env=env, timeout=120)

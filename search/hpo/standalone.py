@@ -20,19 +20,20 @@ from search import interrupt, quiet
 from search.errors import Interrupted, ProcessFailed, SearchError, reason, store_fault
 from search.hpo import goals, progress, queue, slots, supervisor, trial_log
 from search.hpo.storage import FINISHED, fail_running, retry_once
+from search.hpo.store import Store, locate
 from search.hpo.studies import StudySpec
-from search.hpo.urls import resolve_url, worker_id
+from search.hpo.urls import worker_id
 from search.hpo.worker import open_study, set_threads
 
 
-def standalone(spec: StudySpec, storage: str | None, *, device: str, threads: int | None, seeded: bool,
+def standalone(spec: StudySpec, storage: Store | str | None, *, device: str, threads: int | None, seeded: bool,
                allow_changes: bool, echo: Callable[[str], None]) -> int:
     """`search worker`: take this host's slot (and with it maybe a GPU), check the data, join or create the study
     and run its trials. ``seeded``: the spec's sampler seed is the worker's own (--seed); else the worker adds a
     number derived from its id, so that workers do not draw the same trials."""
-    url = resolve_url(storage)
+    store = locate(storage)
     try:
-        from search.train.engine import resolve_device  # torch: a process short of memory may fail right here
+        from search.devices import resolve_device  # loads torch: a process short of memory may fail right here
 
         slots.workers_per_host()  # a bad $SEARCH_WORKERS_PER_HOST: one line, before anything is written
         gpu = slots.take(device)  # this host's lowest free slot; its GPU is set before CUDA starts (resolve_device)
@@ -40,17 +41,17 @@ def standalone(spec: StudySpec, storage: str | None, *, device: str, threads: in
             echo(f"worker {worker_id()}: {gpu}")
         dev = str(resolve_device(device))
         supervisor.prepare_data(spec)
-        supervisor.ensure_study(spec, url, allow_changes=allow_changes)
+        supervisor.ensure_study(spec, store, allow_changes=allow_changes)
     except (SearchError, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise _failed(err, url, None, []) from None
+        raise _failed(err, store, None, []) from None
     # Not the pid alone: in containers every worker has the same one; the worker id holds the host name too.
     offset = 0 if seeded else zlib.crc32(worker_id().encode())
-    return run_worker(spec, url, trials=spec.trials, device=dev, threads=threads, seed_offset=offset, echo=echo)
+    return run_worker(spec, store, trials=spec.trials, device=dev, threads=threads, seed_offset=offset, echo=echo)
 
 
-def _failed(err: Exception, url: str, study: optuna.Study | None, numbers: list[int]) -> SearchError:
+def _failed(err: Exception, store: Store, study: optuna.Study | None, numbers: list[int]) -> SearchError:
     """The one line of a worker that failed on ``err`` (being handled); its traceback goes to the log of its trial
     (a pack's first) while its trials run (then failed, and queued to run again), else to search-worker-<id>.log.
     After a store fault, the fault's line: nothing more can be written, and the trials stay RUNNING, to resume."""
@@ -61,7 +62,7 @@ def _failed(err: Exception, url: str, study: optuna.Study | None, numbers: list[
         return fault
 
     text = traceback.format_exc()
-    folder = artifacts.artifact_dir(url)
+    folder = artifacts.artifact_dir(store.url)
     trial = numbers[0] if numbers else None
     log = trial_log.record_crash(text, study=study, trial=trial, folder=folder, worker=worker_id())
     where = log if log is not None else f"trial {trial}'s log (search status --trial {trial})"
@@ -75,7 +76,7 @@ def _failed(err: Exception, url: str, study: optuna.Study | None, numbers: list[
     return ProcessFailed(f"worker {worker_id()} failed: {reason(err)}; traceback in {where}")
 
 
-def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, seed_offset: int,
+def run_worker(spec: StudySpec, store: Store, *, trials: int, device: str, seed_offset: int,
                echo: Callable[[str], None], threads: int | None = None) -> int:
     """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
     MaxTrialsCallback; workers that already started a trial may overshoot by that trial)."""
@@ -88,11 +89,11 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
     if threads is not None:
         set_threads(device, threads)
     try:
-        study = open_study(spec, storage_url, seed_offset)
+        study = open_study(spec, store, seed_offset)
     except (SearchError, KeyboardInterrupt):
         raise
     except Exception as err:
-        raise _failed(err, storage_url, None, []) from None
+        raise _failed(err, store, None, []) from None
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done >= trials:
         echo(queue.beyond_budget(study, trials)
@@ -169,7 +170,7 @@ def run_worker(spec: StudySpec, storage_url: str, *, trials: int, device: str, s
         raise
     except Exception as err:  # outside the objective (which records its own failures): Optuna's or the store's
         board.close()
-        raise _failed(err, storage_url, study, objective.trial_numbers) from None
+        raise _failed(err, store, study, objective.trial_numbers) from None
     return 0
 
 

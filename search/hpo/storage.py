@@ -1,4 +1,5 @@
-"""The study store: Optuna's storage for a URL (search/hpo/urls.py), opened so that many workers can share it.
+"""The RDB stores (SQLite, PostgreSQL): Optuna's storage opened so that many workers can share it, and what every
+kind of store shares: the retried calls, the heartbeat settings, the trial retry.
 
 The one thing to know: every storage call goes through `retrying`, which runs again only what is safe to repeat
 (the list is below), while SQLite is locked or the store is unreachable (search/hpo/faults.py).
@@ -21,23 +22,21 @@ import sqlalchemy
 from optuna.storages._rdb import models  # Optuna's tables, for the statements of our own below
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from search import env
-from search.errors import SearchError, StoreFault
-from search.hpo import faults, journal, netfs, proxy
-from search.hpo.urls import JOURNAL, mask, mask_text, resolve_url, sqlite_path, store_file
+from search.errors import StoreFault
+from search.hpo import faults, journal, proxy
+from search.hpo.faults import SQLITE_BUSY_TIMEOUT_S
+from search.hpo.store import GRPC_KIND, JOURNAL_KIND, SQLITE, Store, locate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the states a trial budget counts
-SQLITE_BUSY_TIMEOUT_S = 60
-HEARTBEAT_S = 10  # default seconds between a running trial's heartbeats ($SEARCH_HEARTBEAT_S)
-GRACE_BEATS = 3  # a RUNNING trial silent for this many beats ($SEARCH_GRACE_S) is failed and retried
 
 
 def heartbeat_settings() -> tuple[int, int]:
     """(heartbeat interval, grace period) in whole seconds, as Optuna's RDBStorage takes them."""
-    beat = int(env.seconds("SEARCH_HEARTBEAT_S", HEARTBEAT_S, integer=True, minimum=1))
-    return beat, int(env.seconds("SEARCH_GRACE_S", GRACE_BEATS * beat, integer=True, minimum=1))
+    beat = int(env.seconds("SEARCH_HEARTBEAT_S", env.HEARTBEAT_S, integer=True, minimum=1))
+    return beat, int(env.seconds("SEARCH_GRACE_S", env.grace_s(beat), integer=True, minimum=1))
 
 
 # SQLite: every connection uses WAL (readers never block the writer) and a 60 s busy timeout. The busy timeout alone
@@ -84,7 +83,7 @@ def _retry_create_race(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-class Store(optuna.storages.RDBStorage):
+class RDBStore(optuna.storages.RDBStorage):
     """Optuna's RDBStorage, whose stale-trial check also fails the trials nobody runs and waits after an outage."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -92,8 +91,8 @@ class Store(optuna.storages.RDBStorage):
         a heartbeat and started longer ago than that (see "Which of Optuna's storage calls" above). None while the
         store came back from an outage less than a grace period ago: the heartbeats missed meanwhile are no sign of
         a dead worker, and those of live ones resume within a few seconds."""
-        beat = self.heartbeat_interval or HEARTBEAT_S
-        grace = self.grace_period or 2 * beat
+        beat = self.heartbeat_interval or env.HEARTBEAT_S
+        grace = self.grace_period or env.grace_s(beat)
         if faults.came_back_within(grace + beat):
             return []
         stale = super()._get_stale_trial_ids(study_id)
@@ -107,7 +106,7 @@ class Store(optuna.storages.RDBStorage):
         return stale + [row[0] for row in unbeaten if row[0] not in stale]
 
 
-class SQLiteStorage(Store):
+class SQLiteStorage(RDBStore):
     """The store on SQLite: taking a queued trial is atomic."""
 
     def set_trial_state_values(self, trial_id: int, state: TrialState,
@@ -220,10 +219,7 @@ def place(storage: Any) -> tuple[str, Path | None]:
     url = getattr(storage, "url", None)
     if not isinstance(url, str):
         return type(storage).__name__, None
-    try:
-        return url, store_file(url)
-    except Exception:  # a URL SQLAlchemy does not parse: no file to name
-        return url, None
+    return url, Store.parse(url).file
 
 
 def _already_set(storage: Any, err: BaseException, trial_id: int, state: TrialState,
@@ -262,85 +258,55 @@ def _quiet_heartbeat(beat: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False,
+def open_storage(store: Store | str | None = None, *, must_exist: bool = False,
                  heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open (creating tables if needed) the study store. ``must_exist``: read-only commands never create a file."""
-    url = resolve_url(url)
+    """The study store (``store``: parsed, or a URL as search/hpo/store.py's `locate` takes it) as Optuna's storage,
+    tables created if needed, each call waited out through locks and outages. ``must_exist``: read-only commands
+    never create a file; ``heartbeat``: record the running trials' heartbeats (a worker's store)."""
+    store = locate(store)
+    store.check()
     faults.store_wait_s()  # a bad $SEARCH_STORE_WAIT_S: one line now, not when the store first fails
-    if url.startswith("grpc://"):  # a `search proxy` in front of the store
-        return proxy.client(url, retrying(optuna.storages.GrpcStorageProxy))
-    if url.startswith(JOURNAL):  # a file on a shared filesystem: see search/hpo/journal.py
-        return journal.open_journal(url, retrying(journal.JournalStore), must_exist=must_exist,
-                                    **_heartbeat(heartbeat))
-    try:
-        backend = make_url(url).get_backend_name()
-    except Exception:
-        raise SearchError(f"storage URL '{mask(url)}' is not valid; examples: sqlite:///search.db, "
-                          f"postgresql://user@host:5432/db") from None
+    if store.kind == GRPC_KIND:  # a `search proxy` in front of the store
+        return proxy.client(store, retrying(optuna.storages.GrpcStorageProxy))
+    store.check_file(must_exist=must_exist)
+    if store.kind == JOURNAL_KIND:  # a file on a shared filesystem: see search/hpo/journal.py
+        return journal.open_journal(store, retrying(journal.JournalStore), **heartbeat_kwargs(heartbeat))
+    return _open_rdb(store, heartbeat=heartbeat)
+
+
+def _open_rdb(store: Store, *, heartbeat: bool) -> optuna.storages.BaseStorage:
+    """A SQLite or database server's store."""
+    url = store.url
     kwargs: dict = {}
     url_for_engine = url
-    path = sqlite_path(url)
-    if backend == "sqlite":
-        if path is not None and must_exist and not path.exists():
-            raise SearchError(f"no study store at {path}; run `search start` first or pass --storage")
-        if path is not None and not path.parent.exists():
-            raise SearchError(f"storage folder {path.parent} does not exist")
-        if path is not None:
-            refuse_network_sqlite(path)
+    if store.kind == SQLITE:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         # A server restarted or a connection dropped leaves dead connections in the pool: each is tested (a round
         # trip) when taken, and replaced if dead, rather than failing the next call.
         kwargs["pool_pre_ping"] = True
-    if backend.startswith("postgresql"):
+    if store.kind == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable server answers within 15 s
-        url_for_engine = _postgres_driver(url)
-    hb = _heartbeat(heartbeat)
-    cls = retrying(SQLiteStorage if backend == "sqlite" else Store)
+        url_for_engine = store.engine_url()
+    hb = heartbeat_kwargs(heartbeat)
+    cls = retrying(SQLiteStorage if store.kind == SQLITE else RDBStore)
     # Creating the tables races with other workers starting at the same moment: retried. A store that is
     # unreachable now is not waited for: the URL may be wrong; the wait is for one that answered and went away.
-    create = faults.patient(lambda _url: cls(url_for_engine, engine_kwargs=kwargs, **hb), lambda u: (u, path),
+    create = faults.patient(lambda _url: cls(url_for_engine, engine_kwargs=kwargs, **hb), lambda u: (u, store.file),
                             outages=False)
     try:
         return _retry_create_race(create)(url)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, optuna.exceptions.StorageInternalError) as err:
         text = str(getattr(err, "orig", None) or err).strip()
-        reason = text.splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SearchError(f"cannot open storage {mask(url)}: {mask_text(reason, url)}") from None
+        raise store.cannot_open(text.splitlines()[0] if str(err).strip() else type(err).__name__) from None
 
 
-def refuse_network_sqlite(path: Path) -> None:
-    """SQLite on NFS, Lustre, GPFS, ...: refused (search/hpo/netfs.py says why), unless the user allowed it."""
-    fs = netfs.network_filesystem(path.parent)
-    if fs is None or env.text("SEARCH_ALLOW_NETWORK_SQLITE"):
-        return
-    raise SearchError(f"{path} is on {fs}, where SQLite's file locking is unsafe and a study can be corrupted "
-                      f"silently; use --storage journal://{path.with_suffix('.log').absolute()} (made for shared "
-                      f"filesystems) or a PostgreSQL URL, or pass --allow-network-sqlite to use it anyway")
-
-
-def _heartbeat(on: bool) -> dict[str, Any]:
+def heartbeat_kwargs(on: bool) -> dict[str, Any]:
     """The heartbeat arguments of a store that records them (RDB and journal stores take the same)."""
     if not on:
         return {}
     beat, grace = heartbeat_settings()
     return dict(heartbeat_interval=beat, grace_period=grace, heartbeat_stale_trial_callback=retry_once)
-
-
-def _postgres_driver(url: str) -> str:
-    """A plain postgresql:// URL means psycopg2 to SQLAlchemy 2.0 but psycopg (3) to SQLAlchemy 2.1; the
-    `postgres` extra installs psycopg2, so name it where psycopg is missing (an explicit +driver is kept)."""
-    import importlib.util
-
-    u = make_url(url)
-    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
-        if importlib.util.find_spec("psycopg2") is None:
-            raise SearchError(f"storage {mask(url)} needs a PostgreSQL driver: pip install 'search[postgres]'")
-        return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    return url
-
-
-
 
 
 def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, interrupted: bool = False) -> None:
@@ -373,5 +339,5 @@ def fail_running(storage: optuna.storages.BaseStorage, study: optuna.Study, numb
     return trial
 
 
-for _kind in (SQLiteStorage, Store, journal.JournalStore):  # named from import on: a pickled store loads anywhere
+for _kind in (SQLiteStorage, RDBStore, journal.JournalStore):  # named from import on: a pickled store loads anywhere
     retrying(_kind)

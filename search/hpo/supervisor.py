@@ -22,9 +22,11 @@ from optuna.trial import TrialState
 
 from search import interrupt
 from search.devices import Placement, placements
+from search.devices import choose as choose_devices
 from search.errors import Interrupted, ProcessFailed, SearchError, StoreFault
 from search.hpo import faults, folds, goals, progress, queue, trial_log, worker
-from search.hpo.storage import FINISHED, fail_running, retry_once
+from search.hpo.storage import FINISHED, fail_running, open_storage, retry_once
+from search.hpo.store import Store, locate
 from search.hpo.studies import StudySpec
 from search.hpo.urls import worker_id
 
@@ -66,14 +68,12 @@ class Progress:
 
 
 class Supervisor:
-    def __init__(self, spec: StudySpec, storage_url: str, *, workers: int, trials: int, timeout: float | None,
-                 devices: str | None, seed_offset: int, echo: Callable[[str], None]) -> None:
-        from search.hpo.storage import open_storage
-
-        self.spec, self.storage_url = spec, storage_url
+    def __init__(self, spec: StudySpec, store: Store | str, *, workers: int, trials: int, timeout: float | None,
+                 devices: str | list[str] | None, seed_offset: int, echo: Callable[[str], None]) -> None:
+        self.spec, self.store = spec, locate(store)
         self.board = progress.Board(echo)  # the workers' lines, redrawn in place on a terminal
         self.echo = self.board.say  # permanent lines go above them
-        self.storage = open_storage(storage_url)
+        self.storage = open_storage(self.store)
         self.study = optuna.load_study(study_name=spec.name, storage=self.storage)
         self.already = len(self.study.get_trials(deepcopy=False, states=FINISHED))
         self.budget = trials - self.already
@@ -94,7 +94,7 @@ class Supervisor:
         parent, child = self.ctx.Pipe()
         slot.process = self.ctx.Process(
             target=worker.supervised, name=f"search-worker-{slot.index}", daemon=True,
-            args=(child, self.spec, self.storage_url, self.seed_offset + slot.index, slot.place.device,
+            args=(child, self.spec, self.store, self.seed_offset + slot.index, slot.place.device,
                   slot.place.threads))
         # Its own CUDA_VISIBLE_DEVICES; it starts deaf to Ctrl-C, and SIGTERM waits for its handler.
         interrupt.start_shielded(slot.process, slot.place.env)
@@ -193,9 +193,7 @@ class Supervisor:
 
     def _where(self) -> str:
         """The --storage a follow-up command needs: none for the default store."""
-        from search.hpo.urls import mask, resolve_url
-
-        return "" if self.storage_url == resolve_url(None) else f" --storage {mask(self.storage_url)}"
+        return self.store.option()
 
     def _status_command(self, number: int) -> str:
         return f"search status --study {self.spec.name}{self._where()} --trial {number}"
@@ -242,7 +240,7 @@ class Supervisor:
             return ""
         text = slot.crash.traceback if slot.crash else f"{reason}: it left no Python traceback\n"
         where = trial_log.record_crash(text, study=self.study, trial=trial, worker=worker_id(slot.process.pid),
-                                       folder=artifacts.artifact_dir(self.storage_url))
+                                       folder=artifacts.artifact_dir(self.store.url))
         return f"; traceback in {where}" if where is not None else f"; details: {self._status_command(trial)}"
 
     def _totals(self) -> str:
@@ -359,7 +357,7 @@ class Supervisor:
 # --- entry points for the CLI ----------------------------------------------------------------------------
 
 
-def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = False) -> optuna.Study:
+def ensure_study(spec: StudySpec, store: Store | str, *, allow_changes: bool = False) -> optuna.Study:
     """Create the study in the store, or load it; record what `status` and `export` need to read it alone.
 
     The first process to meet the study queues its file's ``enqueue`` entries (search/hpo/queue.py), once.
@@ -368,12 +366,10 @@ def ensure_study(spec: StudySpec, storage_url: str, *, allow_changes: bool = Fal
     in one study: refused with the keys that changed, before anything is written, unless ``allow_changes`` (the
     new definition is then stored, and the change recorded with its time in `definition_changes`).
     """
-    from search.hpo.storage import open_storage
-
     new = spec.definition()
     if spec.cv_folds is not None:  # made (or refused in one line) before anything is written
         new["cv_folds"] = folds.make(spec)
-    storage = open_storage(storage_url)
+    storage = open_storage(store)
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=spec.directions,
                                 load_if_exists=True)
     stored = [d.name.lower() for d in study.directions]
@@ -410,16 +406,16 @@ def prepare_data(spec: StudySpec) -> None:
             data.fetch(spec.dataset, spec.data_dir, size=size, own=data.OwnOptions.of(spec.base_config()))
 
 
-def start(spec: StudySpec, storage_url: str, *, workers: int, devices: str | None,
+def start(spec: StudySpec, store: Store, *, workers: int, devices: str | None,
           echo: Callable[[str], None], allow_changes: bool = False) -> int:
     """`search start`: check the data once, create or resume the study, run the supervised workers."""
     try:
         with interrupt.raising():  # may load torch (a GPU machine): seconds, and nothing written yet
-            placements(devices, workers)  # a bad --devices fails before anything is written
+            chosen = choose_devices(devices)  # a bad --devices fails before anything is written
         prepare_data(spec)
-        ensure_study(spec, storage_url, allow_changes=allow_changes)
+        ensure_study(spec, store, allow_changes=allow_changes)
         interrupt.check()
     except KeyboardInterrupt:  # interrupt.Stop
         raise Interrupted.before_start(interrupt.requested()) from None
-    return Supervisor(spec, storage_url, workers=workers, trials=spec.trials, timeout=spec.timeout,
-                      devices=devices, seed_offset=0, echo=echo).run()
+    return Supervisor(spec, store, workers=workers, trials=spec.trials, timeout=spec.timeout,
+                      devices=chosen, seed_offset=0, echo=echo).run()

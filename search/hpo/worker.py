@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 import optuna
 
 from search import errors, interrupt, quiet
+from search.hpo.store import Store
 from search.hpo.studies import StudySpec, make_pruner, make_sampler
 
 # --- the pipe protocol ------------------------------------------------------------------------------------
@@ -120,10 +121,10 @@ def drain(conn: Connection) -> list[Message]:
 # --- a worker process -----------------------------------------------------------------------------------
 
 
-def open_study(spec: StudySpec, storage_url: str, seed_offset: int) -> optuna.Study:
+def open_study(spec: StudySpec, store: Store, seed_offset: int) -> optuna.Study:
     from search.hpo.storage import open_storage
 
-    return optuna.load_study(study_name=spec.name, storage=open_storage(storage_url),
+    return optuna.load_study(study_name=spec.name, storage=open_storage(store),
                              sampler=make_sampler(spec, seed_offset), pruner=make_pruner(spec))
 
 
@@ -134,7 +135,7 @@ def set_threads(device: str, threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset: int, device: str,
+def supervised(conn: Connection, spec: StudySpec, store: Store, seed_offset: int, device: str,
                threads: int) -> None:
     """A supervised worker's process: one ticket, one trial (or pack), until the supervisor says stop (or sends
     SIGTERM)."""
@@ -153,7 +154,7 @@ def supervised(conn: Connection, spec: StudySpec, storage_url: str, seed_offset:
         from search.hpo.objective import Objective  # torch: a process short of memory may fail right here
 
         set_threads(device, threads)
-        study = open_study(spec, storage_url, seed_offset)
+        study = open_study(spec, store, seed_offset)
 
         def done(t: optuna.trial.FrozenTrial) -> None:
             send(Done(t.number, t.state.name, t.user_attrs.get("reason")))

@@ -7,7 +7,7 @@ import optuna
 from search.errors import SearchError
 from search.hpo import artifacts
 from search.hpo.storage import open_storage
-from search.hpo.urls import resolve_url
+from search.hpo.store import locate
 from search.results.trials import numbered, params_text, pick, value_text
 
 LOG_LINES = 30  # of a trial's log, in `search status --trial N`
@@ -28,10 +28,10 @@ def describe(study: optuna.Study, number: int, storage_url: str | None) -> str:
         pack = attrs["pack"]
         lines.append(f"pack: trained as one fused model with trials {', '.join(map(str, pack['members']))} "
                      f"(pack {pack['id']}, {pack['size']} trials)")
-    url = resolve_url(storage_url)
+    store = locate(storage_url)
     name = f"trial-{number}-log.txt"
-    text = artifacts.read_text(t, open_storage(url, must_exist=True, heartbeat=False), artifacts.artifact_dir(url),
-                               name)
+    text = artifacts.read_text(t, open_storage(store, must_exist=True, heartbeat=False),
+                               artifacts.artifact_dir(store.url), name)
     if text is None:
         lines.append(f"log: none ({name} is not in the artifact folder; set ${artifacts.ENV} where workers wrote it)")
     else:
@@ -45,9 +45,9 @@ def kept_weights(study: optuna.Study, storage_url: str | None, rank: int = 1, tr
     """The kept weights of the rank-th best trial, or of trial ``trial_number`` (`search export --weights`); one
     line if there are none."""
     trial = pick(study, rank, trial_number)
-    url = resolve_url(storage_url)
-    data = artifacts.read_bytes(trial, open_storage(url, must_exist=True, heartbeat=False),
-                                artifacts.artifact_dir(url), f"trial-{trial.number}-model.pt")
+    store = locate(storage_url)
+    data = artifacts.read_bytes(trial, open_storage(store, must_exist=True, heartbeat=False),
+                                artifacts.artifact_dir(store.url), f"trial-{trial.number}-model.pt")
     if data is None:
         raise SearchError(f"trial {trial.number}'s weights were not kept: the study file keeps the best trials' "
                           f"weights with keep_best_weights: true; without --weights, export the configuration and "

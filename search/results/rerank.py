@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search import interrupt
+from search.devices import choose as choose_devices
 from search.errors import SearchError
 from search.results.trials import ranked, trial_config
 from search.train import config, ensemble, parallel, replicates
@@ -88,14 +89,14 @@ def rerank(study: optuna.Study, out: Path, k: int, seeds: int, *, devices: str |
         raise SearchError(f"folder {out.parent} does not exist; create it or choose another -o path")
     if ensemble is not None:
         _check_ensemble(*ensemble, k)
-    if devices is not None:
-        parallel.plan(devices, seeds)  # a bad entry is one line here, before anything is trained
+    # Parsed once, here: a bad entry is one line before anything is trained.
+    chosen = choose_devices(devices) if devices is not None else None
     plans = _plan(study, k, seeds, folder)
     say = say or (lambda _line: None)
     say(f"retraining the {len(plans)} best trials ({', '.join(str(p[0].number) for p in plans)}) with {seeds} "
         f"seed{'s' if seeds > 1 else ''} each: {len(plans) * seeds} runs in {folder}")
-    if devices is not None:  # every trial's seeds in one pool: no device waits while another trial finishes
-        done = _train_pooled(plans, seeds, devices, on_run, say)
+    if chosen is not None:  # every trial's seeds in one pool: no device waits while another trial finishes
+        done = _train_pooled(plans, seeds, chosen, on_run, say)
     else:
         done = []
         for trial, rank, cfg, where, runs in plans:
@@ -183,7 +184,7 @@ def _train(trial: FrozenTrial, rank: int, cfg: TrainConfig, folder: Path, seeds:
     return Candidate(trial, rank, cfg, folder, summary)
 
 
-def _train_pooled(plans: list[Plan], seeds: int, devices: str, on_run: OnRun | None,
+def _train_pooled(plans: list[Plan], seeds: int, devices: list[str], on_run: OnRun | None,
                   say: Callable[[str], None]) -> list[Candidate]:
     """All K x N runs handed to one pool over ``devices``; each trial's summary.json is written as soon as its own
     runs are done, so a Ctrl-C keeps the trials that finished, as the sequential path does."""

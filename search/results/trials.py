@@ -12,8 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import SearchError
 from search.hpo import goals
 from search.hpo.storage import open_storage
+from search.hpo.store import Store, locate
 from search.hpo.studies import list_study_files
-from search.hpo.urls import mask, resolve_url, store_file
 from search.train import config
 from search.train.config import TrainConfig
 
@@ -21,13 +21,13 @@ from search.train.config import TrainConfig
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 
 
-def load(study_name: str, storage_url: str | None) -> optuna.Study:
+def load(study_name: str, storage_url: Store | str | None) -> optuna.Study:
     """An existing study, read-only: a missing store or study is one line, and nothing is created."""
-    url = resolve_url(storage_url)
-    storage = open_storage(url, must_exist=True, heartbeat=False)
+    store = locate(storage_url)
+    storage = open_storage(store, must_exist=True, heartbeat=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name not in names:
-        raise SearchError(f"no study '{study_name}' in {mask(url)}; studies there: {', '.join(names) or 'none'}")
+        raise SearchError(f"no study '{study_name}' in {store.masked}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
@@ -60,19 +60,18 @@ def export(study: optuna.Study, out: Path, rank: int = 1, trial_number: int | No
     return cfg, trial
 
 
-def listing(storage_url: str | None) -> Iterator[str]:
+def listing(storage_url: Store | str | None) -> Iterator[str]:
     """`search studies`: the study files, and the studies in the store with their trial counts (the files come
     first, whatever the store's state)."""
     yield "study files:"
     for name, path in list_study_files().items():
         yield f"  {name:<16} {path}"
-    url = resolve_url(storage_url)
-    path = store_file(url)
-    if path is not None and not path.exists():
-        yield f"no study store at {path} yet"
+    store = locate(storage_url)
+    if store.absent():
+        yield f"{store.absent()} yet"
         return
-    summaries = optuna.get_all_study_summaries(open_storage(url, heartbeat=False), include_best_trial=False)
-    yield f"studies in {mask(url)}:" + ("" if summaries else " none")
+    summaries = optuna.get_all_study_summaries(open_storage(store, heartbeat=False), include_best_trial=False)
+    yield f"studies in {store.masked}:" + ("" if summaries else " none")
     for s in summaries:
         yield f"  {s.study_name:<16} {s.n_trials} trials"
 

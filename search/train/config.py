@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from search.devices import check_device
 from search.errors import SearchError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -275,8 +276,7 @@ def validate(cfg: TrainConfig) -> None:
         raise SearchError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise SearchError(f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
-    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
-        raise SearchError(f"device '{cfg.device}' is not known; valid: auto, cpu, cuda, cuda:N")
+    check_device(cfg.device)
     _check_augmentation(cfg)
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, key) < 0.5:

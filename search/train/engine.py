@@ -30,7 +30,7 @@ from torch import nn
 
 from models import ModelError, build_model
 from search import interrupt
-from search.devices import physical_name, visible
+from search.devices import device_label, resolve_device  # noqa: F401 (device_label: objective's engine.device_label)
 from search.errors import SearchError
 from search.train import config, graphs, predictions
 from search.train.augment import make_augment, tta_views
@@ -55,20 +55,6 @@ log = logging.getLogger("search")
 OnEpoch = Callable[[int, dict[str, float]], bool | None]
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first GPU if there is one, else the CPU. Asking for CUDA without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SearchError(f"device '{name}' was asked for but no CUDA GPU is visible; valid here: auto, cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SearchError(f"device '{name}' does not exist; valid: cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        return dev
-    return torch.device(name)
-
-
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain float32.
 
@@ -90,21 +76,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
                               f"valid on the CPU: auto, bf16, fp32")
         return torch.float16
     raise SearchError(f"precision '{name}' is not known; valid: auto, bf16, fp16, fp32")
-
-
-def device_label(device: torch.device) -> str:
-    """Which card a worker trains on: "cuda:0 = GPU 2 (NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0)"; "cpu" else.
-
-    Every supervised worker sees its card as cuda:0 through CUDA_VISIBLE_DEVICES; this names the physical one.
-    """
-    if device.type != "cuda":
-        return str(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    props = torch.cuda.get_device_properties(index)
-    details = [props.name]
-    if all(hasattr(props, k) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
-        details.append(f"PCI {props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
-    return f"cuda:{index} = {physical_name(index, visible())} ({', '.join(details)})"
 
 
 def _grad_scaler(enabled: bool) -> Any:

@@ -35,6 +35,7 @@ import torch
 
 from models import ModelError, build_model
 from search import interrupt
+from search.devices import on_cuda
 from search.errors import SearchError
 from search.train.config import TrainConfig
 from search.train.data import Data, OwnOptions, Split, get_info, load
@@ -69,7 +70,7 @@ def unsupported(cfg: TrainConfig) -> str | None:
     if cfg.pretrained:
         return (f"pretrained {cfg.architecture} does not fuse into a pack yet (its ImageNet input stage widens grey "
                 f"images to 3 channels inside the model)")
-    if cfg.compile and (cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())):
+    if cfg.compile and on_cuda(cfg.device):
         # (on the CPU a lone run ignores compile: true too)
         return "compile: true does not fuse into a pack yet (the fused model runs uncompiled)"
     info = get_info(cfg.dataset)

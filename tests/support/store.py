@@ -10,7 +10,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from search.hpo.urls import sqlite_path
+from search.hpo.store import SQLITE, Store
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -24,8 +24,9 @@ def reader(store: Path | str) -> Iterator[optuna.storages.RDBStorage | None]:
     it is opened only once alembic's row, written last, is there). It closes its connections afterwards, so that
     a test's PostgreSQL database can be dropped.
     """
-    if isinstance(store, str) and sqlite_path(store) is not None:
-        store = sqlite_path(store)
+    parsed = Store.parse(store) if isinstance(store, str) else None
+    if parsed is not None and parsed.kind == SQLITE and parsed.file is not None:
+        store = parsed.file
     if isinstance(store, Path):
         if not store.exists():
             yield None
