@@ -171,6 +171,29 @@ def submit(study: str, workers: int, gpus: int, cpus: int | None, mem: str | Non
                           allow_changes=allow_changes), nl=False)
 
 
+FRACTION = click.FloatRange(0, 0.5, max_open=True)
+
+
+@main.command("init", short_help="A study file for your own images: a folder, a CSV or an .npz.")
+@click.argument("data", metavar="DATA")
+@click.option("--name", help="The study's name (default: the folder's or file's name).")
+@click.option("--size", type=int, help="Image side: 28, 64, 128 or 224 px (default: 64 for 96 px images, else 28).")
+@click.option("--val-fraction", type=FRACTION, default=0.1, show_default=True, help="Val share of a class, if drawn.")
+@click.option("--test-fraction", type=FRACTION, default=0.1, show_default=True, help="Test share, if drawn.")
+@click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of that draw.")
+@click.option("--skip-bad-images", "skip_bad", is_flag=True, help="Leave out (and count) unreadable image files.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: studies/NAME.yaml.")
+@click.option("--force", is_flag=True, help="Replace a study file that exists.")
+@stops_at_safe_points
+def init_(data: str, **options) -> None:  # type: ignore[no-untyped-def]
+    """Look at DATA (a folder of class folders, a CSV of path,label[,split] rows, or a MedMNIST-layout .npz),
+    convert its images once, and write a study file for it (docs/own-data.md)."""
+    from search.hpo import init_study
+
+    written = init_study.write(data, **options)
+    click.echo(f"{written.summary}\n{written.path} written; run: search start --study {written.name} --workers 2")
+
+
 @main.command(short_help="A study's progress and best trials, or one trial in detail.")
 @STUDY
 @storage_option()

@@ -10,8 +10,8 @@ from search import interrupt
 from search.errors import Interrupted, SearchError, store_fault
 
 # `search --help` lists the commands in the order a user meets them; a command left out comes last.
-COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "predict", "enqueue", "worker", "submit",
-                 "studies", "proxy")
+COMMAND_ORDER = ("start", "status", "dashboard", "export", "train", "report", "predict", "init", "enqueue", "worker",
+                 "submit", "studies", "proxy")
 
 
 class OneLineErrors(click.Group):

@@ -50,7 +50,8 @@ def matches_one_of(out: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
 
 
 def test_parse_policy() -> None:
-    assert POLICIES == ("none", "flip", "dihedral", "crop", "color")
+    assert POLICIES == ("none", "flip", "dihedral", "crop", "color", "affine", "rcrop", "gamma", "contrast", "blur",
+                        "noise", "erase", "trivial")
     assert parse_policy("none") == ()
     assert parse_policy(" none ") == ()
     assert parse_policy("color") == ("color",)
@@ -71,15 +72,16 @@ def test_parse_policy_errors(spec: str, named: str) -> None:
     assert info.value.exit_code == 2
     if spec in ("rotate", "flip+jitter"):
         assert message == (
-            f"unknown augmentation {named}; valid: none, flip, dihedral, crop, color, "
-            "or a combination such as dihedral+color"
+            f"unknown augmentation {named}; valid: none, flip, dihedral, crop, color, affine, rcrop, gamma, "
+            "contrast, blur, noise, erase, trivial, each with an optional strength (affine@0.3), or a "
+            "combination such as dihedral+color"
         )
 
 
 def test_none_is_skipped() -> None:
     assert make_augment("none", channels=3) is None
     with pytest.raises(SearchError):
-        make_augment("blur", channels=1)
+        make_augment("swirl", channels=1)
 
 
 def test_takes_images_only() -> None:

@@ -60,7 +60,7 @@ def four(data_dir: str, **common) -> list[TrainConfig]:
     return [config(data_dir, **common, lr=1e-3, seed=0),
             config(data_dir, **common, lr=3e-3, dropout=0.2, augmentation="flip", seed=1),
             config(data_dir, **common, lr=1e-3, weight_decay=1e-2, label_smoothing=0.1, dropout=0.0, seed=2),
-            config(data_dir, **common, lr=5e-4, augmentation="dihedral+crop", schedule="cosine", warmup_epochs=0.5,
+            config(data_dir, **common, lr=5e-4, augmentation="flip+crop", schedule="cosine", warmup_epochs=0.5,
                    seed=3)]
 
 

@@ -53,13 +53,14 @@ def stratified(labels: np.ndarray, k: int, seed: int, *, dataset: str) -> list[i
 def make(spec: StudySpec) -> dict[str, Any]:
     """The folds of ``spec`` as its definition stores them: {"k", "seed", "assignment"} (train images first, then
     val, in the split's order)."""
+    from search.train import data
     from search.train.data import get_info, prepare
 
     assert spec.cv_folds is not None
     if get_info(spec.dataset).multi_label:
         raise SearchError(f"cv_folds: {spec.dataset} is a multi-label task, which has no one class per image to "
                           f"stratify folds by; remove cv_folds")
-    arrays = prepare(spec.dataset, spec.data_dir, spec.sizes()[0])
+    arrays = prepare(spec.dataset, spec.data_dir, spec.sizes()[0], data.OwnOptions.of(spec.base_config()))
     labels = np.concatenate([arrays["train"][1], arrays["val"][1]]).reshape(-1)
     return {"k": spec.cv_folds, "seed": spec.cv_seed,
             "assignment": stratified(labels, spec.cv_folds, spec.cv_seed, dataset=spec.dataset)}

@@ -403,7 +403,7 @@ def prepare_data(spec: StudySpec) -> None:
 
     with interrupt.raising():  # a download cannot poll: Ctrl-C stops it at once
         for size in spec.sizes():
-            data.fetch(spec.dataset, spec.data_dir, size=size)
+            data.fetch(spec.dataset, spec.data_dir, size=size, own=data.OwnOptions.of(spec.base_config()))
 
 
 def start(spec: StudySpec, store: Store, *, workers: int, devices: str | None,

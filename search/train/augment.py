@@ -21,6 +21,13 @@ Policies (``spec`` is one name or a ``+``-joined combination applied left to rig
   saturation ``s * x + (1 - s) * grey(x)``, s in [0.8, 1.2] (RGB only);
   hue: rotation of the chroma (I, Q) plane of YIQ by h turns, h in [-0.05, 0.05] (RGB only).
   ``grey`` is ITU-R 601 luma. For one channel only brightness and contrast apply.
+- ``affine``, ``rcrop``, ``gamma``, ``contrast``, ``blur``, ``noise``, ``erase``, ``trivial``: search/train/
+  augment_ops.py, each at a strength in [0, 1].
+
+Strength: ``name@m`` (e.g. ``affine@0.3+color@0.4``), else the config's ``aug_strength``, else each policy's
+default. ``crop@m`` shifts by up to 2/7 of the side at m = 1 (m = 0.5: 4 px at 28 px); ``color@m`` draws its
+factors in [1 - m, 1 + m] and the hue in +-m/4 turns (m = 0.2: the default). ``flip`` and ``dihedral`` take none.
+Without a strength, ``crop`` and ``color`` are the fixed ops above, bit for bit.
 """
 from __future__ import annotations
 
@@ -31,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from search.train.config import POLICIES, parse_policy  # noqa: F401  (POLICIES: part of this module's API)
+from search.train import augment_ops
+from search.train.config import FIXED_POLICIES, POLICIES, parse_ops, parse_policy  # noqa: F401  (this module's API)
+from search.train.data import Limits
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -119,21 +128,21 @@ def _hue_matrices(turns: Tensor) -> Tensor:
     return to_rgb @ rotation @ to_yiq
 
 
-def _color(x: Tensor, generator: torch.Generator) -> Tensor:
+def _color(x: Tensor, generator: torch.Generator, radius: float = COLOR_RANGE, hue: float = HUE_RANGE) -> Tensor:
     n, c = x.shape[:2]
     rgb = c == 3
     if c not in (1, 3):
         raise ValueError(f"color augmentation needs 1 or 3 channels, got {c}")
-    x = (x * _uniform(n, COLOR_RANGE, x, generator)).clamp(0, 1)
+    x = (x * _uniform(n, radius, x, generator)).clamp(0, 1)
     grey = _grey(x) if rgb else x
     mean = grey.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = _uniform(n, COLOR_RANGE, x, generator)
+    contrast = _uniform(n, radius, x, generator)
     x = (contrast * x + (1 - contrast) * mean).clamp(0, 1)
     if not rgb:
         return x
-    saturation = _uniform(n, COLOR_RANGE, x, generator)
+    saturation = _uniform(n, radius, x, generator)
     x = (saturation * x + (1 - saturation) * _grey(x)).clamp(0, 1)
-    turns = HUE_RANGE * (2 * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) - 1)
+    turns = hue * (2 * torch.rand(n, generator=generator, device=x.device, dtype=x.dtype) - 1)
     x = torch.einsum("nij,njhw->nihw", _hue_matrices(turns), x)
     return x.clamp(0, 1)
 
@@ -141,20 +150,42 @@ def _color(x: Tensor, generator: torch.Generator) -> Tensor:
 _OPS: dict[str, Augment] = {"flip": _flip, "dihedral": _dihedral, "crop": _crop, "color": _color}
 
 
-def make_augment(spec: str, *, channels: int) -> Augment | None:
-    """The augmentation for ``spec`` on ``channels``-channel images, or ``None`` for ``"none"``.
+def _op(name: str, strength: float | None, limits: Limits) -> Augment:
+    """One op of a policy at ``strength`` (None: its default; today's crop and color exactly)."""
+    if strength is None and name in _OPS:
+        return _OPS[name]
+    if name == "crop":  # strength 0.5 shifts by up to 4 px at 28 px, as the default does (2/7 of the side at 1)
+        return lambda x, g: _crop(x, g, pad=max(1, round(strength * x.shape[-1] * 2 / 7)))
+    if name == "color":  # strength 0.2 is the default's ranges
+        return lambda x, g: _color(x, g, radius=strength, hue=strength / 4)
+    op = augment_ops.OPS[name]
+    m = augment_ops.DEFAULT_STRENGTH[name] if strength is None else strength
+
+    def run(x: Tensor, g: torch.Generator) -> Tensor:
+        return op(x, torch.full((x.shape[0],), m, device=x.device, dtype=x.dtype), g, limits)
+
+    return run
+
+
+def make_augment(spec: str, *, channels: int, strength: float | None = None,
+                 limits: Limits | None = None) -> Augment | None:
+    """The augmentation for ``spec`` on ``channels``-channel images, or ``None`` for ``"none"``. ``strength``: that
+    of every op the spec gives none (TrainConfig.aug_strength); ``limits``: the dataset's rule (data.augment_limits).
 
     >>> augment = make_augment("dihedral+color", channels=3)
     >>> x = torch.rand(8, 3, 28, 28)
     >>> augment(x, torch.Generator().manual_seed(0)).shape
     torch.Size([8, 3, 28, 28])
     """
-    names = parse_policy(spec)
-    if not names:
+    parsed = parse_ops(spec)
+    if not parsed:
         return None
+    names = tuple(name for name, _ in parsed)
     if "color" in names and channels not in (1, 3):
         raise ValueError(f"color augmentation needs 1 or 3 channels, got {channels}")
-    ops = [_OPS[name] for name in names]
+    limits = limits or Limits()
+    ops = [_op(name, own if own is not None else strength if name not in FIXED_POLICIES else None, limits)
+           for name, own in parsed]
 
     def augment(x: Tensor, generator: torch.Generator) -> Tensor:
         if x.ndim != 4 or x.shape[1] != channels:

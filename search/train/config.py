@@ -65,6 +65,23 @@ class TrainConfig:
     # the capture) never; auto captures where bench/gpu_proof.py's figures say it pays: nowhere yet.
     graphs: str = "off"
     size: int = 28  # image side in pixels: those of the dataset (data.DatasetInfo.sizes: 28, and MedMNIST+ 64-224)
+    # Own data (dataset folder:, csv:, npz:; search/train/owndata.py) whose source names no split: the fractions of
+    # each class drawn into val and test, and the seed of that draw. Ignored by the shipped datasets.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    skip_bad_images: bool = False  # own data: leave out (and count) files that are no readable image
+    # The strength in [0, 1] of every augmentation policy the spec gives none (`affine` rather than `affine@0.3`);
+    # None: each policy's default (today's crop and color for those two; search/train/augment_ops.py).
+    aug_strength: float | None = None
+    # Mixing of training pairs (search/train/mixing.py): none, mixup or cutmix, with the Beta(alpha, alpha) draw of
+    # the share and the probability that a batch is mixed. Validation and test images are never mixed.
+    mix: str = "none"
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    # Own data only: the flips and quarter turns that keep its labels (none, flip, dihedral): what augmentation
+    # and test-time views may use. None: none. The shipped datasets' rule is the registry's.
+    symmetry: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -160,14 +177,54 @@ def choice(key: str, value: Any, valid: tuple[str, ...] | list[str], *, source: 
 
 # Augmentation policies (search/train/augment.py applies them): named here, where every value is checked, so that
 # checking a config needs no torch.
-POLICIES: tuple[str, ...] = ("none", "flip", "dihedral", "crop", "color")
+POLICIES: tuple[str, ...] = ("none", "flip", "dihedral", "crop", "color", "affine", "rcrop", "gamma", "contrast",
+                              "blur", "noise", "erase", "trivial")
+# Policies without a strength (a flip is a flip); every other takes `name@m`, m in [0, 1].
+FIXED_POLICIES = ("flip", "dihedral")
+MIXES = ("none", "mixup", "cutmix")
 
 
 def _invalid(part: str) -> SearchError:
     valid = ", ".join(POLICIES)
     return SearchError(
-        f"unknown augmentation {part!r}; valid: {valid}, or a combination such as dihedral+color"
+        f"unknown augmentation {part!r}; valid: {valid}, each with an optional strength (affine@0.3), or a "
+        f"combination such as dihedral+color"
     )
+
+
+def parse_ops(spec: str) -> tuple[tuple[str, float | None], ...]:
+    """(name, strength or None) of each op of ``spec``, in order of application; ``()`` for ``"none"``.
+
+    >>> parse_ops(" dihedral + color@0.4 ")
+    (('dihedral', None), ('color', 0.4))
+    """
+    ops = []
+    for part in str(spec).split("+"):
+        name, at, value = part.strip().lower().partition("@")
+        name = name.strip()
+        if name not in POLICIES:
+            raise _invalid(name)
+        strength = None
+        if at:
+            if name in (*FIXED_POLICIES, "none"):
+                raise SearchError(f"augmentation {spec!r}: {name} takes no strength; write {name} alone")
+            try:
+                strength = number(value.strip(), integer=False)
+            except ValueError:
+                strength = -1.0
+            if not 0 <= strength <= 1:
+                raise SearchError(f"augmentation {spec!r}: the strength of {name} must be a number in [0, 1], "
+                                  f"got {value.strip()!r}")
+        ops.append((name, strength))
+    names = [name for name, _ in ops]
+    if names == ["none"]:
+        return ()
+    if "none" in names:
+        raise SearchError(f"augmentation {spec!r} combines 'none' with other policies; use 'none' alone")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SearchError(f"augmentation {spec!r} names {repeated[0]!r} twice; name each policy once")
+    return tuple(ops)
 
 
 def parse_policy(spec: str) -> tuple[str, ...]:
@@ -176,18 +233,7 @@ def parse_policy(spec: str) -> tuple[str, ...]:
     >>> parse_policy(" dihedral + color ")
     ('dihedral', 'color')
     """
-    parts = [part.strip().lower() for part in str(spec).split("+")]
-    for part in parts:
-        if part not in POLICIES:
-            raise _invalid(part)
-    if parts == ["none"]:
-        return ()
-    if "none" in parts:
-        raise SearchError(f"augmentation {spec!r} combines 'none' with other policies; use 'none' alone")
-    repeated = sorted({part for part in parts if parts.count(part) > 1})
-    if repeated:
-        raise SearchError(f"augmentation {spec!r} names {repeated[0]!r} twice; name each policy once")
-    return tuple(parts)
+    return tuple(name for name, _ in parse_ops(spec))
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -208,7 +254,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.keep_epoch_by is not None:
         choice("keep_epoch_by", cfg.keep_epoch_by, EPOCH_METRICS)
     choice("tta", cfg.tta, TTA)
-    get_info(cfg.dataset).check_tta(cfg.tta)
+    if cfg.symmetry is not None:
+        choice("symmetry", cfg.symmetry, TTA)
+    get_info(cfg.dataset).check_tta(cfg.tta, cfg.symmetry)
     choice("precision", cfg.precision, PRECISIONS)
     choice("graphs", cfg.graphs, GRAPHS)
     get_info(cfg.dataset).check_size(cfg.size)
@@ -229,7 +277,37 @@ def validate(cfg: TrainConfig) -> None:
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise SearchError(f"warmup_epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
     check_device(cfg.device)
-    parse_policy(cfg.augmentation)
+    _check_augmentation(cfg)
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, key) < 0.5:
+            raise SearchError(f"{key} must be in [0, 0.5), got {getattr(cfg, key)}")
+
+
+def _check_augmentation(cfg: TrainConfig) -> None:
+    """The policy, its strengths and mixing, against what keeps the dataset's labels (data.DatasetInfo's rule)."""
+    from search.train.data import augment_limits, get_info
+    from search.train.owndata import is_own
+
+    ops = parse_ops(cfg.augmentation)
+    if cfg.aug_strength is not None and not 0 <= cfg.aug_strength <= 1:
+        raise SearchError(f"aug_strength must be in [0, 1], got {cfg.aug_strength}")
+    choice("mix", cfg.mix, MIXES)
+    if not cfg.mix_alpha > 0:
+        raise SearchError(f"mix_alpha must be greater than 0, got {cfg.mix_alpha}")
+    if not 0 <= cfg.mix_prob <= 1:
+        raise SearchError(f"mix_prob must be in [0, 1], got {cfg.mix_prob}")
+    info = get_info(cfg.dataset)
+    limits = augment_limits(info, cfg.symmetry)
+    for name, strength in ops:
+        if name == "flip" and limits.symmetry == "none" or name == "dihedral" and limits.symmetry != "dihedral":
+            raise SearchError(f"augmentation {name} can change the labels of {info.name} (its images have an "
+                              f"orientation); its flips and turns: {limits.symmetry}"
+                              f"{'; own data names them in its symmetry key' if is_own(info.name) else ''}")
+        m = strength if strength is not None else cfg.aug_strength
+        if name == "affine" and m is not None and 30 * m > limits.max_rotation:
+            raise SearchError(f"augmentation affine at strength {m:g} rotates up to {30 * m:g} degrees; "
+                              f"{info.name} allows {limits.max_rotation:g} (affine@{limits.max_rotation / 30:g} "
+                              f"at most)")
 
 
 def from_dict(values: Any, *, source: str = "config") -> TrainConfig:

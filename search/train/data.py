@@ -22,7 +22,8 @@ import numpy as np
 
 from search import env
 from search.errors import SearchError
-from search.train import readers
+from search.train import owndata, readers
+from search.train.owndata import OwnOptions
 from search.train.readers import (  # noqa: F401  (re-exported: data.SPLITS, data.read_idx, ...)
     DIGITS_SPLIT_SEED,
     MNIST_FILES,
@@ -66,9 +67,10 @@ class DatasetInfo:
     def multi_label(self) -> bool:
         return is_multi_label(self.task)
 
-    def check_tta(self, tta: str) -> None:
-        """The one check of a test-time augmentation against the views that keep this dataset's labels."""
-        allowed = TTA[:TTA.index(self.tta) + 1]
+    def check_tta(self, tta: str, symmetry: str | None = None) -> None:
+        """The one check of a test-time augmentation against the views that keep this dataset's labels (own data:
+        the config's ``symmetry``)."""
+        allowed = TTA[:TTA.index(augment_limits(self, symmetry).symmetry) + 1]
         if tta in TTA and tta not in allowed:
             raise SearchError(f"tta {tta!r} can change the labels of {self.name} (its images have an orientation); "
                               f"valid for {self.name}: {', '.join(allowed)}")
@@ -78,6 +80,30 @@ class DatasetInfo:
         if isinstance(size, bool) or size not in self.sizes:
             raise SearchError(f"size {size!r} does not exist for {self.name}; valid: "
                               f"{', '.join(map(str, self.sizes))} (pixels)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What keeps a dataset's labels under augmentation: its flips and quarter turns (none, flip or dihedral: those
+    of its test-time views) and the largest rotation in degrees (search/train/augment_ops.py keeps to both)."""
+    symmetry: str = "dihedral"
+    max_rotation: float = 180.0
+
+
+# The rotation a dataset without the dihedral symmetry keeps its labels under: a digit or a chest X-ray turned by
+# 15 degrees is still itself (MNIST's own augmentation studies rotate by up to 15; X-rays are taken within a few).
+SMALL_ROTATION = 15.0
+
+
+def augment_limits(info: DatasetInfo, symmetry: str | None = None) -> Limits:
+    """The dataset's rule: the registry's tta for the shipped datasets; the config's ``symmetry`` for own data
+    (default none: nothing says a flip keeps its labels)."""
+    own = owndata.is_own(info.name)
+    if symmetry is not None and not own:
+        raise SearchError(f"symmetry is set for own data only; {info.name}'s flips and turns are the registry's: "
+                          f"{info.tta}")
+    kept = (symmetry or "none") if own else info.tta
+    return Limits(kept, 180.0 if kept == "dihedral" else SMALL_ROTATION)
 
 
 @dataclass(frozen=True)
@@ -105,7 +131,7 @@ def is_multi_label(task: str) -> bool:
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
-_CACHE: dict[tuple[str, str, str, int], Data] = {}
+_CACHE: dict[tuple, Data] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
@@ -136,12 +162,18 @@ def list_datasets() -> list[str]:
 
 
 def is_dataset(name: str) -> bool:
+    if owndata.is_own(name):
+        return True  # what the source holds is checked where it is read (get_info), with the file at fault named
     if name not in _REGISTRY:
         _with_medmnist()
     return name in _REGISTRY
 
 
 def get_info(name: str) -> DatasetInfo:
+    if owndata.is_own(name):
+        from search.train import owninfo  # builds a DatasetInfo: imported here, below this module
+
+        return owninfo.info(name)
     if not is_dataset(name):
         raise SearchError(f"dataset '{name}' is not known; valid: {', '.join(list_datasets())}")
     return _REGISTRY[name]
@@ -149,7 +181,7 @@ def get_info(name: str) -> DatasetInfo:
 
 def class_names(dataset: str, k: int) -> list[str]:
     """MedMNIST's label names for the dataset's k classes; the class numbers for digits, MNIST or unknown names."""
-    labels = _REGISTRY[dataset].labels if is_dataset(dataset) else None
+    labels = get_info(dataset).labels if is_dataset(dataset) else None
     return list(labels) if labels is not None and len(labels) == k else [str(i) for i in range(k)]
 
 
@@ -164,33 +196,45 @@ def data_root(data_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".medmnist"
 
 
-def _read(info: DatasetInfo, root: Path, size: int) -> Arrays:
+def _read(info: DatasetInfo, root: Path, size: int, own: OwnOptions | None = None) -> Arrays:
     info.check_size(size)
+    if owndata.is_own(info.name):
+        own = own or OwnOptions()
+        arrays, _ = owndata.read_arrays(info.name, size, own.split, skip_bad=own.skip_bad)
+        return _checked(info, arrays, size)
     return _checked(info, info.read(root, True, size), size)
 
 
-def prepare(name: str, data_dir: str | None = None, size: int = 28) -> Arrays:
+def prepare(name: str, data_dir: str | None = None, size: int = 28, own: OwnOptions | None = None) -> Arrays:
     """Make sure the dataset's files are present (downloading them if missing) and readable."""
-    return _read(get_info(name), data_root(data_dir), size)
+    return _read(get_info(name), data_root(data_dir), size, own)
 
 
-def fetch(name: str, data_dir: str | None = None, size: int = 28) -> None:
-    """`prepare`, before any worker starts (`search start`, compose's init): a bundled dataset has nothing to
-    fetch, and reading it here would only load torch into a process that never trains."""
+def fetch(name: str, data_dir: str | None = None, size: int = 28, own: OwnOptions | None = None) -> None:
+    """`prepare`, before any worker starts (`search start`, `search submit`, compose's init): a bundled dataset
+    has nothing to fetch, and reading it here would only load torch into a process that never trains. Own data is
+    converted here, once, so that the workers (a SLURM array's tasks) find its image cache made."""
     info = get_info(name)
     if not info.bundled:
-        _read(info, data_root(data_dir), size)
+        _read(info, data_root(data_dir), size, own)
 
 
-def load(name: str, data_dir: str | None, device: torch.device, size: int = 28) -> Data:
-    """The dataset at ``size`` pixels on ``device``, read once per process and cached."""
+def load(name: str, data_dir: str | None, device: torch.device, size: int = 28, own: OwnOptions | None = None
+         ) -> Data:
+    """The dataset at ``size`` pixels on ``device``, read once per process and cached (``own``: how own data is
+    split and read; the shipped datasets ignore it)."""
     import torch
 
     root = data_root(data_dir)
-    key = (name, str(root.resolve()), str(device), size)
+    own = own if own is not None and owndata.is_own(name) else None
+    key = (name, str(root.resolve()), str(device), size, own)
     if key not in _CACHE:
         info = get_info(name)
-        arrays = _read(info, root, size)
+        arrays = _read(info, root, size, own)
+        if owndata.is_own(name):
+            from search.train import owninfo
+
+            owninfo.check_fits(info, arrays, device)
         splits = {s: _to_split(info, *arrays[s], device) for s in SPLITS}
         # Statistics of the training images, computed once on the host in float64 for accuracy.
         train = arrays["train"][0].reshape(len(arrays["train"][0]), -1, info.channels)

@@ -29,12 +29,13 @@ from models import ModelError, build_model
 from search import interrupt
 from search.devices import device_label, resolve_device
 from search.errors import SearchError
-from search.train import config, graphs, loop, prediction_files
+from search.train import config, graphs, loop, owninfo, prediction_files
 from search.train.augment import make_augment, tta_views
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import Data, DatasetInfo, Split, fold_data, load
+from search.train.data import Data, DatasetInfo, OwnOptions, Split, augment_limits, fold_data, load
 from search.train.loop import FitResult, OnEpoch
 from search.train.metrics import class_results, evaluate_scores, predict
+from search.train.mixing import make_mixer, mixed_loss
 from search.train.scoring import EVAL_BATCH, eval_batch, normalise, probabilities, scaled, score
 
 log = logging.getLogger("search")
@@ -106,7 +107,9 @@ class Trainer:
             # In place (nn.Module.compile), so state_dict keys stay those of the plain model. (Inductor's note that
             # TF32 is off is silenced in search/quiet.py.)
             self.model.compile()
-        self.augment = make_augment(cfg.augmentation, channels=info.channels)
+        self.augment = make_augment(cfg.augmentation, channels=info.channels, strength=cfg.aug_strength,
+                                    limits=augment_limits(info, cfg.symmetry))
+        self.mixer = make_mixer(cfg.mix, cfg.mix_alpha, cfg.mix_prob)
         if info.multi_label:
             smooth = cfg.label_smoothing
             bce = nn.BCEWithLogitsLoss()
@@ -140,8 +143,11 @@ class Trainer:
         train = self.data.train
         x = self.inputs(train.images[idx], train=True)
         y = train.labels[idx]
+        if self.mixer is not None:  # after the augmentation, as mixup and cutmix are defined
+            x, perm, lam = self.mixer(x, self.generator)
         with self.autocast:
-            loss = self.loss_fn(self.model(x), y)
+            out = self.model(x)
+            loss = self.loss_fn(out, y) if self.mixer is None else mixed_loss(self.loss_fn, out, y, perm, lam)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             # Fused optimizers take the scale and the inf check inside their kernel: no host sync per step.
@@ -302,7 +308,7 @@ def fit(cfg: TrainConfig, *, on_epoch: OnEpoch | None = None, progress: bool = F
     reports them to its pruner, which may stop the run there). A group of one member (search/train/loop.py).
     """
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size, OwnOptions.of(cfg))
     one = loop.member(Trainer(cfg, data, device), on_epoch=on_epoch, checkpoint=checkpoint, resume=resume)
     return loop.run(loop.Alone([one], progress=progress))[0]
 
@@ -319,7 +325,7 @@ def fit_folds(cfg: TrainConfig, assignment: Sequence[int], *, on_epoch: OnEpoch 
     kept (K models, none of them the final one) and no checkpoint is written: a retried trial starts again.
     """
     device = resolve_device(cfg.device)
-    data = load(cfg.dataset, cfg.data_dir, device, cfg.size)
+    data = load(cfg.dataset, cfg.data_dir, device, cfg.size, OwnOptions.of(cfg))
     trainers = [Trainer(cfg, fold_data(data, assignment, f), device) for f in range(max(assignment) + 1)]
     joint = loop.FoldMean(cfg, trainers[0], on_epoch)
     loop.run(loop.Alone([loop.member(t, keep=False) for t in trainers], joint=joint))
@@ -362,9 +368,11 @@ def train(cfg: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, An
     # Each file is written under a temporary name and renamed, so an interrupted save leaves no half file.
     # The training split's mean and std travel with the weights: `search predict` normalises a user's images as
     # the run did, without the training data.
-    atomic_write(out / "model.pt", lambda p: torch.save({"state_dict": result.model.state_dict(),
-                                                    "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
-                                                    "std": data.std.view(-1).tolist()}, p))
+    # Own data's classes travel with the weights too: `search predict` on another machine names them without the
+    # training images.
+    saved = {"state_dict": result.model.state_dict(), "config": cfg.to_dict(), "mean": data.mean.view(-1).tolist(),
+             "std": data.std.view(-1).tolist(), **owninfo.record(data.info)}
+    atomic_write(out / "model.pt", lambda p: torch.save(saved, p))
     config.dump(cfg, out / "config.yaml")
     # Each test image's class, prediction and class probabilities (search/train/prediction_files.py): `search report`'s
     # paired test and the ensembles read them.

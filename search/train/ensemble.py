@@ -38,9 +38,9 @@ import torch
 import yaml
 
 from search.errors import SearchError
-from search.train import config, engine, prediction_files
+from search.train import config, engine, owninfo, prediction_files
 from search.train.config import TrainConfig, atomic_write
-from search.train.data import get_info, load
+from search.train.data import OwnOptions, get_info, load
 from search.train.metrics import class_results, evaluate_scores, predict
 
 FILE = "ensemble.yaml"
@@ -71,7 +71,7 @@ class Member:
     def stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Its normalisation: the statistics kept in model.pt, else (older runs) those of the training split."""
         if self.mean is None or self.std is None:
-            data = load(self.cfg.dataset, self.cfg.data_dir, device, self.cfg.size)
+            data = load(self.cfg.dataset, self.cfg.data_dir, device, self.cfg.size, OwnOptions.of(self.cfg))
             return data.mean, data.std
         as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
         return as_t(self.mean), as_t(self.std)
@@ -100,6 +100,7 @@ def load_member(weights: Path) -> Member:
         raise SearchError(f"{weights} cannot be read as `search train` weights ({text})") from None
     if not isinstance(saved, dict) or "state_dict" not in saved or "config" not in saved:
         raise SearchError(f"{weights} is not a `search train` model.pt (it needs 'state_dict' and 'config')")
+    owninfo.remember(saved)  # before the config's check reads the dataset: own data's source may be elsewhere
     cfg = config.from_dict(saved["config"], source=str(weights))
     return Member(cfg, saved["state_dict"], saved.get("mean"), saved.get("std"), weights)
 

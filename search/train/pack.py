@@ -41,7 +41,7 @@ from search.devices import on_cuda
 from search.errors import SearchError
 from search.train import loop
 from search.train.config import TrainConfig
-from search.train.data import Data, Split, get_info, load
+from search.train.data import Data, OwnOptions, Split, get_info, load
 from search.train.engine import FitResult, OnEpoch, Trainer, resolve_device
 from search.train.fuse import Sliced, fuse, fused_size, global_rng, unfusable, unfuse
 from search.train.loop import Member, Trained, epoch_line
@@ -49,7 +49,7 @@ from search.train.scoring import EVAL_BATCH, normalise, probabilities, scaled
 
 #: The TrainConfig fields that must agree for runs to share a pack. Everything else may differ per member.
 PACK_KEYS = ("dataset", "data_dir", "size", "architecture", "pretrained", "batch_size", "epochs", "optimizer",
-             "precision", "compile", "device")
+             "precision", "compile", "device", "mix", "val_fraction", "test_fraction", "split_seed", "skip_bad_images")
 
 
 def pack_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
@@ -59,6 +59,8 @@ def pack_key(cfg: TrainConfig) -> tuple[tuple[str, Any], ...]:
 
 def unsupported(cfg: TrainConfig) -> str | None:
     """None when ``cfg``'s model fuses into a pack; else why not, in one line (such a run trains alone)."""
+    if cfg.mix != "none":
+        return f"mix {cfg.mix} does not fuse into a pack yet (a pack's loss is not mixed)"
     if cfg.pretrained:
         return (f"pretrained {cfg.architecture} does not fuse into a pack yet (its ImageNet input stage widens grey "
                 f"images to 3 channels inside the model)")
@@ -160,7 +162,7 @@ class Pack(loop.Group):
         resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
         _check(cfgs, on_epoch, checkpoints, resumes)
         device = resolve_device(cfgs[0].device)
-        self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size)
+        self.data = data = load(cfgs[0].dataset, cfgs[0].data_dir, device, cfgs[0].size, OwnOptions.of(cfgs[0]))
         members = [_member(cfg, data, device, hook, path, state)
                    for cfg, hook, path, state in zip(cfgs, on_epoch, checkpoints, resumes)]
         self.lead = members[0].trainer  # what all members share: batch size, autocast, steps, memory format

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from search.errors import SearchError
-from search.train import engine, ensemble, prediction_files
+from search.train import engine, ensemble, owndata, prediction_files
 from search.train.config import atomic_write
 from search.train.data import SPLITS, DatasetInfo, class_names, get_info, images_tensor
+from search.train.imagecache import decode
 from search.train.metrics import evaluate_scores, predict
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = owndata.IMAGE_SUFFIXES  # PNG, JPEG, TIFF, BMP
 # PIL modes by the channels they hold; an alpha channel is dropped (the model never saw one)
 ONE_CHANNEL = ("1", "L", "LA", "I", "I;16", "F")
 THREE_CHANNELS = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "RGBX")
@@ -94,6 +95,12 @@ def read(source: Path, info: DatasetInfo, size: int, split: str) -> Inputs:
 
 def _image(path: Path, info: DatasetInfo, size: int, want: str) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
+
+    if owndata.is_own(info.name):  # own data was resized and converted once: the same conversion, image by image
+        result = decode((str(path), size, info.channels == 1))
+        if isinstance(result, str):
+            raise SearchError(f"{path} cannot be read as an image ({result})")
+        return images_tensor(result[0][None])[0]
 
     try:
         with Image.open(path) as img:

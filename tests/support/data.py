@@ -56,3 +56,25 @@ def write_mnist(folder: Path, *, n_train: int = 300, n_test: int = 100, gz: bool
         write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
     return folder
+
+
+def write_image_folder(root: Path, *, classes=("a", "b", "c"), per_class: int = 12, side: int = 36,
+                       mode: str = "RGB", splits: tuple[str, ...] = (), seed: int = 0, suffix: str = ".png") -> Path:
+    """A lab's own images: root/<class>/<i>.png (or root/<split>/<class>/... for each of ``splits``), learnable (each
+    class its own brightness), ``side`` x ``side`` pixels in PIL ``mode``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits or ("",):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                level = 40 + c * 160 / max(1, len(classes) - 1)
+                shape = (side, side) if mode in ("L", "I;16") else (side, side, 3)
+                pixels = np.clip(rng.normal(level, 15, shape), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels)
+                if mode == "I;16":
+                    image = Image.fromarray(pixels.astype(np.uint16) * 257)
+                image.save(folder / f"{i}{suffix}")
+    return root
