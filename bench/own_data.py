@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.train import owndata  # noqa: E402
+from search.train import imagecache, owndata  # noqa: E402
 from tests.support.data import write_image_folder  # noqa: E402
 
 QUEUED = [{"lr": lr, "dropout": d} for lr, d in ((1e-3, 0.0), (3e-3, 0.2), (1e-2, 0.4), (3e-4, 0.1))]
@@ -38,7 +38,7 @@ def conversion(folder: Path, n: int, side: int) -> None:
     print(f"wrote {10 * per_class:,} PNGs of {side} px in {time.perf_counter() - t0:.1f} s")
     for what in ("first load (convert + cache)", "cached load"):
         t0 = time.perf_counter()
-        arrays, _ = owndata.read_arrays(f"folder:{folder}", 28, owndata.SplitRule())
+        arrays, _ = imagecache.read_arrays(f"folder:{folder}", 28, owndata.SplitRule())
         seconds = time.perf_counter() - t0
         count = sum(len(a[0]) for a in arrays.values())
         print(f"{what:30s} {seconds:7.2f} s  {count / seconds:10,.0f} images/s")
@@ -71,7 +71,7 @@ def search(folder: Path, name: str, dataset: str) -> dict[tuple, tuple[float, ..
 def same_numbers(folder: Path) -> None:
     root = write_image_folder(folder / "cells", classes=("a", "b", "c"), per_class=40, side=28,
                               splits=("train", "val", "test"))
-    arrays, _ = owndata.read_arrays(f"folder:{root}", 28, owndata.SplitRule())
+    arrays, _ = imagecache.read_arrays(f"folder:{root}", 28, owndata.SplitRule())
     np.savez_compressed(folder / "cells.npz", **{f"{s}_{k}": arrays[s][i] for s in arrays
                                                  for i, k in ((0, "images"), (1, "labels"))})
     (folder / "studies").mkdir()

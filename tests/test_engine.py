@@ -28,9 +28,9 @@ def test_digits_learns_and_keeps_the_best_epoch():
 
 
 def test_seeded_runs_are_reproducible_on_cpu():
-    a = engine.fit(digits(epochs=1, augmentation="dihedral+crop", seed=3))
-    b = engine.fit(digits(epochs=1, augmentation="dihedral+crop", seed=3))
-    c = engine.fit(digits(epochs=1, augmentation="dihedral+crop", seed=4))
+    a = engine.fit(digits(epochs=1, augmentation="affine+crop", seed=3))
+    b = engine.fit(digits(epochs=1, augmentation="affine+crop", seed=3))
+    c = engine.fit(digits(epochs=1, augmentation="affine+crop", seed=4))
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     assert c.history[0]["train_loss"] != a.history[0]["train_loss"]

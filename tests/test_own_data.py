@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from search.errors import SearchError
-from search.train import data, owndata, owninfo
+from search.train import data, imagecache, owndata, owninfo
 from search.train.config import TrainConfig
 from search.train.imagecache import CACHE_FOLDER
 from tests.support.data import write_image_folder, write_medmnist_npz
@@ -20,7 +20,7 @@ RULE = owndata.SplitRule()
 
 
 def read(spec: str, size: int = 28, rule: owndata.SplitRule = RULE, **kw):
-    return owndata.read_arrays(spec, size, rule, **kw)
+    return imagecache.read_arrays(spec, size, rule, **kw)
 
 
 def test_folder_classes_from_names_and_a_stratified_split(tmp_path):
@@ -236,7 +236,8 @@ def test_two_processes_missing_the_cache_convert_once(tmp_path):
 
     root = write_image_folder(tmp_path / "many", classes=("a", "b"), per_class=150)
     code = ("import logging, sys; logging.basicConfig(level=logging.WARNING, format='%(message)s');"
-            "from search.train import owndata; owndata.read_arrays(sys.argv[1], 28, owndata.SplitRule())")
+            "from search.train import imagecache, owndata;"
+            "imagecache.read_arrays(sys.argv[1], 28, owndata.SplitRule())")
     procs = [subprocess.Popen([sys.executable, "-c", code, f"folder:{root}"], stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     logs = [p.communicate(timeout=300)[1] for p in procs]
@@ -253,6 +254,7 @@ def _map_in_a_daemon(queue) -> None:  # a supervised worker is a daemonic proces
         queue.put(repr(err))
 
 
+@pytest.mark.e2e
 def test_a_daemonic_worker_converts_without_a_pool():
     import multiprocessing
 

@@ -216,7 +216,8 @@ def test_members_must_share_the_pack_key(organ):
         fit_pack([a, a.replace(seed=1), a.replace(batch_size=32)], on_epoch=[None] * 3)
     assert str(err.value) == ("pack member 3 has batch_size 32 but member 1 has 16; the members of a pack agree on "
                               "dataset, data_dir, size, architecture, pretrained, batch_size, epochs, optimizer, "
-                              "precision, compile, device")
+                              "precision, compile, device, mix, val_fraction, test_fraction, split_seed, "
+                              "skip_bad_images")
 
 
 def test_the_cuda_paths_keep_each_member_s_loss_and_dropout_rate():

@@ -16,13 +16,22 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from search import env
 from search.errors import SearchError
-from search.train import owndata, readers
+from search.train import owndata, owninfo, readers
+from search.train.dataset_info import (  # noqa: F401  (re-exported: data.DatasetInfo, data.TTA, ...)
+    MULTI_LABEL,
+    SMALL_ROTATION,
+    TTA,
+    DatasetInfo,
+    Limits,
+    augment_limits,
+    is_multi_label,
+)
 from search.train.owndata import OwnOptions
 from search.train.readers import (  # noqa: F401  (re-exported: data.SPLITS, data.read_idx, ...)
     DIGITS_SPLIT_SEED,
@@ -41,71 +50,6 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: `search start` it
 
 log = logging.getLogger("search")
 
-MULTI_LABEL = "multi-label, binary-class"  # medmnist's name of the one task with a 0/1 target per label
-# Test-time augmentation: the label-preserving views a prediction averages (search/train/augment.py makes them).
-# Each is a subset of the next, so a dataset allows a prefix of this tuple (DatasetInfo.tta).
-TTA = ("none", "flip", "dihedral")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    channels: int
-    num_classes: int
-    task: str  # medmnist's task names: multi-class, binary-class, multi-label, binary-class, ordinal-regression
-    read: Callable[..., Arrays]  # (root, download, size) -> arrays
-    sizes: tuple[int, ...] = (28,)  # image sides in pixels that exist as files
-    labels: tuple[str, ...] | None = None  # the class names (MedMNIST's); None: the class numbers
-    bundled: bool = False  # its data ship with the installed packages: nothing to download or check beforehand
-    # The most test-time augmentation that keeps every label (TTA: none < flip < dihedral); the rule is in
-    # docs/finalists.md: digits and organ CT slices (left and right organs) have none, images with an up but no
-    # left and right (chest X-ray, OCT, breast ultrasound) a mirror, orientation-free ones (tissue, cells, skin,
-    # fundus) the dihedral group.
-    tta: str = "none"
-
-    @property
-    def multi_label(self) -> bool:
-        return is_multi_label(self.task)
-
-    def check_tta(self, tta: str, symmetry: str | None = None) -> None:
-        """The one check of a test-time augmentation against the views that keep this dataset's labels (own data:
-        the config's ``symmetry``)."""
-        allowed = TTA[:TTA.index(augment_limits(self, symmetry).symmetry) + 1]
-        if tta in TTA and tta not in allowed:
-            raise SearchError(f"tta {tta!r} can change the labels of {self.name} (its images have an orientation); "
-                              f"valid for {self.name}: {', '.join(allowed)}")
-
-    def check_size(self, size: int) -> None:
-        """The one check of an image size: those that exist for the dataset (every one an architecture takes)."""
-        if isinstance(size, bool) or size not in self.sizes:
-            raise SearchError(f"size {size!r} does not exist for {self.name}; valid: "
-                              f"{', '.join(map(str, self.sizes))} (pixels)")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What keeps a dataset's labels under augmentation: its flips and quarter turns (none, flip or dihedral: those
-    of its test-time views) and the largest rotation in degrees (search/train/augment_ops.py keeps to both)."""
-    symmetry: str = "dihedral"
-    max_rotation: float = 180.0
-
-
-# The rotation a dataset without the dihedral symmetry keeps its labels under: a digit or a chest X-ray turned by
-# 15 degrees is still itself (MNIST's own augmentation studies rotate by up to 15; X-rays are taken within a few).
-SMALL_ROTATION = 15.0
-
-
-def augment_limits(info: DatasetInfo, symmetry: str | None = None) -> Limits:
-    """The dataset's rule: the registry's tta for the shipped datasets; the config's ``symmetry`` for own data
-    (default none: nothing says a flip keeps its labels)."""
-    own = owndata.is_own(info.name)
-    if symmetry is not None and not own:
-        raise SearchError(f"symmetry is set for own data only; {info.name}'s flips and turns are the registry's: "
-                          f"{info.tta}")
-    kept = (symmetry or "none") if own else info.tta
-    return Limits(kept, 180.0 if kept == "dihedral" else SMALL_ROTATION)
-
-
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # uint8 (N, C, S, S) on the device
@@ -123,11 +67,6 @@ class Data:
     test: Split
     mean: torch.Tensor  # per-channel, of the training images scaled to [0, 1], shape (1, C, 1, 1)
     std: torch.Tensor
-
-
-def is_multi_label(task: str) -> bool:
-    """Whether ``task`` (medmnist's task name) has a 0/1 target per label rather than one class per image."""
-    return task == MULTI_LABEL
 
 
 _REGISTRY: dict[str, DatasetInfo] = {}
@@ -171,8 +110,6 @@ def is_dataset(name: str) -> bool:
 
 def get_info(name: str) -> DatasetInfo:
     if owndata.is_own(name):
-        from search.train import owninfo  # builds a DatasetInfo: imported here, below this module
-
         return owninfo.info(name)
     if not is_dataset(name):
         raise SearchError(f"dataset '{name}' is not known; valid: {', '.join(list_datasets())}")
@@ -200,7 +137,9 @@ def _read(info: DatasetInfo, root: Path, size: int, own: OwnOptions | None = Non
     info.check_size(size)
     if owndata.is_own(info.name):
         own = own or OwnOptions()
-        arrays, _ = owndata.read_arrays(info.name, size, own.split, skip_bad=own.skip_bad)
+        from search.train import imagecache  # Pillow and the cache: only for own data
+
+        arrays, _ = imagecache.read_arrays(info.name, size, own.split, skip_bad=own.skip_bad)
         return _checked(info, arrays, size)
     return _checked(info, info.read(root, True, size), size)
 
@@ -232,8 +171,6 @@ def load(name: str, data_dir: str | None, device: torch.device, size: int = 28, 
         info = get_info(name)
         arrays = _read(info, root, size, own)
         if owndata.is_own(name):
-            from search.train import owninfo
-
             owninfo.check_fits(info, arrays, device)
         splits = {s: _to_split(info, *arrays[s], device) for s in SPLITS}
         # Statistics of the training images, computed once on the host in float64 for accuracy.

@@ -30,6 +30,7 @@ import numpy as np
 
 from search import env
 from search.errors import SearchError
+from search.train import owndata
 from search.train.owndata import Listing
 
 log = logging.getLogger("search")
@@ -301,3 +302,40 @@ def _check_memory(listing: Listing, size: int, channels: int) -> None:
         raise SearchError(f"dataset {listing.source.spec!r}: {len(listing.files):,} images at {size} px need "
                           f"{need / 2**30:.1f} GiB as uint8, and this machine has {free / 2**30:.1f} GiB free; use a "
                           f"smaller size (28 or 64 px) or a machine with more memory")
+
+
+def read_arrays(spec: str, size: int, rule: owndata.SplitRule, *, skip_bad: bool = False
+                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], owndata.Listing]:
+    """The source's splits as the shipped datasets' readers give them: split -> (uint8 images, labels (N, 1) or
+    (N, K)), and the listing of the images kept."""
+    listing = owndata.scan(spec)
+    pixels = load_pixels(listing, size, skip_bad=skip_bad)
+    keep = pixels.kept
+    if not keep.all():
+        listing = owndata.Listing(listing.source, listing.classes, listing.labels[keep],
+                          None if listing.split is None else listing.split[keep],
+                          [f for f, k in zip(listing.files, keep) if k])
+        owndata.check_classes(listing)
+    split = owndata.assign_splits(listing, rule)
+    copies = duplicates_across(pixels.digests, split)
+    if copies:
+        log.warning("%s: %d images have an identical copy in another split (train, val, test); a copy in test "
+                    "flatters the test score", spec, copies)
+    labels = listing.labels if listing.multi_label else listing.labels[:, None]
+    arrays = {s: (pixels.images[split == i], labels[split == i]) for i, s in enumerate(owndata.SPLITS)}
+    for s, (images, _) in arrays.items():
+        if len(images) == 0:
+            raise SearchError(f"dataset {spec!r}: the {s} split is empty; give the source a {s} split, or set "
+                              f"{'val_fraction' if s == 'val' else 'test_fraction'} above 0")
+    return arrays, listing
+
+
+def channels_of(listing: owndata.Listing) -> int:
+    """1 or 3: the mode most of the source's images have (an .npz: its arrays' shape)."""
+    if listing.source.kind == "npz":
+        with np.load(listing.source.path) as npz:
+            shape = npz["train_images"].shape
+        return 3 if len(shape) == 4 and shape[3] == 3 else 1
+    modes = [m for m in _map(_mode_of, listing.files, "reading headers", unit="file", pooled=False) if m is not None]
+    grey = sum(1 for m in modes if m in GREY_MODES)
+    return 1 if grey >= len(modes) - grey else 3

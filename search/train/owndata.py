@@ -109,7 +109,7 @@ def scan(spec: str) -> Listing:
         listing = _scan_csv(source)
     else:
         listing = _scan_npz(source)
-    _check_classes(listing)
+    check_classes(listing)
     return listing
 
 
@@ -223,7 +223,7 @@ def _scan_npz(source: Source) -> Listing:
     return Listing(source, tuple(str(i) for i in range(k)), labels_all, split, [])
 
 
-def _check_classes(listing: Listing) -> None:
+def check_classes(listing: Listing) -> None:
     spec, k = listing.source.spec, len(listing.classes)
     if k < 2 and not listing.multi_label:
         raise SearchError(f"dataset {spec!r}: it holds one class ({listing.classes[0] if k else 'none'}); a "
@@ -290,47 +290,6 @@ def task_of(listing: Listing) -> str:
     if listing.multi_label:
         return "multi-label, binary-class"
     return "binary-class" if len(listing.classes) == 2 else "multi-class"
-
-
-def read_arrays(spec: str, size: int, rule: SplitRule, *, skip_bad: bool = False
-                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Listing]:
-    """The source's splits as the shipped datasets' readers give them: split -> (uint8 images, labels (N, 1) or
-    (N, K)), and the listing of the images kept."""
-    from search.train.imagecache import duplicates_across, load_pixels
-
-    listing = scan(spec)
-    pixels = load_pixels(listing, size, skip_bad=skip_bad)
-    keep = pixels.kept
-    if not keep.all():
-        listing = Listing(listing.source, listing.classes, listing.labels[keep],
-                          None if listing.split is None else listing.split[keep],
-                          [f for f, k in zip(listing.files, keep) if k])
-        _check_classes(listing)
-    split = assign_splits(listing, rule)
-    copies = duplicates_across(pixels.digests, split)
-    if copies:
-        log.warning("%s: %d images have an identical copy in another split (train, val, test); a copy in test "
-                    "flatters the test score", spec, copies)
-    labels = listing.labels if listing.multi_label else listing.labels[:, None]
-    arrays = {s: (pixels.images[split == i], labels[split == i]) for i, s in enumerate(SPLITS)}
-    for s, (images, _) in arrays.items():
-        if len(images) == 0:
-            raise SearchError(f"dataset {spec!r}: the {s} split is empty; give the source a {s} split, or set "
-                              f"{'val_fraction' if s == 'val' else 'test_fraction'} above 0")
-    return arrays, listing
-
-
-def channels_of(listing: Listing) -> int:
-    """1 or 3: the mode most of the source's images have (an .npz: its arrays' shape)."""
-    if listing.source.kind == "npz":
-        with np.load(listing.source.path) as npz:
-            shape = npz["train_images"].shape
-        return 3 if len(shape) == 4 and shape[3] == 3 else 1
-    from search.train.imagecache import GREY_MODES, _map, _mode_of
-
-    modes = [m for m in _map(_mode_of, listing.files, "reading headers", unit="file", pooled=False) if m is not None]
-    grey = sum(1 for m in modes if m in GREY_MODES)
-    return 1 if grey >= len(modes) - grey else 3
 
 
 def native_side(listing: Listing, sample: int = 200) -> int:

@@ -6,8 +6,9 @@ import os
 from typing import TYPE_CHECKING
 
 from search.errors import SearchError
-from search.train import owndata
-from search.train.data import Arrays, DatasetInfo
+from search.train import imagecache, owndata
+from search.train.dataset_info import DatasetInfo
+from search.train.readers import Arrays
 
 if TYPE_CHECKING:
     import torch
@@ -16,7 +17,7 @@ _OWN: dict[str, DatasetInfo] = {}
 
 
 def _no_reader(root: object, download: bool, size: int) -> Arrays:  # data._read reads own data itself
-    raise AssertionError("own data is read by owndata.read_arrays")
+    raise AssertionError("own data is read by imagecache.read_arrays")
 
 
 def info(name: str) -> DatasetInfo:
@@ -26,7 +27,7 @@ def info(name: str) -> DatasetInfo:
         from models import SIZES
 
         listing = owndata.scan(name)
-        _OWN[name] = DatasetInfo(name, owndata.channels_of(listing), len(listing.classes), owndata.task_of(listing),
+        _OWN[name] = DatasetInfo(name, imagecache.channels_of(listing), len(listing.classes), owndata.task_of(listing),
                                  _no_reader, tuple(SIZES), listing.classes)
     return _OWN[name]
 
