@@ -1,48 +1,27 @@
 """The `search` command line: parse, call one function, print. No logic lives here."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from search import __version__, interrupt, quiet
-from search.door import OneLineErrors, stops_at_once, stops_at_safe_points
+from search.door import (
+    ALLOW_CHANGES,
+    DATA_DIR,
+    DEVICE,
+    PACK,
+    STUDY,
+    STUDY_FILE,
+    TIMEOUT,
+    OneLineErrors,
+    stops_at_once,
+    stops_at_safe_points,
+    storage_option,
+)
 from search.errors import Interrupted
-from search.hpo.store import DEFAULT_STORAGE, Store, locate
+from search.hpo.store import Store
 from search.train.data import SPLITS
-
-PACK = click.option("--pack", type=click.IntRange(min=1), metavar="K",
-                    help="Train up to K trials at once as one fused model, each still a trial of its own (replaces "
-                         "the study file's pack; 1: one at a time). See docs/packs.md.")
-ALLOW_CHANGES = click.option(
-    "--allow-changes", is_flag=True,
-    help="Go on with a study although its file differs from the definition it was created with (recorded).")
-STUDY_FILE = click.option("--study", required=True, help="A study name (studies/NAME.yaml) or a path to a study file.")
-STUDY = click.option("--study", required=True)  # a study in the store
-TIMEOUT = click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-                       help="Seconds before no new trial starts.")
-DATA_DIR = click.option("--data-dir", help="Folder holding the dataset files.")
-DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-
-
-def storage_option(what: str = "Study store URL"):  # type: ignore[no-untyped-def]
-    """The --storage option of every command that opens the study store (only the first words of its help differ),
-    with --allow-network-sqlite beside it. The command gets the store parsed (search/hpo/store.py's Store), resolved
-    here once: --storage, else $SEARCH_STORAGE, else the default."""
-    url = click.option("--storage", callback=lambda _ctx, _param, value: locate(value),
-                       help=f"{what} (default $SEARCH_STORAGE or {DEFAULT_STORAGE}; on a shared "
-                            f"filesystem: journal:///abs/path/study.log).")
-    allow = click.option("--allow-network-sqlite", is_flag=True, expose_value=False, callback=_allow_network_sqlite,
-                         help="Use a SQLite store on a network filesystem (NFS, Lustre, GPFS, ...) although its "
-                              "locking is unsafe there.")
-    return lambda fn: url(allow(fn))
-
-
-def _allow_network_sqlite(_ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    # Through the environment, so that the workers this command starts allow it too.
-    if value:
-        os.environ["SEARCH_ALLOW_NETWORK_SQLITE"] = "1"
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
