@@ -68,7 +68,7 @@ def _spec(study: str, seed: int | None = None, **overrides):  # type: ignore[no-
 
 @main.command(short_help="Run a search: N worker processes on one study.")
 @STUDY_FILE
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Worker processes: one per GPU, or sharing the CPU cores.")
 @click.option("--trials", type=click.IntRange(min=1), help="Total finished trials for the study (all workers).")
 @TIMEOUT

@@ -30,3 +30,10 @@ def test_each_description_is_one_whole_line_in_an_80_column_terminal() -> None:
     for line in lines:
         assert not line.rstrip().endswith("..."), line
         assert re.match(r"  \S+ +\S", line), line  # every command has a description
+
+
+def test_a_huge_worker_count_is_one_line_before_anything_is_laid_out() -> None:
+    """`start` lays out one placement per worker: a count beyond any machine is refused by the option itself."""
+    done = CliRunner().invoke(main, ["start", "--study", "digits", "--workers", "99999999999999999999"])
+    assert done.exit_code == 2 and "is not in the range 1<=x<=1024" in done.output
+    assert len(done.output.strip().splitlines()) == 1
