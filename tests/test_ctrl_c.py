@@ -154,7 +154,8 @@ def test_every_command_says_how_it_stops():
 
     kinds = {name: getattr(cmd.callback, "stops", None) for name, cmd in main.commands.items()}
     assert all(kind in ("at once", "at safe points") for kind in kinds.values()), kinds
-    assert {name for name, kind in kinds.items() if kind == "at safe points"} == {"start", "worker", "train", "export"}
+    assert {name for name, kind in kinds.items() if kind == "at safe points"} == {"start", "worker", "train", "export",
+                                                                                        "init"}
 
 
 def _pack_past_epoch_1(db, name: str, members: int):  # type: ignore[no-untyped-def]

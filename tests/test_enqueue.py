@@ -99,7 +99,7 @@ def test_workers_meeting_a_new_study_together_queue_the_entries_once(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in trials] == ENTRIES
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.xdist_group("servers"))])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.servers)])
 def test_the_claim_is_won_once(tmp_path, backend, request):
     if backend == "postgresql":
         url = pg.url_of(request.getfixturevalue("pg_db"))  # skips (or fails) as the fixture says

@@ -84,7 +84,8 @@ CONFIG_VALUES: dict[str, st.SearchStrategy] = {
     "nesterov": st.booleans(),
     "weight_decay": floats(-1e-3, 1e-2),
     "dropout": floats(-0.5, 1.5),
-    "augmentation": st.sampled_from(["none", "flip", "crop+color", "dihedral+dihedral", "none+flip", "FLIP", "x"]),
+    "augmentation": st.sampled_from(["none", "flip", "crop+color", "dihedral+dihedral", "none+flip", "FLIP", "x",
+                                     "affine@0.3", "trivial@2", "flip@0.5", "erase@x", "color@0.4+blur"]),
     "label_smoothing": floats(-0.5, 1.5),
     "schedule": st.sampled_from(["constant", "cosine", "onecycle", "step"]),
     "warmup_epochs": floats(-1, 15),
@@ -98,6 +99,15 @@ CONFIG_VALUES: dict[str, st.SearchStrategy] = {
     "compile": st.booleans(),
     "graphs": st.sampled_from(["auto", "on", "off", True, False, "always"]),
     "size": st.sampled_from([28, 64, 128, 224, 32, 0, True, 28.0, "28"]),
+    "val_fraction": floats(-0.5, 1.0),
+    "test_fraction": floats(-0.5, 1.0),
+    "split_seed": integers(-1, 2**40),
+    "skip_bad_images": st.booleans(),
+    "aug_strength": st.one_of(st.none(), floats(-0.5, 1.5)),
+    "mix": st.sampled_from(["none", "mixup", "cutmix", "blend"]),
+    "mix_alpha": floats(-1, 4),
+    "mix_prob": floats(-0.5, 1.5),
+    "symmetry": st.sampled_from([None, "none", "flip", "dihedral", "rot"]),
 }
 
 

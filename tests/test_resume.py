@@ -27,7 +27,7 @@ from tests.support.studies import study_file
 from tests.support.wait import wait_for
 
 CFG = TrainConfig(dataset="digits", architecture="simple_cnn_v2", epochs=4, batch_size=64, lr=3e-3, dropout=0.3,
-                  augmentation="flip", schedule="cosine", device="cpu", seed=3)
+                  augmentation="crop+affine", schedule="cosine", device="cpu", seed=3)
 
 
 def test_a_run_resumed_from_its_epoch_2_checkpoint_is_the_uninterrupted_run_bit_for_bit(tmp_path):

@@ -107,6 +107,7 @@ def test_the_default_store_needs_no_option_and_another_is_named_masked(monkeypat
     assert locate(None).kind == "journal" and locate("sqlite:///y.db").kind == "sqlite"
 
 
+@pytest.mark.e2e  # a fresh interpreter: a process
 def test_parsing_a_store_loads_no_database_library():
     code = ("import sys; from search.hpo.store import Store; Store.parse('journal:///x.log'); "
             "Store.parse('grpc://h:1'); print(sorted({'optuna', 'sqlalchemy', 'torch'} & set(sys.modules)))")
