@@ -76,6 +76,31 @@ def _failed(err: Exception, store: Store, study: optuna.Study | None, numbers: l
     return ProcessFailed(f"worker {worker_id()} failed: {reason(err)}; traceback in {where}")
 
 
+def _where(device: str) -> str:
+    if device != "cpu":
+        return device
+    import torch
+
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _interrupted(study: optuna.Study, numbers: list[int]) -> Interrupted:
+    """The line of a worker stopped by a signal; its interrupted trials are queued again, to resume from their
+    checkpoints in the next worker."""
+    stopped = []
+    for number in numbers:
+        trial = study.get_trials(deepcopy=False)[number]
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
+            retry_once(study, trial, interrupted=True)
+            stopped.append(number)
+    what = "no trial was running"
+    if len(stopped) == 1:
+        what = f"trial {stopped[0]} was stopped and will resume from its last finished epoch"
+    elif stopped:
+        what = f"trials {', '.join(map(str, stopped))} were stopped and will each resume from its last finished epoch"
+    return Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on")
+
+
 def run_worker(spec: StudySpec, store: Store, *, trials: int, device: str, seed_offset: int,
                echo: Callable[[str], None], threads: int | None = None) -> int:
     """`search worker`: no supervisor. Stops once the study holds `trials` finished trials (Optuna's
@@ -99,12 +124,7 @@ def run_worker(spec: StudySpec, store: Store, *, trials: int, device: str, seed_
         echo(queue.beyond_budget(study, trials)
              or f"study '{spec.name}' already has {done} finished trials (budget {trials}); nothing to do")
         return 0
-    where = device
-    if device == "cpu":
-        import torch
-
-        where = f"cpu ({torch.get_num_threads()} threads)"
-    echo(f"worker {worker_id()} on {where}: joining study '{spec.name}' ({done}/{trials} finished)")
+    echo(f"worker {worker_id()} on {_where(device)}: joining study '{spec.name}' ({done}/{trials} finished)")
 
     board = progress.Board(echo)  # this worker's line: redrawn on a terminal, every 30 s elsewhere
     began = time.monotonic()
@@ -153,19 +173,7 @@ def run_worker(spec: StudySpec, store: Store, *, trials: int, device: str, seed_
             echo(f"timeout of {spec.timeout:g} s reached with {done}/{trials} finished trials")
     except KeyboardInterrupt:  # interrupt.Stop, from the training loop or between trials
         board.close()
-        what = "no trial was running"
-        stopped = []
-        for number in objective.trial_numbers:
-            trial = study.get_trials(deepcopy=False)[number]
-            if trial.state == TrialState.FAIL and trial.user_attrs.get("reason") == "interrupted":
-                retry_once(study, trial, interrupted=True)  # the next worker resumes it from its checkpoint
-                stopped.append(number)
-        if len(stopped) == 1:
-            what = f"trial {stopped[0]} was stopped and will resume from its last finished epoch"
-        elif stopped:
-            what = (f"trials {', '.join(map(str, stopped))} were stopped and will each resume from its last finished "
-                    f"epoch")
-        raise Interrupted(f"interrupted ({interrupt.requested()}): {what}; run the same command to go on") from None
+        raise _interrupted(study, objective.trial_numbers) from None
     except SearchError:
         raise
     except Exception as err:  # outside the objective (which records its own failures): Optuna's or the store's

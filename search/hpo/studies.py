@@ -271,28 +271,8 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     trials = _int(trials if trials is not None else raw.get("trials", DEFAULT_TRIALS),
                   source=source, key="trials", minimum=1)
     pack = _int(pack if pack is not None else raw.get("pack", 1), source=source, key="pack", minimum=1)
-    timeout = timeout if timeout is not None else raw.get("timeout")
-    if timeout is not None:
-        try:
-            seconds = config.number(timeout, integer=False)
-        except ValueError:
-            seconds = 0.0
-        if not seconds > 0:
-            raise SearchError(f"{source}: timeout must be a number of seconds greater than 0, got {timeout!r}")
-        timeout = seconds
-
-    sampler = _named(raw.get("sampler"), source=source, key="sampler", default=DEFAULT_SAMPLER, valid=SAMPLERS)
-    sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
-                           minimum=0)
-    pruner = _named(raw.get("pruner"), source=source, key="pruner",
-                    default={"name": "none"} if multi else DEFAULT_PRUNER, valid=PRUNERS)
-    if multi and pruner["name"] != "none":
-        raise SearchError(f"{source}: pruner {pruner['name']}: a study with several objectives cannot be pruned "
-                          f"(Optuna prunes single-objective studies only); remove the pruner or set it to none")
-    if multi and sampler["name"] in _SINGLE_OBJECTIVE_SAMPLERS:
-        valid = ", ".join(n for n in SAMPLERS if n not in _SINGLE_OBJECTIVE_SAMPLERS)
-        raise SearchError(f"{source}: sampler {sampler['name']} optimises one objective only; with several "
-                          f"objectives use one of: {valid}")
+    timeout = _timeout(timeout if timeout is not None else raw.get("timeout"), source=source)
+    sampler, pruner = _sampler_and_pruner(raw, source=source, multi=multi)
     keep = raw.get("keep_best_weights", False)
     if not isinstance(keep, bool):
         raise SearchError(f"{source}: keep_best_weights must be true or false, got {keep!r}")
@@ -318,6 +298,36 @@ def load_study(name_or_path: str, *, data_dir: str | None = None, trials: int | 
     make_sampler(spec)  # a bad keyword argument fails here, not in every worker
     make_pruner(spec)
     return spec
+
+
+def _timeout(value: Any, *, source: str) -> float | None:
+    """A study's timeout in seconds (None: none); anything but a number greater than 0 is one line."""
+    if value is None:
+        return None
+    try:
+        seconds = config.number(value, integer=False)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise SearchError(f"{source}: timeout must be a number of seconds greater than 0, got {value!r}")
+    return seconds
+
+
+def _sampler_and_pruner(raw: dict[str, Any], *, source: str, multi: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The file's sampler and pruner settings, checked against the number of objectives."""
+    sampler = _named(raw.get("sampler"), source=source, key="sampler", default=DEFAULT_SAMPLER, valid=SAMPLERS)
+    sampler["seed"] = _int(sampler.get("seed", DEFAULT_SAMPLER["seed"]), source=source, key="sampler.seed",
+                           minimum=0)
+    pruner = _named(raw.get("pruner"), source=source, key="pruner",
+                    default={"name": "none"} if multi else DEFAULT_PRUNER, valid=PRUNERS)
+    if multi and pruner["name"] != "none":
+        raise SearchError(f"{source}: pruner {pruner['name']}: a study with several objectives cannot be pruned "
+                          f"(Optuna prunes single-objective studies only); remove the pruner or set it to none")
+    if multi and sampler["name"] in _SINGLE_OBJECTIVE_SAMPLERS:
+        valid = ", ".join(n for n in SAMPLERS if n not in _SINGLE_OBJECTIVE_SAMPLERS)
+        raise SearchError(f"{source}: sampler {sampler['name']} optimises one objective only; with several "
+                          f"objectives use one of: {valid}")
+    return sampler, pruner
 
 
 def _parse_fixed(raw: Any, *, source: str, space: dict[str, Param]) -> dict[str, Any]:
