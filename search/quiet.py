@@ -10,6 +10,10 @@ spawns (a spawned interpreter starts with Python's default warning filters and O
   own progress lines say what happens, and the lines of N workers would bury them. A failed trial's reason is
   kept in the trial (``reason``).
 - SQLAlchemy's logger: a storage error reaches the user as our one line.
+- Optuna's "Caught an error from sqlalchemy ... Falling back to a slower alternative" (its RDB storage, when a
+  trial query fails, e.g. on a connection the server dropped): Optuna queries again at once, and a second failure
+  raises, which search/hpo/faults.py waits out or turns into our one line. The warning itself (a SQL statement and
+  its parameters) told a user nothing to do; tests/test_outage.py drops connections and saw it reach the terminal.
 
 Our own log records ("search" logger) reach the terminal as one line each (`our_log`), from workers too.
 
@@ -46,5 +50,15 @@ def libraries(*, worker: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*TensorFloat32 tensor cores.*")
     optuna.logging.set_verbosity(optuna.logging.ERROR if worker else optuna.logging.WARNING)
     logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
+    rdb = logging.getLogger("optuna.storages._rdb.storage")
+    if not any(isinstance(f, _RetriedQuery) for f in rdb.filters):
+        rdb.addFilter(_RetriedQuery())
     if worker:
         our_log()
+
+
+class _RetriedQuery(logging.Filter):
+    """Drops Optuna's note that it retries a failed trial query a slower way (see the module's docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")

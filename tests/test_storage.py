@@ -187,3 +187,27 @@ def test_database_is_locked_is_retried_under_every_storage_call_of_a_study(tmp_p
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert trials[0].params["lr"] == 0.01 and trials[1].intermediate_values == {1: 0.5}
     assert study.best_value == 0.9 and study.user_attrs == {"dataset": "digits"}
+
+
+def test_optunas_retried_query_note_never_reaches_the_terminal():
+    """A dropped connection makes Optuna retry a trial query a slower way, with a warning holding the SQL statement;
+    it retries at once (a second failure raises, and the store's fault handling speaks), so the note is dropped."""
+    import logging
+
+    import optuna
+
+    from search import quiet
+
+    quiet.libraries()
+    rdb = optuna.logging.get_logger("optuna.storages._rdb.storage")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    rdb.addHandler(handler)
+    try:
+        rdb.warning("Caught an error from sqlalchemy: server closed the connection. Falling back to a slower "
+                    "alternative.")
+        rdb.warning("another warning")
+    finally:
+        rdb.removeHandler(handler)
+    assert seen == ["another warning"]
