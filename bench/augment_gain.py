@@ -31,7 +31,7 @@ from search.train.config import TrainConfig  # noqa: E402
 from search.train.data import load  # noqa: E402
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-GEOMETRIC = {"mnist": ["affine@0.25", "affine@0.5", "rcrop@0.3", "erase@0.3", "trivial@0.5", "trivial@1.0"],
+ARMS = {"mnist": ["affine@0.25", "affine@0.5", "rcrop@0.3", "erase@0.3", "trivial@0.5", "trivial@1.0"],
              "shifted": ["color", "color@0.4", "contrast@0.5", "gamma@0.5", "blur@0.5", "noise@0.5", "trivial@0.5",
                          "trivial@1.0", "dihedral+color@0.4"]}
 MIXES = ["mixup:0.2", "cutmix:1.0"]
@@ -104,7 +104,7 @@ def gain(which: str, seeds: int, epochs: int, policies: list[str] | None) -> Non
         dataset = "mnist" if which == "mnist" else "pathmnist"
         base = TrainConfig(dataset=dataset, data_dir=tmp, device="cpu", epochs=epochs, batch_size=128, lr=2e-3,
                            schedule="cosine", dropout=0.25)
-        arms = ["none", *(policies or GEOMETRIC[which]), *MIXES]
+        arms = ["none", *(policies or ARMS[which]), *MIXES]
         results = {}
         for arm in arms:
             accs = []

@@ -189,4 +189,3 @@ def trivial(x: Tensor, m: Tensor, g: torch.Generator, rule: Limits) -> Tensor:
 
 OPS = {"affine": affine, "rcrop": rcrop, "gamma": gamma, "contrast": contrast, "blur": blur, "noise": noise,
        "erase": erase, "trivial": trivial}
-GEOMETRIC = ("affine", "rcrop", "trivial")  # the ops a dataset's max_rotation limits
